@@ -1,0 +1,253 @@
+"""The CMT model builders: `CMT` for any configuration and `CMTTiny` / `CMTXS` / `CMTSmall` / `CMTBase`.
+
+Follows the official PyTorch code (huawei-noah/Efficient-AI-Backbones, cmt_pytorch/cmt.py) operation for
+operation, in NHWC, so official checkpoints load with a fixed key mapping (`keras_cmt.checkpoint_mapping`) and give
+the official logits to 1e-4. The constructor arguments mean what they mean in `keras.applications` (ConvNeXt).
+
+Reference:
+- [CMT: Convolutional Neural Networks Meet Vision Transformers](https://arxiv.org/abs/2107.06263) (CVPR 2022)
+"""
+
+import os
+
+import keras
+import numpy as np
+
+from keras_cmt import variants
+from keras_cmt.layers import CMTBlock, PatchEmbedding, RelativePositionBias
+
+STAGE_LETTERS = ("a", "b", "c", "d")
+
+BASE_DOCSTRING = """Instantiates the {name} architecture.
+
+Reference:
+- [CMT: Convolutional Neural Networks Meet Vision Transformers](https://arxiv.org/abs/2107.06263) (CVPR 2022)
+
+The model expects RGB input normalised with `keras_cmt.preprocess_input` (ImageNet mean/std), as the official
+training did; it contains no preprocessing layer. Height and width must be multiples of 32 (square or not).
+The default input size is {default_size}x{default_size}.
+
+Args:
+    include_top: whether to include the classifier (pooling, dropout, dense).
+    weights: `None` (random initialisation), `"imagenet"` (the official ImageNet-1k weights, downloaded once and
+        cached), or the path to a Keras `.weights.h5` file or an official PyTorch `.pth` checkpoint.
+    input_tensor: optional Keras tensor (output of `keras.Input()`) to use as image input.
+    input_shape: optional shape tuple `(height, width, channels)`; defaults to
+        `({default_size}, {default_size}, 3)`. Height and width must be multiples of 32.
+    pooling: with `include_top=False`, `None` returns the stride-32 feature map (1280 channels), `"avg"` or
+        `"max"` a pooled vector.
+    classes: number of classes, with `include_top=True` (1000 for `weights="imagenet"`).
+    classifier_activation: activation of the top layer (`"softmax"` by default; `None` returns logits).
+    drop_path_rate: stochastic-depth rate, increasing linearly over the blocks up to this value (training only).
+    name: the model's name.
+
+Returns:
+    A Keras `Model` instance.
+"""
+
+
+def _stage_letter(index):
+    return STAGE_LETTERS[index]
+
+
+def _validate_weights_argument(weights):
+    if weights is None or weights == "imagenet":
+        return
+    if not isinstance(weights, (str, os.PathLike)):
+        raise ValueError(f"weights must be None, 'imagenet' or a file path; got {type(weights).__name__}.")
+    path = os.fspath(weights)
+    if not os.path.exists(path):
+        raise ValueError(
+            f"weights must be None, 'imagenet' or the path to a .weights.h5 or .pth file; got {path!r} "
+            "(no such file)."
+        )
+
+
+def _resolve_input_shape(input_shape, input_tensor, default_size):
+    if input_shape is None and input_tensor is not None:
+        input_shape = tuple(input_tensor.shape[1:])
+    if input_shape is None:
+        input_shape = (default_size, default_size, 3)
+    input_shape = tuple(input_shape)
+    if len(input_shape) != 3:
+        raise ValueError(f"input_shape must be (height, width, channels); got {input_shape}.")
+    height, width, _ = input_shape
+    if height is None or width is None:
+        raise ValueError(
+            f"input_shape {input_shape} has an unknown height or width: CMT needs static sizes because its "
+            "relative-position bias is sized by them."
+        )
+    if height % 32 or width % 32:
+        raise ValueError(
+            f"input_shape {input_shape}: height and width must be multiples of 32 (CMT downsamples by 32)."
+        )
+    return input_shape
+
+
+def CMT(
+    depths,
+    embed_dims,
+    num_heads,
+    mlp_ratios,
+    stem_channels,
+    sr_ratios=variants.SR_RATIOS,
+    head_channels=variants.HEAD_CHANNELS,
+    head_dropout=0.1,
+    qkv_bias=True,
+    include_top=True,
+    weights=None,
+    input_tensor=None,
+    input_shape=None,
+    pooling=None,
+    classes=1000,
+    classifier_activation="softmax",
+    drop_path_rate=0.0,
+    name="cmt",
+    default_size=224,
+    weights_variant=None,
+):
+    """Builds a CMT of any configuration (see `BASE_DOCSTRING` for the shared arguments).
+
+    Args:
+        depths, embed_dims, num_heads, mlp_ratios: per-stage lists of 4.
+        stem_channels: width of the three-convolution stem.
+        sr_ratios: key/value spatial reduction per stage.
+        head_channels: width of the final 1x1 convolution (1280 in the released models).
+        head_dropout: dropout before the classifier.
+        qkv_bias: whether q/k/v projections have a bias.
+        default_size: the square input size used when `input_shape` is None.
+        weights_variant: the `keras_cmt.VARIANTS` name whose official weights `weights="imagenet"` loads
+            (set by the variant builders; `CMT` alone has no ImageNet weights).
+    """
+    for arg_name, value in (("depths", depths), ("embed_dims", embed_dims), ("num_heads", num_heads),
+                            ("mlp_ratios", mlp_ratios), ("sr_ratios", sr_ratios)):
+        if len(value) != 4:
+            raise ValueError(f"{arg_name} must have 4 entries (one per stage); got {list(value)}.")
+    _validate_weights_argument(weights)
+    if weights == "imagenet" and weights_variant is None:
+        raise ValueError("weights='imagenet' needs a released variant: use CMTTiny, CMTXS, CMTSmall or CMTBase.")
+    if weights == "imagenet" and include_top and classes != 1000:
+        raise ValueError(
+            f"weights='imagenet' with include_top=True needs classes=1000 (got classes={classes}); "
+            "use include_top=False or keras_cmt.load_weights(..., exclude_head=True) to fine-tune a new head."
+        )
+    if pooling not in (None, "avg", "max"):
+        raise ValueError(f"pooling must be None, 'avg' or 'max'; got {pooling!r}.")
+
+    input_shape = _resolve_input_shape(input_shape, input_tensor, default_size)
+    if input_tensor is None:
+        img_input = keras.layers.Input(shape=input_shape)
+    elif not keras.backend.is_keras_tensor(input_tensor):
+        img_input = keras.layers.Input(tensor=input_tensor, shape=input_shape)
+    else:
+        img_input = input_tensor
+
+    x = img_input
+    # Stem: three 3x3 convolutions, each followed by GELU then BatchNorm (the official order). PyTorch pads the
+    # stride-2 convolution by one pixel on every side; Keras' "same" would pad only bottom/right.
+    x = keras.layers.ZeroPadding2D(1, name="stem_pad1")(x)
+    for i, stride in enumerate((2, 1, 1), start=1):
+        x = keras.layers.Conv2D(
+            stem_channels, 3, strides=stride, padding="valid" if stride == 2 else "same", name=f"stem_conv{i}"
+        )(x)
+        # Keras' "gelu" is the exact (erf) form by default, as is PyTorch's nn.GELU.
+        x = keras.layers.Activation("gelu", name=f"stem_gelu{i}")(x)
+        x = keras.layers.BatchNormalization(epsilon=1e-5, momentum=0.9, name=f"stem_norm{i}")(x)
+
+    rates = np.linspace(0.0, drop_path_rate, sum(depths)).tolist()
+    block_index = 0
+    height, width = input_shape[0] // 2, input_shape[1] // 2
+    for stage in range(4):
+        letter = _stage_letter(stage)
+        x = PatchEmbedding(embed_dims[stage], name=f"patch_embed_{letter}")(x)
+        height, width = height // 2, width // 2
+        bias = RelativePositionBias(num_heads[stage], (height, width), sr_ratios[stage],
+                                    name=f"relative_pos_{letter}")(x)
+        for i in range(depths[stage]):
+            x = CMTBlock(
+                embed_dims[stage], num_heads[stage], mlp_ratios[stage], sr_ratios[stage], qkv_bias,
+                drop_path_rate=rates[block_index], name=f"blocks_{letter}_{i}",
+            )(x, bias)
+            block_index += 1
+        x = keras.layers.Identity(name=f"stage_{stage + 1}")(x)
+
+    x = keras.layers.Conv2D(head_channels, 1, name="head_conv")(x)
+    x = keras.layers.BatchNormalization(epsilon=1e-5, momentum=0.9, name="head_norm")(x)
+    x = keras.layers.Activation("swish", name="head_swish")(x)
+
+    if include_top:
+        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        x = keras.layers.Dropout(head_dropout, name="head_dropout")(x)
+        x = keras.layers.Dense(classes, name="head")(x)
+        # The activation runs in float32 so mixed-precision models still return float32 probabilities.
+        x = keras.layers.Activation(classifier_activation or "linear", dtype="float32", name="predictions")(x)
+    elif pooling == "avg":
+        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    elif pooling == "max":
+        x = keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
+
+    inputs = keras.utils.get_source_inputs(input_tensor) if input_tensor is not None else img_input
+    model = keras.Model(inputs=inputs, outputs=x, name=name)
+
+    if weights == "imagenet":
+        from keras_cmt.weights import pretrained
+
+        pretrained.load_imagenet_weights(model, weights_variant)
+    elif weights is not None:
+        from keras_cmt.weights.loading import load_weights
+
+        load_weights(model, weights)
+    return model
+
+
+def _variant_builder(variant_name):
+    variant = variants.VARIANTS[variant_name]
+
+    def builder(
+        include_top=True,
+        weights=None,
+        input_tensor=None,
+        input_shape=None,
+        pooling=None,
+        classes=1000,
+        classifier_activation="softmax",
+        drop_path_rate=0.0,
+        name=None,
+    ):
+        return CMT(
+            depths=variant.depths,
+            embed_dims=variant.embed_dims,
+            num_heads=variant.num_heads,
+            mlp_ratios=variant.mlp_ratios,
+            stem_channels=variant.stem_channels,
+            head_dropout=variant.head_dropout,
+            include_top=include_top,
+            weights=weights,
+            input_tensor=input_tensor,
+            input_shape=input_shape,
+            pooling=pooling,
+            classes=classes,
+            classifier_activation=classifier_activation,
+            drop_path_rate=drop_path_rate,
+            name=name or variant.name,
+            default_size=variant.default_size,
+            weights_variant=variant.name,
+        )
+
+    builder.__name__ = builder.__qualname__ = variant.builder_name
+    builder.__doc__ = BASE_DOCSTRING.format(name=variant.builder_name, default_size=variant.default_size)
+    return builder
+
+
+CMTTiny = _variant_builder("cmt_ti")
+CMTXS = _variant_builder("cmt_xs")
+CMTSmall = _variant_builder("cmt_s")
+CMTBase = _variant_builder("cmt_b")
+
+_BUILDERS = {"cmt_ti": CMTTiny, "cmt_xs": CMTXS, "cmt_s": CMTSmall, "cmt_b": CMTBase}
+
+
+def build_model(variant, **kwargs):
+    """Builds a released variant by name ("cmt_ti", "cmt_xs", "cmt_s", "cmt_b", or an alias such as "CMTSmall"),
+    forwarding the keyword arguments of the variant builders."""
+    return _BUILDERS[variants.get_variant(variant).name](**kwargs)
