@@ -1,7 +1,13 @@
 """keras_cmt: CMT (Convolutional Neural Networks Meet Vision Transformers, CVPR 2022) for Keras 3."""
 
 from keras_cmt.cmt import CMT, CMTXS, CMTBase, CMTSmall, CMTTiny, build_model
-from keras_cmt.preprocessing import IMAGENET_MEAN, IMAGENET_STD, decode_predictions, preprocess_input
+from keras_cmt.preprocessing import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    decode_predictions,
+    imagenet_labels,
+    preprocess_input,
+)
 from keras_cmt.variants import VARIANTS, get_variant
 from keras_cmt.weights.loading import load_weights
 

@@ -1,6 +1,9 @@
 """Input normalisation and prediction decoding, as the official training used (RGB, ImageNet mean/std)."""
 
-import keras
+import functools
+import json
+import os
+
 import numpy as np
 from keras import ops
 
@@ -27,6 +30,32 @@ def preprocess_input(x, data_format=None):
     return (x - mean) / std
 
 
+@functools.lru_cache(maxsize=1)
+def imagenet_class_index():
+    """The ImageNet-1k class index {id: (wordnet_id, name)} bundled with the package (no download at run time)."""
+    path = os.path.join(os.path.dirname(__file__), "data", "imagenet_class_index.json")
+    with open(path) as f:
+        return {int(k): tuple(v) for k, v in json.load(f).items()}
+
+
+def imagenet_labels():
+    """The 1000 ImageNet-1k class names in class-id order."""
+    index = imagenet_class_index()
+    return [index[i][1] for i in range(len(index))]
+
+
 def decode_predictions(preds, top=5):
-    """Decodes ImageNet-1k predictions into (class_id, class_name, score) tuples, as keras.applications does."""
-    return keras.applications.imagenet_utils.decode_predictions(preds, top=top)
+    """Decodes ImageNet-1k predictions into lists of (wordnet_id, class_name, score), best first, per sample.
+
+    Same output as `keras.applications.imagenet_utils.decode_predictions`, but from the bundled class index, so
+    it works offline.
+    """
+    preds = np.asarray(preds)
+    if preds.ndim != 2 or preds.shape[1] != 1000:
+        raise ValueError(f"decode_predictions expects a (samples, 1000) array; got shape {preds.shape}.")
+    index = imagenet_class_index()
+    results = []
+    for row in preds:
+        best = np.argsort(row)[::-1][:top]
+        results.append([index[int(i)] + (float(row[i]),) for i in best])
+    return results
