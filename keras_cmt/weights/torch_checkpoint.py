@@ -70,7 +70,7 @@ def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=Fals
                        metadata=None):
     size, stride = tuple(size), tuple(stride)
     if not size:
-        return storage[storage_offset].copy()
+        return np.array(storage[storage_offset])
     itemsize = storage.dtype.itemsize
     needed = storage_offset + sum((s - 1) * st for s, st in zip(size, stride)) + 1
     if needed > storage.size:

@@ -1,0 +1,109 @@
+"""Each CMT layer on its own: shapes, config round trips, the details that break parity if missed."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_cmt import layers
+
+
+def _round_trip(layer):
+    config = keras.saving.serialize_keras_object(layer)
+    return keras.saving.deserialize_keras_object(config)
+
+
+def test_drop_path_config_and_validation():
+    restored = _round_trip(layers.DropPath(0.2, seed=3))
+    assert restored.rate == 0.2 and restored.seed == 3
+    with pytest.raises(ValueError, match="rate"):
+        layers.DropPath(1.0)
+
+
+def test_drop_path_keeps_or_drops_whole_samples():
+    x = tf.ones((64, 3, 3, 2))
+    out = layers.DropPath(0.5, seed=1)(x, training=True).numpy()
+    per_sample = out.reshape(64, -1)
+    assert set(np.unique(per_sample)) <= {0.0, 2.0}
+    assert np.all(per_sample.min(1) == per_sample.max(1))  # one decision per sample
+    assert 0 < (per_sample[:, 0] == 0).sum() < 64
+
+
+def test_relative_position_bias_shape_and_config():
+    bias = layers.RelativePositionBias(2, (8, 12), 4)
+    out = bias(tf.zeros((3, 8, 12, 16)))
+    assert out.shape == (1, 2, 96, 6)
+    restored = _round_trip(bias)
+    assert restored.query_size == (8, 12) and restored.sr_ratio == 4
+
+
+def test_relative_position_bias_rejects_indivisible_grid():
+    with pytest.raises(ValueError, match="multiples of 32"):
+        layers.RelativePositionBias(1, (6, 6), 4)
+
+
+def test_patch_embedding_halves_and_normalises():
+    layer = layers.PatchEmbedding(24)
+    out = layer(tf.random.normal((2, 8, 6, 5))).numpy()
+    assert out.shape == (2, 4, 3, 24)
+    np.testing.assert_allclose(out.mean(-1), 0.0, atol=1e-5)
+    assert layer.norm.epsilon == 1e-5
+    assert _round_trip(layer).embed_dim == 24
+
+
+def test_local_perception_unit_is_a_residual():
+    layer = layers.LocalPerceptionUnit()
+    x = tf.random.normal((1, 5, 5, 4))
+    layer.build(x.shape)
+    layer.proj.kernel.assign(tf.zeros_like(layer.proj.kernel))
+    np.testing.assert_allclose(layer(x).numpy(), x.numpy())
+
+
+def test_ffn_hidden_width_truncates_like_the_official_code():
+    block = layers.CMTBlock(46, 1, 3.6, sr_ratio=8)
+    assert block.mlp.hidden_dim == 165  # int(46 * 3.6) = int(165.6)
+    block_xs = layers.CMTBlock(52, 1, 3.77)
+    assert block_xs.mlp.hidden_dim == 196  # int(196.04)
+
+
+def test_ffn_and_block_epsilons():
+    block = layers.CMTBlock(16, 2, 2.0, sr_ratio=2)
+    assert block.norm1.epsilon == 1e-6 and block.norm2.epsilon == 1e-6
+    assert block.mlp.norm1.epsilon == 1e-5 and block.attn.sr_norm.epsilon == 1e-5
+
+
+def test_attention_matches_a_reference_computation():
+    dim, heads, sr = 8, 2, 2
+    layer = layers.LightweightAttention(dim, heads, sr)
+    x = tf.random.normal((2, 4, 4, dim), seed=0)
+    bias_layer = layers.RelativePositionBias(heads, (4, 4), sr)
+    bias = bias_layer(x)
+    out = layer(x, bias).numpy()
+
+    def project(conv, t):
+        return np.einsum("bhwc,co->bhwo", t, conv.kernel.numpy()[0, 0]) + conv.bias.numpy()
+
+    reduced = layer.sr_norm(layer.sr(x)).numpy()
+    q = project(layer.q, x.numpy()).reshape(2, 16, heads, 4).transpose(0, 2, 1, 3)
+    k = project(layer.k, reduced).reshape(2, 4, heads, 4).transpose(0, 2, 1, 3)
+    v = project(layer.v, reduced).reshape(2, 4, heads, 4).transpose(0, 2, 1, 3)
+    logits = q @ k.transpose(0, 1, 3, 2) * 4 ** -0.5 + bias.numpy()
+    attn = np.exp(logits - logits.max(-1, keepdims=True))
+    attn /= attn.sum(-1, keepdims=True)
+    ref = (attn @ v).transpose(0, 2, 1, 3).reshape(2, 4, 4, dim)
+    np.testing.assert_allclose(out, project(layer.proj, ref), atol=1e-5)
+
+
+def test_attention_rejects_bad_heads():
+    with pytest.raises(ValueError, match="divisible"):
+        layers.LightweightAttention(10, 3)
+
+
+@pytest.mark.parametrize("cls, args", [
+    (layers.CMTBlock, (16, 2, 2.0, 2, True, 0.1)),
+    (layers.LightweightAttention, (16, 2, 2)),
+    (layers.InvertedResidualFFN, (16, 32)),
+])
+def test_configs_round_trip(cls, args):
+    layer = cls(*args)
+    assert _round_trip(layer).get_config() == layer.get_config()
