@@ -1,0 +1,108 @@
+"""Keras inference latency per CMT variant on TensorFlow: the baseline the performance work improves.
+
+    python -m benchmarks.keras_latency [--variants cmt_ti cmt_s] [--batch_sizes 1 32] [--threads 2]
+                                       [--repeats 20] [--output benchmarks/results/keras_latency.json]
+
+Times a compiled graph (`tf.function` around `model(x, training=False)`), the form `model.predict` runs per
+batch, after warm-up, and reports the median and the interquartile range: these machines are shared and noisy,
+so medians are what to compare, and only within one run or one machine.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+
+def _parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--variants", nargs="+", default=["cmt_ti", "cmt_xs", "cmt_s", "cmt_b"])
+    parser.add_argument("--batch_sizes", nargs="+", type=int, default=[1, 32])
+    parser.add_argument("--threads", type=int, default=2, help="TensorFlow intra-op threads")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=15, help="timed runs at batch 1 (fewer at large batches)")
+    parser.add_argument("--jit_compile", action="store_true", help="compile with XLA")
+    parser.add_argument("--output", default="benchmarks/results/keras_latency.json")
+    return parser.parse_args(argv)
+
+
+def _time_calls(fn, x, warmup, repeats):
+    for _ in range(warmup):
+        fn(x).numpy()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn(x).numpy()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _peak_rss_mib():
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def run(args):
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    import keras
+
+    import keras_cmt
+
+    rows = []
+    for name in args.variants:
+        variant = keras_cmt.get_variant(name)
+        model = keras_cmt.build_model(variant.name)
+        fn = tf.function(lambda x: model(x, training=False), jit_compile=args.jit_compile)
+        size = variant.default_size
+        for batch in args.batch_sizes:
+            x = tf.random.normal((batch, size, size, 3), seed=0)
+            repeats = max(5, args.repeats // max(1, batch // 8))
+            times = _time_calls(fn, x, args.warmup, repeats)
+            q = statistics.quantiles(times, n=4)
+            median = statistics.median(times)
+            rows.append({
+                "variant": variant.name, "input": size, "batch": batch, "median_ms": median * 1e3,
+                "iqr_ms": (q[2] - q[0]) * 1e3, "images_per_s": batch / median, "repeats": repeats,
+                "peak_rss_mib": _peak_rss_mib(),
+            })
+            print(f"{variant.name:7s} {size:4d} batch {batch:3d}: median {median * 1e3:9.1f} ms "
+                  f"(IQR {(q[2] - q[0]) * 1e3:6.1f} ms, {batch / median:7.1f} img/s)", flush=True)
+        del model, fn
+        keras.backend.clear_session()
+
+    print("\n| variant | input | batch | median latency (ms) | IQR (ms) | images/s | peak RSS (MiB) |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        print(f"| {r['variant']} | {r['input']} | {r['batch']} | {r['median_ms']:.1f} | {r['iqr_ms']:.1f} | "
+              f"{r['images_per_s']:.1f} | {r['peak_rss_mib']:.0f} |")
+    result = {
+        "benchmark": "keras_latency",
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "threads": args.threads,
+        "jit_compile": args.jit_compile,
+        "machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count()},
+        "rows": rows,
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    tmp = args.output + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(result, f, indent=2)
+    os.replace(tmp, args.output)
+    print(f"\nsaved {args.output}")
+    return result
+
+
+def main(argv=None):
+    run(_parse_args(sys.argv[1:] if argv is None else argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""keras_cmt: CMT (Convolutional Neural Networks Meet Vision Transformers) for Keras 3 / TensorFlow."""
+
+import pathlib
+
+from setuptools import find_packages, setup
+
+HERE = pathlib.Path(__file__).parent
+
+# TensorFlow 2.21 is the release this project is tested with; Keras is pinned to the 3.15 line because
+# training/multiworker_compat.py patches two private functions of keras/src/backend/tensorflow/trainer.py
+# (keras-team/keras#20585) and checks their source: a new Keras minor release must be re-checked first.
+CORE = [
+    "tensorflow>=2.21,<2.22",
+    "keras>=3.15,<3.16",
+    "numpy>=1.26,<3",
+    "h5py>=3.10",
+    "pillow>=10",
+]
+TRAIN = [
+    "absl-py>=2.1",
+    "tensorflow-datasets>=4.9.9,<4.10",
+    "scikit-learn>=1.5",  # the bundled `digits` dataset: real images, no download
+    "pyyaml>=6",
+    "matplotlib>=3.8",
+]
+TFLITE = []
+TEST = ["pytest>=8"]
+
+setup(
+    name="keras-cmt",
+    version="0.1.0",
+    description="CMT (CVPR 2022) as a Keras 3 application: official weights, tf.distribute training, TFLite.",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["keras_cmt", "keras_cmt.*", "training", "training.*", "tflite", "tflite.*"]),
+    package_data={"keras_cmt": ["data/*.json"]},
+    install_requires=CORE,
+    extras_require={
+        "train": TRAIN,
+        "tflite": TFLITE,
+        "test": TEST + TRAIN + TFLITE,
+        "all": TRAIN + TFLITE + TEST,
+    },
+    entry_points={
+        "console_scripts": [
+            "keras-cmt=keras_cmt.cli:main",
+        ],
+    },
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Framework :: Keras",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)
