@@ -25,15 +25,12 @@ def test_cmt_tiny_fixture_parity():
     model = keras_cmt.CMTTiny(weights=str(checkpoint), classifier_activation=None)
     logits = model.predict(io["input_nhwc"], verbose=0)
     assert np.abs(logits - io["logits"]).max() <= 1e-4
-    probs = keras_cmt.CMTTiny(weights=str(checkpoint)).predict(io["input_nhwc"], verbose=0)
-    np.testing.assert_allclose(probs, tf.nn.softmax(io["logits"]).numpy(), atol=1e-5)
     keras.backend.clear_session()
 
 
 def test_softmax_output_is_a_distribution(micro_checkpoint, micro_io):
     probs = build_micro(weights=str(micro_checkpoint)).predict(micro_io["input_nhwc"], verbose=0)
-    np.testing.assert_allclose(probs.sum(axis=-1), 1.0, rtol=1e-5)
-    assert np.array_equal(probs.argmax(-1), micro_io["logits"].argmax(-1))
+    np.testing.assert_allclose(probs, tf.nn.softmax(micro_io["logits"]).numpy(), atol=1e-5)
 
 
 @pytest.mark.parametrize("pooling, shape", [(None, (2, 2, 2, 64)), ("avg", (2, 64)), ("max", (2, 64))])
