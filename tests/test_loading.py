@@ -68,3 +68,29 @@ def test_other_input_size_loads_with_resized_biases(micro_checkpoint, micro_io):
 
     state = select_state_dict(read_torch_checkpoint(micro_checkpoint))
     np.testing.assert_array_equal(same.get_layer("relative_pos_b").bias.numpy(), state["relative_pos_b"])
+
+
+def test_source_input_shape_regrids_other_aspect_ratios(tmp_path):
+    from keras_cmt.weights import position_bias_resize as resize
+
+    source = build_micro(input_shape=(64, 96, 3))
+    path = str(tmp_path / "wide.weights.h5")
+    source.save_weights(path)
+    target = build_micro(input_shape=(96, 64, 3))  # same bias shapes, transposed grids
+    keras_cmt.load_weights(target, path, source_input_shape=(64, 96, 3))
+    for letter, sr, stride in (("a", 8, 4), ("b", 4, 8), ("c", 2, 16), ("d", 1, 32)):
+        old_q = (64 // stride, 96 // stride)
+        layer = target.get_layer(f"relative_pos_{letter}")
+        expected = resize.resize_relative_position_bias(
+            source.get_layer(layer.name).bias.numpy(), old_q, (old_q[0] // sr, old_q[1] // sr),
+            layer.query_size, layer.key_size)
+        np.testing.assert_allclose(layer.bias.numpy(), expected, atol=1e-6)
+    with pytest.raises(ValueError, match=r"wrong source_input_shape"):
+        keras_cmt.load_weights(target, path, source_input_shape=(64, 64, 3))
+
+
+def test_uninferable_source_grid_asks_for_source_input_shape(tmp_path):
+    path = str(tmp_path / "wide.weights.h5")
+    build_micro(input_shape=(64, 96, 3)).save_weights(path)
+    with pytest.raises(ValueError, match="pass source_input_shape"):
+        keras_cmt.load_weights(build_micro(input_shape=(128, 128, 3)), path)

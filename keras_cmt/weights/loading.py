@@ -25,8 +25,11 @@ def _shape_text(shape):
     return "x".join(str(int(s)) for s in shape)
 
 
-def assign_state_dict(model, state_dict, source="checkpoint", exclude_head=False):
-    """Assigns an official-layout state dict (numpy arrays) to `model`, all or nothing."""
+def assign_state_dict(model, state_dict, source="checkpoint", exclude_head=False, source_input_shape=None):
+    """Assigns an official-layout state dict (numpy arrays) to `model`, all or nothing.
+
+    `source_input_shape`: the (height, width, ...) the weights were saved at, to resize the relative-position
+    biases exactly; without it their grids are inferred (square, or the model's aspect ratio)."""
     state_dict = {
         (k[len("module."):] if k.startswith("module.") else k): v for k, v in state_dict.items()
     }
@@ -42,22 +45,33 @@ def assign_state_dict(model, state_dict, source="checkpoint", exclude_head=False
     ]
     missing = [k for k in expected if k not in state_dict]
 
-    values, mismatched = [], []
+    values, mismatched, resize_errors = [], [], []
     for key, variable, transform in entries:
         if key not in state_dict:
             continue
         value = transform(np.asarray(state_dict[key]))
         target = tuple(variable.shape)
-        if value.shape != target and key.startswith("relative_pos_") and value.ndim == 3:
+        is_bias = key.startswith("relative_pos_") and value.ndim == 3
+        # With a known source size the bias is always regridded: 64x96 -> 96x64 keeps its shape but not its grid.
+        if is_bias and (value.shape != target or source_input_shape is not None):
             layer = model.get_layer(key)
+            source_query_size = None
+            if source_input_shape is not None:
+                stride = 4 * 2 ** "abcd".index(key[-1])
+                source_query_size = (source_input_shape[0] // stride, source_input_shape[1] // stride)
             try:
-                value = position_bias_resize.resize_for_layer(value, layer)
-            except ValueError:
-                pass
+                value = position_bias_resize.resize_for_layer(value, layer, source_query_size)
+            except ValueError as e:
+                resize_errors.append(str(e))
+                mismatched.append((key, value.shape, target))
+                continue
         if value.shape != target:
             mismatched.append((key, value.shape, target))
             continue
         values.append((variable, value))
+    if resize_errors and len(mismatched) == len(resize_errors) and all(
+            m[0].startswith("relative_pos_") for m in mismatched):
+        raise ValueError(f"{source}: {resize_errors[0]}")
 
     head_mismatch = [m for m in mismatched if m[0].startswith("head.")]
     if head_mismatch and len(mismatched) == len(head_mismatch) and not missing and not unexpected:
@@ -88,7 +102,7 @@ def assign_state_dict(model, state_dict, source="checkpoint", exclude_head=False
     return model
 
 
-def load_weights(model, path, exclude_head=False, prefer="auto"):
+def load_weights(model, path, exclude_head=False, prefer="auto", source_input_shape=None):
     """Loads `path` into a CMT `model` built by `keras_cmt.CMT` or a variant builder.
 
     Args:
@@ -97,6 +111,9 @@ def load_weights(model, path, exclude_head=False, prefer="auto"):
         exclude_head: leave the classifier layer ("head") as initialised, to fine-tune to other classes.
         prefer: for DeiT-style training checkpoints, which weights: "auto" (model_ema when present, as the
             official evaluation does), "ema" or "model".
+        source_input_shape: (height, width, 3) of the model the weights were saved from, needed only for files
+            saved from a non-square model into a model of another aspect ratio (a file does not record it; square
+            or same-aspect sources are inferred).
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -105,4 +122,5 @@ def load_weights(model, path, exclude_head=False, prefer="auto"):
         state = keras_weights_file.read_as_state_dict(path, model)
     else:
         state = select_state_dict(read_torch_checkpoint(path), prefer=prefer, source=path)
-    return assign_state_dict(model, state, source=path, exclude_head=exclude_head)
+    return assign_state_dict(model, state, source=path, exclude_head=exclude_head,
+                             source_input_shape=source_input_shape)

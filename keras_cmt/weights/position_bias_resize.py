@@ -21,8 +21,12 @@ def infer_grid(num_positions, like):
         return side, side
     like_h, like_w = like
     h = int(round(math.sqrt(num_positions * like_h / like_w)))
-    if h <= 0 or num_positions % h:
-        raise ValueError(f"cannot infer a {like_h}:{like_w} grid holding {num_positions} positions.")
+    if h <= 0 or num_positions % h or h * like_w != (num_positions // h) * like_h:
+        raise ValueError(
+            f"cannot infer a {like_h}:{like_w} grid holding {num_positions} positions (weights saved from a "
+            "model of another aspect ratio?): pass source_input_shape=(height, width, 3) of the model that saved "
+            "them."
+        )
     return h, num_positions // h
 
 
@@ -64,12 +68,22 @@ def resize_relative_position_bias(bias, old_query_grid, old_key_grid, new_query_
     return out.astype(bias.dtype)
 
 
-def resize_for_layer(bias, layer):
-    """Resizes a checkpoint bias to fit a `RelativePositionBias` layer (grids inferred by `infer_grid`).
-    Raises ValueError if the number of heads differs."""
+def resize_for_layer(bias, layer, source_query_size=None):
+    """Resizes a checkpoint bias to fit a `RelativePositionBias` layer.
+
+    The checkpoint's grids are `source_query_size` (and it divided by the layer's reduction ratio) when given,
+    else inferred by `infer_grid` (square, or the layer's aspect ratio). Raises ValueError if the number of heads
+    differs or the grids do not hold the bias."""
     heads, n_q, n_k = bias.shape
     if heads != layer.num_heads:
         raise ValueError(f"{layer.name}: checkpoint has {heads} heads, the model {layer.num_heads}.")
-    old_q = infer_grid(n_q, layer.query_size)
-    old_k = infer_grid(n_k, layer.key_size)
+    if source_query_size is not None:
+        old_q = tuple(int(s) for s in source_query_size)
+        old_k = (old_q[0] // layer.sr_ratio, old_q[1] // layer.sr_ratio)
+        if old_q[0] * old_q[1] != n_q or old_k[0] * old_k[1] != n_k:
+            raise ValueError(f"{layer.name}: a {old_q[0]}x{old_q[1]} query grid does not hold the checkpoint's "
+                             f"{n_q} x {n_k} bias (wrong source_input_shape?).")
+    else:
+        old_q = infer_grid(n_q, layer.query_size)
+        old_k = infer_grid(n_k, layer.key_size)
     return resize_relative_position_bias(bias, old_q, old_k, layer.query_size, layer.key_size)
