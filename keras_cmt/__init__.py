@@ -1,6 +1,8 @@
 """keras_cmt: CMT (Convolutional Neural Networks Meet Vision Transformers, CVPR 2022) for Keras 3."""
 
 from keras_cmt.cmt import CMT, CMTXS, CMTBase, CMTSmall, CMTTiny, build_model
+from keras_cmt.flops import count_macs
+from keras_cmt.image_transforms import eval_transform, load_image
 from keras_cmt.preprocessing import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -8,6 +10,7 @@ from keras_cmt.preprocessing import (
     imagenet_labels,
     preprocess_input,
 )
+from keras_cmt.pyramid import CMTPyramid, pyramid_model, pyramid_outputs
 from keras_cmt.variants import VARIANTS, get_variant
 from keras_cmt.weights.loading import load_weights
 

@@ -1,0 +1,168 @@
+"""The `keras-cmt` command line (also `python -m keras_cmt`).
+
+    keras-cmt predict IMAGE... [--model cmt_small] [--weights imagenet|PATH|none] [--top 5] [--size N]
+    keras-cmt info [--model NAME ...]
+
+`predict` decodes each image (JPEG/PNG/GIF/BMP), applies the official evaluation transform
+(`keras_cmt.eval_transform`) at the model's input size and prints the top-k classes with their probabilities.
+`--model` takes a variant name or a saved `.keras` model (a fine-tuned one, with `--labels` for its class names).
+`info` prints the variant table; params and GMACs are counted from the built models (a few seconds per variant).
+Errors are one line on stderr and exit status 1.
+"""
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+PROG = "keras-cmt"
+
+
+def _parser():
+    parser = argparse.ArgumentParser(prog=PROG, description="CMT image classifiers for Keras.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    predict = commands.add_parser("predict", help="classify images with a CMT model",
+                                  description="Classify images with the official evaluation transform.")
+    predict.add_argument("images", nargs="+", metavar="IMAGE", help="JPEG/PNG/GIF/BMP files")
+    predict.add_argument("--model", default="cmt_small",
+                         help="variant (cmt_ti, cmt_xs, cmt_small, cmt_base, ...) or a saved .keras model "
+                              "(default: cmt_small)")
+    predict.add_argument("--weights", default=None,
+                         help="'imagenet' (default for variants), a .weights.h5 or official .pth file, or 'none' "
+                              "(random weights; with a .keras model the default keeps its own weights)")
+    predict.add_argument("--top", type=_positive_int, default=5, help="how many classes to print (default 5)")
+    predict.add_argument("--size", type=_positive_int, default=None,
+                         help="input size for a variant, a multiple of 32 (default: the variant's, e.g. 224)")
+    predict.add_argument("--labels", default=None,
+                         help="text file with one class name per line (default: ImageNet-1k names for 1000 "
+                              "classes, else class_<i>)")
+    predict.add_argument("--batch-size", type=_positive_int, default=16, help="images per forward pass")
+
+    info = commands.add_parser("info", help="print the variant table (params, GMACs, input size, top-1)")
+    info.add_argument("--model", action="append", default=None, metavar="NAME",
+                      help="only these variants (repeatable; default: all four)")
+    return parser
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _load_model(args):
+    import keras
+
+    import keras_cmt
+
+    if args.model.endswith(".keras"):
+        if not os.path.isfile(args.model):
+            raise ValueError(f"--model {args.model}: no such file.")
+        if args.size is not None:
+            raise ValueError("--size applies to variants; a .keras model keeps the input size it was saved with.")
+        model = keras.saving.load_model(args.model)
+        if args.weights not in (None, "none"):
+            if args.weights == "imagenet":
+                raise ValueError("--weights imagenet needs a variant --model; a .keras model has its own weights.")
+            keras_cmt.load_weights(model, args.weights)
+        return model
+    variant = keras_cmt.get_variant(args.model)
+    size = args.size or variant.default_size
+    weights = args.weights or "imagenet"
+    return keras_cmt.build_model(variant.name, weights=None if weights == "none" else weights,
+                                 input_shape=(size, size, 3))
+
+
+def _labels(args, classes):
+    if args.labels:
+        if not os.path.isfile(args.labels):
+            raise ValueError(f"--labels {args.labels}: no such file.")
+        with open(args.labels) as f:
+            names = [line.strip() for line in f if line.strip()]
+        if len(names) != classes:
+            raise ValueError(f"--labels {args.labels}: {len(names)} names for a model with {classes} classes.")
+        return names
+    if classes == 1000:
+        from keras_cmt.preprocessing import imagenet_class_index
+
+        index = imagenet_class_index()
+        return [f"{index[i][1]} ({index[i][0]})" for i in range(1000)]
+    return [f"class_{i}" for i in range(classes)]
+
+
+def _probabilities(outputs):
+    """Softmax unless the model already returns probabilities (a .keras model may return logits)."""
+    outputs = np.asarray(outputs, dtype="float64")
+    if outputs.min() >= 0 and np.allclose(outputs.sum(axis=-1), 1.0, atol=1e-3):
+        return outputs
+    shifted = np.exp(outputs - outputs.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+def predict(args, out=None):
+    out = out or sys.stdout
+    from keras_cmt.image_transforms import eval_transform, load_image
+
+    images = [load_image(path) for path in args.images]  # every file checked before the model is built
+    model = _load_model(args)
+    shape = tuple(model.inputs[0].shape[1:])
+    if len(model.outputs) != 1 or len(model.outputs[0].shape) != 2:
+        raise ValueError(f"--model {args.model}: predict needs a classifier (one (batch, classes) output).")
+    if shape[0] != shape[1] or shape[0] is None:
+        raise ValueError(f"--model {args.model}: predict needs a square input size; the model takes {shape}.")
+    size = int(shape[0])
+    classes = int(model.outputs[0].shape[-1])
+    labels = _labels(args, classes)
+    top = min(args.top, classes)
+    for start in range(0, len(images), args.batch_size):
+        paths = args.images[start:start + args.batch_size]
+        batch = np.stack([eval_transform(image, size) for image in images[start:start + args.batch_size]])
+        probabilities = _probabilities(model(batch, training=False))
+        for path, row in zip(paths, probabilities):
+            print(path, file=out)
+            for rank, index in enumerate(np.argsort(-row, kind="stable")[:top], start=1):
+                print(f"  {rank:>2}. {row[index]:.4f}  {labels[index]}", file=out)
+    return 0
+
+
+def info(args, out=None):
+    out = out or sys.stdout
+    import keras_cmt
+    from keras_cmt.flops import count_macs
+
+    names = [keras_cmt.get_variant(name).name for name in (args.model or keras_cmt.VARIANTS)]
+    header = f"{'variant':<8} {'builder':<9} {'params':>12} {'GMACs':>7} {'input':>7} {'top-1':>6}  weights"
+    print(header, file=out)
+    print("-" * len(header), file=out, flush=True)
+    for name in dict.fromkeys(names):
+        variant = keras_cmt.VARIANTS[name]
+        model = keras_cmt.build_model(name)
+        gmacs = count_macs(model) / 1e9
+        size = f"{variant.default_size}^2"
+        print(f"{name:<8} {variant.builder_name:<9} {model.count_params():>12,} {gmacs:>7.3f} {size:>7} "
+              f"{variant.top1:>6.1f}  {variant.weights_file}", file=out, flush=True)
+        del model
+    print("GMACs: convolutions and matrix products at the default input, batch 1; params include BatchNorm "
+          "statistics; top-1: ImageNet-1k, official release weights.", file=out)
+    return 0
+
+
+def main(argv=None):
+    """Runs the command line; returns the exit status (0, 1 for errors, 2 for usage errors)."""
+    args = _parser().parse_args(argv)
+    try:
+        return {"predict": predict, "info": info}[args.command](args)
+    except (ValueError, OSError) as e:
+        message = " ".join(str(e).split()) or type(e).__name__
+        print(f"{PROG}: error: {message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
