@@ -23,7 +23,17 @@ TRAIN = [
     "pyyaml>=6",
     "matplotlib>=3.8",
 ]
-TFLITE = []
+# tflite-support is deliberately absent: it pins protobuf<4, which breaks TensorFlow 2.21; tflite/metadata.py writes
+# the metadata with the flatbuffers schema classes that MediaPipe's wheel ships. MediaPipe's OpenCV needs the system
+# libraries libgl1 and libglib2.0-0 (apt) on a bare Debian machine.
+TFLITE = [
+    "ai-edge-litert>=2.3,<2.4",  # the LiteRT interpreter: tf.lite.Interpreter is deprecated in TF 2.21
+    "mediapipe>=1.2.3,<1.3",
+    "flatbuffers>=25.9,<26",
+    "tf2onnx>=1.17,<1.18",
+    "onnx>=1.23,<1.24",
+    "onnxruntime>=1.32,<1.33",
+]
 TEST = ["pytest>=8"]
 
 setup(
@@ -39,13 +49,15 @@ setup(
     install_requires=CORE,
     extras_require={
         "train": TRAIN,
-        "tflite": TFLITE,
+        "tflite": TFLITE + TRAIN,  # representative data comes through training.data
         "test": TEST + TRAIN + TFLITE,
         "all": TRAIN + TFLITE + TEST,
     },
     entry_points={
         "console_scripts": [
             "keras-cmt=keras_cmt.cli:main",
+            "keras-cmt-tflite=tflite.convert:main",
+            "keras-cmt-tflite-benchmark=tflite.benchmark:main",
         ],
     },
     classifiers=[

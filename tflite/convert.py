@@ -1,0 +1,321 @@
+"""Convert a CMT to a `.tflite` file for Android (XNNPACK / GPU delegates), with metadata.
+
+    python -m tflite.convert --model cmt_ti [--weights imagenet|PATH] [--image_size N]
+        [--quantize none|float16|dynamic|int8] [--representative_data DATASET] [--output PATH]
+    python -m tflite.convert --model path/to/trained.keras --quantize int8 --representative_data digits
+
+What the file holds: a static batch-1 graph of builtin TFLite ops only (no Select TF ops) whose input is
+RGB in [0, 255] (float32, or int8/uint8 with `--io_type`). The ImageNet per-channel normalisation of
+`keras_cmt.preprocess_input` is folded into the graph, because MediaPipe's ImageClassifier refuses
+per-channel normalisation in the metadata; the metadata then declares mean 0 / std 1, the label file
+and the image size, so the Task Library and MediaPipe load the file with no extra code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import tempfile
+
+import numpy as np
+
+from tflite import metadata as metadata_lib
+from tflite import quantization
+
+
+class ConversionError(RuntimeError):
+    """The TFLite converter could not turn the model into builtin ops."""
+
+
+def _first_line(e: BaseException) -> str:
+    for line in str(e).splitlines():
+        line = line.strip()
+        if line:
+            return line
+    return type(e).__name__
+
+
+def check_output_path(path: str) -> str:
+    """Fails early (before a long conversion) when `path` cannot be written."""
+    path = os.path.abspath(os.fspath(path))
+    folder = os.path.dirname(path)
+    if os.path.isdir(path):
+        raise ValueError(f"output path is a directory: {path}")
+    if not os.path.isdir(folder):
+        raise ValueError(f"output folder does not exist: {folder}")
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"output folder is not writable: {folder}")
+    return path
+
+
+def write_atomically(path: str, data: bytes) -> str:
+    """Writes to a temporary file beside `path`, then renames: readers never see half a model."""
+    path = check_output_path(path)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=os.path.dirname(path))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load_model(model, *, weights=None, image_size=None, classes=None, logits=False):
+    """A Keras CMT from a variant name ('cmt_ti', ...), a `.keras` file or an existing keras.Model."""
+    import keras
+
+    import keras_cmt
+
+    if isinstance(model, keras.Model):
+        return model
+    model = os.fspath(model)
+    if model.endswith(".keras"):
+        if not os.path.isfile(model):
+            raise FileNotFoundError(f"model file not found: {model}")
+        if weights is not None or image_size is not None:
+            raise ValueError("--weights and --image_size do not apply to a .keras file (it holds both)")
+        return keras.saving.load_model(model, compile=False)
+    if model not in keras_cmt.VARIANTS:
+        raise ValueError(
+            f"unknown model {model!r}: expected one of {', '.join(keras_cmt.VARIANTS)} or a .keras file"
+        )
+    kwargs = dict(weights=weights, classifier_activation=None if logits else "softmax")
+    if image_size is not None:
+        kwargs["input_shape"] = (int(image_size), int(image_size), 3)
+    if classes is not None:
+        kwargs["classes"] = int(classes)
+    return keras_cmt.build_model(model, **kwargs)
+
+
+def _output_is_probability(model) -> bool:
+    try:
+        head = model.get_layer("head")
+    except ValueError:
+        head = model.layers[-1]
+    activation = getattr(head, "activation", None)
+    return getattr(activation, "__name__", "") == "softmax"
+
+
+def serving_function(model, input_range: str = "0-255"):
+    """A batch-1 tf.function: RGB image in `input_range` -> the model's output, normalisation inside."""
+    import tensorflow as tf
+
+    import keras_cmt
+
+    height, width, channels = model.input_shape[1:]
+    if None in (height, width) or channels != 3:
+        raise ValueError(f"the model needs a static (H, W, 3) input shape, got {model.input_shape[1:]}")
+    metadata_lib.normalization_for_metadata(input_range, (0.0,), (1.0,))  # validates input_range
+    output_name = "probability" if _output_is_probability(model) else "logits"
+
+    @tf.function(input_signature=[tf.TensorSpec([1, height, width, 3], tf.float32, name="image")])
+    def serve(image):
+        if input_range == "0-255":
+            x = keras_cmt.preprocess_input(image)
+        elif input_range == "0-1":
+            x = keras_cmt.preprocess_input(image * 255.0)
+        else:
+            x = image
+        return {output_name: model(x, training=False)}
+
+    return serve
+
+
+def to_tflite(model, *, quantize: str = "none", representative_images=None, io_type: str = "float32",
+              input_range: str = "0-255", int8_ops: str = "xnnpack") -> bytes:
+    """The flatbuffer bytes of `model` (a keras.Model) converted with builtin ops only."""
+    import tensorflow as tf
+
+    quantization.check_mode(quantize, io_type, representative_images is not None and len(representative_images) > 0)
+    if quantize == "int8":
+        quantization.check_int8_ops(int8_ops, io_type)
+    serve = serving_function(model, input_range)
+    # A concrete function given without its trackable object is frozen (variables become constants).
+    # With the object, or through from_keras_model / from_saved_model, TF 2.21 either keeps
+    # VAR_HANDLE/READ_VARIABLE ops that no delegate runs or takes ~5x longer for the same graph.
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([serve.get_concrete_function()])
+    try:
+        if quantize == "int8" and int8_ops == "xnnpack":
+            return quantization.quantize_int8_for_xnnpack(converter, representative_images)
+        quantization.configure(converter, quantize, representative_images, io_type)
+        return converter.convert()
+    except Exception as e:
+        unsupported = sorted(set(re.findall(r"'(tf\.\w+)' op is neither a custom op nor a flex op", str(e))))
+        reason = (
+            f"{', '.join(unsupported)} ha{'ve' if len(unsupported) > 1 else 's'} no builtin TFLite op "
+            "(Select TF ops are not allowed)" if unsupported else _first_line(e)
+        )
+        raise ConversionError(f"the model could not be converted to builtin TFLite ops: {reason}") from e
+
+
+def default_labels(num_classes: int):
+    """ImageNet class names for 1000 outputs (keras_cmt's bundled class index), else '0', '1', ..."""
+    if num_classes == 1000:
+        import importlib.resources
+
+        index = json.loads(
+            importlib.resources.files("keras_cmt").joinpath("data/imagenet_class_index.json").read_text()
+        )
+        return [index[str(i)][1] for i in range(1000)]
+    return [str(i) for i in range(num_classes)]
+
+
+def read_labels(path: str):
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"label file not found: {path}")
+    with open(path, encoding="utf-8") as f:
+        labels = [line.rstrip("\r\n") for line in f]
+    while labels and not labels[-1]:
+        labels.pop()
+    return labels
+
+
+def add_metadata(tflite_bytes: bytes, model, *, labels=None, input_range: str = "0-255",
+                 name=None, description=None, version="1", author="keras_cmt", license="Apache-2.0") -> bytes:
+    """Embeds image-classifier metadata and the label file into a converted model."""
+    import keras_cmt
+
+    num_classes = int(model.output_shape[-1])
+    labels = list(labels) if labels is not None else default_labels(num_classes)
+    if len(labels) != num_classes:
+        raise ValueError(f"{len(labels)} labels for a model with {num_classes} outputs")
+    mean, std, lo, hi = metadata_lib.normalization_for_metadata(
+        input_range, keras_cmt.IMAGENET_MEAN, keras_cmt.IMAGENET_STD
+    )
+    height, width = model.input_shape[1:3]
+    probability = _output_is_probability(model)
+    meta = metadata_lib.build_image_classifier_metadata(
+        name=name or f"{model.name} image classifier",
+        description=description
+        or (
+            f"CMT image classifier ({model.name}), {height}x{width} RGB input, {num_classes} classes; "
+            f"outputs {'softmax probabilities' if probability else 'logits'}."
+        ),
+        version=str(version),
+        author=author,
+        license=license,
+        num_classes=num_classes,
+        label_file="labels.txt",
+        mean=mean,
+        std=std,
+        input_min=lo,
+        input_max=hi,
+        output_is_probability=probability,
+    )
+    return metadata_lib.populate(tflite_bytes, meta, {"labels.txt": metadata_lib.labels_text(labels)})
+
+
+def convert(model, output=None, *, weights=None, image_size=None, classes=None, quantize: str = "none",
+            representative_data=None, num_calibration_images: int = 200, io_type: str = "float32",
+            labels=None, with_metadata: bool = True, input_range: str = "0-255", logits: bool = False,
+            data_dir=None, int8_ops: str = "xnnpack") -> bytes:
+    """Converts a CMT (variant name, `.keras` file or keras.Model) and returns the `.tflite` bytes.
+
+    `representative_data` is a dataset name/folder/file (see `tflite.representative_data`) or an
+    array of RGB images in [0, 255] (mapped to `input_range` here). With `output`, the file is written
+    atomically.
+    """
+    has_data = representative_data is not None and (
+        not isinstance(representative_data, np.ndarray) or len(representative_data) > 0
+    )
+    quantization.check_mode(quantize, io_type, has_data)
+    if quantize == "int8":
+        quantization.check_int8_ops(int8_ops, io_type)
+    if output is not None:
+        check_output_path(output)
+    if isinstance(labels, (str, os.PathLike)):
+        labels = read_labels(os.fspath(labels))
+    keras_model = load_model(model, weights=weights, image_size=image_size, classes=classes, logits=logits)
+    images = None
+    if quantize == "int8":
+        if isinstance(representative_data, (str, os.PathLike)):
+            from tflite import representative_data as data_lib
+
+            images, _ = data_lib.load_images(
+                os.fspath(representative_data), int(keras_model.input_shape[1]),
+                limit=num_calibration_images, data_dir=data_dir,
+            )
+        else:
+            images = np.asarray(representative_data, dtype=np.float32)[:num_calibration_images]
+        if input_range == "0-1":
+            images = images / 255.0
+        elif input_range == "normalized":
+            import keras_cmt
+
+            images = keras_cmt.preprocess_input(images)
+    result = to_tflite(keras_model, quantize=quantize, representative_images=images, io_type=io_type,
+                       input_range=input_range, int8_ops=int8_ops)
+    if with_metadata:
+        result = add_metadata(result, keras_model, labels=labels, input_range=input_range)
+    if output is not None:
+        write_atomically(output, result)
+    return result
+
+
+def default_output_path(model, quantize: str, image_size=None, fmt: str = "tflite") -> str:
+    base = os.path.splitext(os.path.basename(os.fspath(model)))[0]
+    size = f"_{image_size}" if image_size else ""
+    suffix = "" if quantize == "none" else f"_{quantize}"
+    return f"{base}{size}{suffix}.{fmt}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m tflite.convert", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, help="cmt_ti | cmt_xs | cmt_s | cmt_b, or a .keras file")
+    p.add_argument("--weights", default=None, help="imagenet, a .weights.h5 / .pth path, or none")
+    p.add_argument("--image_size", type=int, default=None, help="square input size (multiple of 32)")
+    p.add_argument("--classes", type=int, default=None, help="number of classes (variant names only)")
+    p.add_argument("--quantize", default="none", help="none | float16 | dynamic | int8")
+    p.add_argument("--representative_data", default=None,
+                   help="calibration images for int8: digits, a folder of class sub-folders, a tfds name or .npz")
+    p.add_argument("--data_dir", default=None, help="tfds data_dir for --representative_data")
+    p.add_argument("--num_calibration_images", type=int, default=200)
+    p.add_argument("--int8_ops", default="xnnpack",
+                   help="xnnpack: int8 where XNNPACK has int8 kernels, float elsewhere (one partition); "
+                        "all: full-integer TFLITE_BUILTINS_INT8")
+    p.add_argument("--io_type", default="float32", help="float32 | int8 | uint8 (int8 quantization only)")
+    p.add_argument("--input_range", default="0-255", help="0-255 | 0-1 | normalized (preprocess_input done by the app)")
+    p.add_argument("--labels", default=None, help="label file, one label per line (default: ImageNet names for 1000 classes)")
+    p.add_argument("--logits", action="store_true", help="output logits instead of softmax probabilities")
+    p.add_argument("--no_metadata", action="store_true", help="do not embed TFLite metadata")
+    p.add_argument("--format", default="tflite", choices=("tflite", "onnx"))
+    p.add_argument("--output", default=None, help="output file (default: derived from --model)")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    weights = None if args.weights in (None, "none", "None") else args.weights
+    output = args.output or default_output_path(args.model, args.quantize, args.image_size, args.format)
+    try:
+        if args.format == "onnx":
+            from tflite import export_onnx
+
+            if args.quantize != "none":
+                raise ValueError("--format onnx exports float32 only; drop --quantize")
+            export_onnx.export(args.model, output, weights=weights, image_size=args.image_size,
+                               classes=args.classes, input_range=args.input_range, logits=args.logits)
+        else:
+            convert(args.model, output, weights=weights, image_size=args.image_size, classes=args.classes,
+                    quantize=args.quantize, representative_data=args.representative_data,
+                    num_calibration_images=args.num_calibration_images, io_type=args.io_type,
+                    labels=args.labels, with_metadata=not args.no_metadata, input_range=args.input_range,
+                    logits=args.logits, data_dir=args.data_dir, int8_ops=args.int8_ops)
+    except (ValueError, FileNotFoundError, ConversionError, OSError, ImportError) as e:
+        print(f"error: {_first_line(e)}", file=sys.stderr)
+        return 2
+    print(f"wrote {os.path.abspath(output)} ({os.path.getsize(output) / 1e6:.2f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

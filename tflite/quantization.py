@@ -1,0 +1,139 @@
+"""Quantization modes of the converter and how each one configures `tf.lite.TFLiteConverter`.
+
+- none:    float32 weights and activations.
+- float16: float16 weights (half the file); XNNPACK and the GPU delegate compute in fp32/fp16.
+- dynamic: int8 weights, float activations (dynamic-range quantization).
+- int8:    integer quantization calibrated on representative images, float32 input/output by default.
+           `int8_ops="xnnpack"` (default) quantizes every op that XNNPACK runs in int8 (convolutions,
+           fully-connected, depthwise, add/mul, mean, reshape/transpose, ...) and keeps in float the ops
+           it has no int8 kernel for (GELU, SOFTMAX, BATCH_MATMUL of two activations, and LayerNorm's
+           SQUARED_DIFFERENCE / RSQRT / eps-ADD): the model stays in one XNNPACK partition. Full-integer
+           TFLITE_BUILTINS_INT8 (`int8_ops="all"`, needed for int8/uint8 I/O and integer-only
+           accelerators) leaves those ops to TFLite's slow reference kernels, in over a hundred
+           partitions, and runs slower than fp32 with XNNPACK (see tflite/README.md).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+MODES = ("none", "float16", "dynamic", "int8")
+IO_TYPES = ("float32", "int8", "uint8")
+INT8_OPS = ("xnnpack", "all")
+# Op types XNNPACK has no signed-8-bit kernel for (LiteRT 2.3): kept float by int8_ops="xnnpack".
+XNNPACK_FLOAT_ONLY_OPS = ("GELU", "SOFTMAX", "BATCH_MATMUL", "SQUARED_DIFFERENCE", "RSQRT")
+
+
+def check_mode(mode: str, io_type: str = "float32", has_representative_data: bool = False) -> None:
+    """Raises a one-line ValueError for an unknown mode/io type or int8 without calibration data."""
+    if mode not in MODES:
+        raise ValueError(f"unknown quantization mode {mode!r}: expected one of {', '.join(MODES)}")
+    if io_type not in IO_TYPES:
+        raise ValueError(f"unknown input/output type {io_type!r}: expected one of {', '.join(IO_TYPES)}")
+    if mode == "int8" and not has_representative_data:
+        raise ValueError(
+            "int8 quantization needs representative data to calibrate: pass --representative_data "
+            "(e.g. 'digits', a folder of images or a tfds dataset name)"
+        )
+    if io_type != "float32" and mode != "int8":
+        raise ValueError(f"--io_type {io_type} needs --quantize int8 (got {mode!r})")
+
+
+def check_int8_ops(int8_ops: str, io_type: str) -> None:
+    if int8_ops not in INT8_OPS:
+        raise ValueError(f"unknown --int8_ops {int8_ops!r}: expected one of {', '.join(INT8_OPS)}")
+    if int8_ops == "xnnpack" and io_type != "float32":
+        raise ValueError(f"--io_type {io_type} needs full-integer quantization: add --int8_ops all")
+
+
+def configure(converter, mode: str, representative_images=None, io_type: str = "float32") -> None:
+    """Sets the converter's optimisation flags for `mode` (see the module docstring)."""
+    import tensorflow as tf
+
+    check_mode(mode, io_type, representative_images is not None and len(representative_images) > 0)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if mode == "none":
+        return
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if mode == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    elif mode == "int8":
+        images = np.asarray(representative_images, dtype=np.float32)
+
+        def representative_dataset():
+            for image in images:
+                yield [image[None]]
+
+        converter.representative_dataset = representative_dataset
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        if io_type != "float32":
+            converter.inference_input_type = getattr(tf, io_type)
+            converter.inference_output_type = getattr(tf, io_type)
+
+
+def _op_name(model, op, codes) -> str:
+    code = model.OperatorCodes(op.OpcodeIndex())
+    return codes.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "CUSTOM")
+
+
+def float_island_nodes(model_bytes: bytes) -> list:
+    """Output-tensor names of the ADD nodes that add LayerNorm's epsilon before an RSQRT.
+
+    ADD as an op type must stay int8 (residuals, biases), so these are denylisted node by node.
+    """
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.Model.GetRootAsModel(model_bytes, 0)
+    codes = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    names = []
+    for s in range(model.SubgraphsLength()):
+        graph = model.Subgraphs(s)
+        ops = [graph.Operators(i) for i in range(graph.OperatorsLength())]
+        producer = {op.Outputs(j): op for op in ops for j in range(op.OutputsLength())}
+        for op in ops:
+            if _op_name(model, op, codes) != "RSQRT":
+                continue
+            source = producer.get(op.Inputs(0))
+            if source is not None and _op_name(model, source, codes) == "ADD":
+                names.append(graph.Tensors(source.Outputs(0)).Name().decode())
+    return names
+
+
+def quantize_int8_for_xnnpack(converter, representative_images, max_rounds: int = 4) -> bytes:
+    """Integer quantization of every op XNNPACK runs in int8; the rest stays float (one partition).
+
+    Uses TFLite's selective quantization (`tf.lite.experimental.QuantizationDebugger` with a denylist):
+    the converter calibrates once, then the calibrated model is quantized with the denylisted op types
+    and LayerNorm's epsilon ADD nodes left in float, with QUANTIZE/DEQUANTIZE at the boundaries; nodes
+    that XNNPACK still declines are added to the denylist and the (cheap) quantization step repeated.
+    """
+    import tensorflow as tf
+
+    images = np.asarray(representative_images, dtype=np.float32)
+
+    def representative_dataset():
+        for image in images:
+            yield [image[None]]
+
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = representative_dataset
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
+    options = tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=list(XNNPACK_FLOAT_ONLY_OPS))
+    debugger = tf.lite.experimental.QuantizationDebugger(
+        converter=converter, debug_dataset=representative_dataset, debug_options=options
+    )
+    options.denylisted_nodes = float_island_nodes(debugger.calibrated_model)
+    model = debugger.get_nondebug_quantized_model()
+    # XNNPACK also declines int8 nodes whose calibrated scales it cannot represent (e.g. an ADD of a
+    # near-zero LayerNorm beta: input/output scale ratio below 2**-10). Those depend on the weights and
+    # the calibration data, so ask the delegate itself and keep what it declined in float.
+    from tflite.runner import LiteRTModel
+
+    for _ in range(max_rounds):
+        declined = LiteRTModel(model, num_threads=1).delegation().default_kernel_outputs
+        declined = [name for name in declined if name not in options.denylisted_nodes]
+        if not declined:
+            break
+        options.denylisted_nodes = list(options.denylisted_nodes) + declined
+        model = debugger.get_nondebug_quantized_model()
+    return model
