@@ -2,6 +2,7 @@
 
 from keras_cmt.cmt import CMT, CMTXS, CMTBase, CMTSmall, CMTTiny, build_model
 from keras_cmt.flops import count_macs
+from keras_cmt.inference import fuse_for_inference
 from keras_cmt.image_transforms import eval_transform, load_image
 from keras_cmt.preprocessing import (
     IMAGENET_MEAN,
