@@ -76,3 +76,17 @@ def test_keras_file_converts_like_the_model(micro_logits_model, tmp_path, pixels
     expected = micro_logits_model.predict(keras_cmt.preprocess_input(pixels), verbose=0)
     assert np.abs(LiteRTModel(str(out)).predict(pixels) - expected).max() <= 1e-4
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_output_kind_follows_the_classifier_activation():
+    assert convert._output_is_probability(build_micro())
+    assert not convert._output_is_probability(build_micro(classifier_activation=None))
+
+
+def test_fused_and_unfused_conversions_agree(micro_logits_model, micro_io):
+    fused = convert.convert(micro_logits_model, input_range="normalized", with_metadata=False)
+    plain = convert.convert(micro_logits_model, input_range="normalized", with_metadata=False, fuse=False)
+    assert len(fused) != len(plain)  # the fused graph really is another graph
+    a = LiteRTModel(fused).predict(micro_io["input_nhwc"])
+    b = LiteRTModel(plain).predict(micro_io["input_nhwc"])
+    assert np.abs(a - b).max() <= 1e-4
