@@ -1,11 +1,13 @@
 """Keras inference latency per CMT variant on TensorFlow: the baseline the performance work improves.
 
     python -m benchmarks.keras_latency [--variants cmt_ti cmt_s] [--batch_sizes 1 32] [--threads 2]
-                                       [--repeats 20] [--output benchmarks/results/keras_latency.json]
+                                       [--forms training fused] [--repeats 20]
+                                       [--output benchmarks/results/keras_latency.json]
 
 Times a compiled graph (`tf.function` around `model(x, training=False)`), the form `model.predict` runs per
-batch, after warm-up, and reports the median and the interquartile range: these machines are shared and noisy,
-so medians are what to compare, and only within one run or one machine.
+batch, after warm-up, for the model as built ("training" form) and for `keras_cmt.fuse_for_inference(model)`
+("fused"), interleaving the two so that load on a shared machine hits both alike. Reports the median and the
+interquartile range: these machines are shared and noisy, so medians are what to compare, and only within one run.
 """
 
 import argparse
@@ -25,18 +27,21 @@ def _parse_args(argv):
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=15, help="timed runs at batch 1 (fewer at large batches)")
     parser.add_argument("--jit_compile", action="store_true", help="compile with XLA")
+    parser.add_argument("--forms", nargs="+", default=["training", "fused"], choices=["training", "fused"])
     parser.add_argument("--output", default="benchmarks/results/keras_latency.json")
     return parser.parse_args(argv)
 
 
-def _time_calls(fn, x, warmup, repeats):
-    for _ in range(warmup):
-        fn(x).numpy()
-    times = []
+def _time_interleaved(fns, x, warmup, repeats):
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn(x).numpy()
+    times = {name: [] for name in fns}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn(x).numpy()
-        times.append(time.perf_counter() - start)
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn(x).numpy()
+            times[name].append(time.perf_counter() - start)
     return times
 
 
@@ -59,28 +64,32 @@ def run(args):
     for name in args.variants:
         variant = keras_cmt.get_variant(name)
         model = keras_cmt.build_model(variant.name)
-        fn = tf.function(lambda x: model(x, training=False), jit_compile=args.jit_compile)
+        models = {"training": model, "fused": keras_cmt.fuse_for_inference(model)}
+        fns = {
+            form: tf.function(lambda x, m=models[form]: m(x, training=False), jit_compile=args.jit_compile)
+            for form in args.forms
+        }
         size = variant.default_size
         for batch in args.batch_sizes:
             x = tf.random.normal((batch, size, size, 3), seed=0)
             repeats = max(5, args.repeats // max(1, batch // 8))
-            times = _time_calls(fn, x, args.warmup, repeats)
-            q = statistics.quantiles(times, n=4)
-            median = statistics.median(times)
-            rows.append({
-                "variant": variant.name, "input": size, "batch": batch, "median_ms": median * 1e3,
-                "iqr_ms": (q[2] - q[0]) * 1e3, "images_per_s": batch / median, "repeats": repeats,
-                "peak_rss_mib": _peak_rss_mib(),
-            })
-            print(f"{variant.name:7s} {size:4d} batch {batch:3d}: median {median * 1e3:9.1f} ms "
-                  f"(IQR {(q[2] - q[0]) * 1e3:6.1f} ms, {batch / median:7.1f} img/s)", flush=True)
-        del model, fn
+            for form, times in _time_interleaved(fns, x, args.warmup, repeats).items():
+                q = statistics.quantiles(times, n=4)
+                median = statistics.median(times)
+                rows.append({
+                    "variant": variant.name, "form": form, "input": size, "batch": batch,
+                    "median_ms": median * 1e3, "iqr_ms": (q[2] - q[0]) * 1e3, "images_per_s": batch / median,
+                    "repeats": repeats, "peak_rss_mib": _peak_rss_mib(),
+                })
+                print(f"{variant.name:7s} {form:8s} {size:4d} batch {batch:3d}: median {median * 1e3:9.1f} ms "
+                      f"(IQR {(q[2] - q[0]) * 1e3:6.1f} ms, {batch / median:7.1f} img/s)", flush=True)
+        del model, models, fns
         keras.backend.clear_session()
 
-    print("\n| variant | input | batch | median latency (ms) | IQR (ms) | images/s | peak RSS (MiB) |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("\n| variant | form | input | batch | median latency (ms) | IQR (ms) | images/s | peak RSS (MiB) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
-        print(f"| {r['variant']} | {r['input']} | {r['batch']} | {r['median_ms']:.1f} | {r['iqr_ms']:.1f} | "
+        print(f"| {r['variant']} | {r['form']} | {r['input']} | {r['batch']} | {r['median_ms']:.1f} | {r['iqr_ms']:.1f} | "
               f"{r['images_per_s']:.1f} | {r['peak_rss_mib']:.0f} |")
     result = {
         "benchmark": "keras_latency",
