@@ -22,6 +22,7 @@ TRAIN = [
     "scikit-learn>=1.5",  # the bundled `digits` dataset: real images, no download
     "pyyaml>=6",
     "matplotlib>=3.8",
+    "tensorboard>=2.21,<2.22",  # TF 2.21 no longer pulls it in; keras.callbacks.TensorBoard needs it
 ]
 # tflite-support is deliberately absent: it pins protobuf<4, which breaks TensorFlow 2.21; tflite/metadata.py writes
 # the metadata with the flatbuffers schema classes that MediaPipe's wheel ships. MediaPipe's OpenCV needs the system
@@ -57,6 +58,8 @@ setup(
         "console_scripts": [
             "keras-cmt=keras_cmt.cli:main",
             "keras-cmt-tflite=tflite.convert:main",
+            "cmt-train=training.train:console_main",
+            "cmt-evaluate=training.evaluate:console_main",
             "keras-cmt-tflite-benchmark=tflite.benchmark:main",
         ],
     },

@@ -1,0 +1,278 @@
+"""Fast in-process tests of training/: presets, config precedence, optimizer, transforms, data, callbacks."""
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "fixtures", "training"))
+
+import helpers  # noqa: E402
+
+sys.path.insert(0, helpers.REPO)
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from training import augment, callbacks, data, presets, train  # noqa: E402
+from training import flags as training_flags  # noqa: E402
+
+
+# ------------------------------------------------------------------------------------------ presets and flags
+
+
+def test_presets_follow_the_official_recipe_and_scale_lr_by_batch():
+    ti = presets.get_recipe("cmt_ti")
+    assert (ti.image_size, ti.batch_size, ti.epochs, ti.drop_path, ti.ema) == (160, 2048, 800, 0.1, 0.0)
+    assert ti.peak_lr() == pytest.approx(8e-4 * 2048 / 512)
+    assert ti.peak_lr(256) == pytest.approx(8e-4 * 256 / 512)
+    b = presets.get_recipe("cmt_b")
+    assert (b.image_size, b.batch_size, b.drop_path, b.ema, b.min_lr, b.warmup_lr) == (256, 512, 0.25, 0.99996,
+                                                                                       2e-5, 1e-6)
+    assert presets.get_recipe("cmt_s", dataset="digits") is presets.SMALL_DATA_PRESET
+    assert presets.get_recipe("cmt_s", preset="imagenet", dataset="digits").image_size == 224
+    with pytest.raises(ValueError, match="--preset"):
+        presets.get_recipe("cmt_ti", preset="bogus")
+
+
+def _parse(argv):
+    training_flags.define_flags()
+    flags = training_flags.FLAGS
+    flags.unparse_flags()
+    flags(["train"] + argv)
+    training_flags.apply_config_file()
+    return training_flags.recipe_from_flags()
+
+
+@pytest.mark.parametrize("suffix", [".json", ".yaml"])
+def test_config_file_overrides_preset_and_command_line_overrides_config(tmp_path, suffix):
+    values = {"model": "cmt_xs", "epochs": 7, "weight_decay": 0.01, "mixup": 0.0, "hflip": False}
+    path = tmp_path / f"recipe{suffix}"
+    if suffix == ".json":
+        path.write_text(json.dumps(values))
+    else:
+        path.write_text("".join(f"{k}: {str(v).lower() if isinstance(v, bool) else v}\n" for k, v in values.items()))
+    recipe = _parse([f"--model_dir={tmp_path}", f"--config={path}", "--epochs=3", "--dataset=imagenette"])
+    xs = presets.IMAGENET_PRESETS["cmt_xs"]
+    assert training_flags.FLAGS.model == "cmt_xs"
+    assert recipe.epochs == 3  # command line beats config
+    assert recipe.weight_decay == 0.01 and recipe.mixup == 0.0 and recipe.hflip is False  # config beats preset
+    assert recipe.image_size == xs.image_size and recipe.ema == xs.ema  # preset where nothing else says
+
+
+def test_config_file_with_unknown_key_is_a_one_line_error(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({"epochz": 3}))
+    with pytest.raises(training_flags.ConfigError, match=r"unknown key 'epochz'"):
+        _parse([f"--model_dir={tmp_path}", f"--config={path}"])
+
+
+# ------------------------------------------------------------------------------------------------ optimizer
+
+
+def _tiny_model(classes=10, size=32):
+    return train.build_model("cmt_ti", size, classes, 0.0, helpers.TINY_MODEL)
+
+
+def test_optimizer_schedule_warms_up_then_cosine_decays_to_min_lr():
+    recipe = presets.IMAGENET_PRESETS["cmt_s"].replace(warmup_epochs=2)
+    model = _tiny_model()
+    opt = train.build_optimizer(recipe, model, steps_per_epoch=10, epochs=10, batch_size=512)
+    schedule = opt._learning_rate
+    peak = 5e-4
+    assert float(schedule(0)) == pytest.approx(1e-7, rel=1e-3)
+    assert float(schedule(10)) == pytest.approx((1e-7 + peak) / 2, rel=1e-2)  # halfway through warm-up
+    assert float(schedule(20)) == pytest.approx(peak, rel=1e-4)
+    assert float(schedule(100)) == pytest.approx(1e-5, rel=1e-3)
+    assert float(schedule(60)) < peak and float(schedule(60)) > 1e-5
+
+
+def test_weight_decay_skips_norms_biases_and_relative_position_biases_only():
+    model = _tiny_model()
+    opt = train.build_optimizer(presets.IMAGENET_PRESETS["cmt_ti"], model, 10, 1, 64)
+    decayed = {v.path for v in model.trainable_variables if opt._use_weight_decay(v)}
+    skipped = {v.path for v in model.trainable_variables if not opt._use_weight_decay(v)}
+    rel_pos = [v.path for v in model.trainable_variables if len(v.shape) == 3 and v.name == "bias"]
+    assert rel_pos and set(rel_pos) <= skipped
+    assert all(len(v.shape) <= 1 for v in model.trainable_variables if v.path in skipped and v.path not in rel_pos)
+    assert any("gamma" in p or "beta" in p for p in skipped)
+    kernels = [v.path for v in model.trainable_variables if len(v.shape) >= 2 and v.name != "bias"]
+    assert kernels and set(kernels) == decayed
+
+
+def test_ema_is_used_when_the_recipe_has_it():
+    model = _tiny_model()
+    opt = train.build_optimizer(presets.IMAGENET_PRESETS["cmt_xs"], model, 10, 1, 64)
+    assert opt.use_ema and opt.ema_momentum == pytest.approx(0.9998)
+    assert not train.build_optimizer(presets.IMAGENET_PRESETS["cmt_ti"], model, 10, 1, 64).use_ema
+
+
+# ----------------------------------------------------------------------------------------------- transforms
+
+
+def test_center_crop_takes_the_centre_after_resizing_the_short_side():
+    image = np.zeros((64, 128, 3), np.uint8)
+    image[:, 32:96] = 200  # the central 64x64 square is bright, the sides black
+    out = augment.center_crop(tf.constant(image), 32, crop_pct=1.0).numpy()
+    assert out.shape == (32, 32, 3)
+    assert out.min() > 150  # bicubic rings a little at the border; a black side would give ~0
+    out = augment.center_crop(tf.constant(image), 32, crop_pct=0.5).numpy()  # short side 64: keeps the middle
+    assert out.min() > 150
+
+
+def test_random_resized_crop_outputs_the_size_within_range():
+    image = tf.constant(np.random.default_rng(0).integers(0, 256, (50, 70, 3)), tf.uint8)
+    for _ in range(5):
+        out = augment.random_resized_crop(image, 32, 0.08)
+        assert out.shape == (32, 32, 3) and out.dtype == tf.float32
+        assert float(tf.reduce_min(out)) >= 0 and float(tf.reduce_max(out)) <= 255
+
+
+def test_decode_random_resized_crop_reads_jpeg_and_png(tmp_path):
+    helpers.make_image_folder(str(tmp_path), per_class=3, corrupt=False)
+    for name in ("000.png", "001.jpg"):
+        encoded = tf.io.read_file(str(tmp_path / "dark" / name))
+        out = augment.decode_random_resized_crop(encoded, 32, 0.5).numpy()
+        assert out.shape == (32, 32, 3)
+        assert out[..., 2].mean() > out[..., 0].mean() + 50  # still the blue 'dark' class
+
+
+def test_batch_augment_mixes_labels_and_normalises():
+    recipe = presets.IMAGENET_PRESETS["cmt_ti"]
+    images = tf.constant(np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3)), tf.float32)
+    labels = tf.constant([0, 1, 2, 3, 4, 5, 6, 7])
+    x, y = augment.BatchAugment(recipe, 10, seed=3)(images, labels)
+    assert x.shape == (8, 32, 32, 3) and y.shape == (8, 10)
+    np.testing.assert_allclose(tf.reduce_sum(y, axis=1).numpy(), 1.0, rtol=1e-5)
+    plain = recipe.replace(randaugment_magnitude=0, mixup=0, cutmix=0, random_erasing=0, color_jitter=0)
+    x, y = augment.BatchAugment(plain, 10)(images, labels)
+    np.testing.assert_allclose(y.numpy(), tf.one_hot(labels, 10).numpy())
+    np.testing.assert_allclose(x.numpy(), augment.normalize(images).numpy(), rtol=1e-6)
+
+
+def test_normalize_matches_keras_cmt_preprocess_input():
+    import keras_cmt
+
+    images = np.random.default_rng(1).integers(0, 256, (2, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(augment.normalize(images).numpy(),
+                               np.asarray(keras_cmt.preprocess_input(images)), rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------------- data
+
+
+def test_digits_is_a_stratified_held_out_split():
+    source = data.digits_source()
+    assert (source.num_train, source.num_val, source.num_classes) == (1437, 360, 10)
+    train_labels = np.array([int(y) for _, y in source.train_fn(None)])
+    val_labels = np.array([int(y) for _, y in source.val_fn()])
+    assert np.bincount(val_labels).min() >= 34 and np.bincount(val_labels).max() <= 38
+    assert len(train_labels) == 1437
+
+
+@pytest.mark.parametrize("pipelines", [1, 2])
+def test_validation_counts_every_image_once_on_every_pipeline_split(pipelines):
+    source = data.digits_source()
+    global_batch = 64
+    steps = data.validation_steps(source, global_batch)
+    total_weight, seen = 0.0, 0
+    for pid in range(pipelines):
+        ctx = tf.distribute.InputContext(num_input_pipelines=pipelines, input_pipeline_id=pid,
+                                         num_replicas_in_sync=pipelines)
+        ds = data.val_dataset(source, 32, 1.0, global_batch, ctx)
+        for x, y, w in ds.take(steps):
+            assert x.shape == (global_batch // pipelines, 32, 32, 3)
+            total_weight += float(tf.reduce_sum(w))
+            seen += 1
+    assert seen == steps * pipelines
+    assert total_weight == source.num_val
+
+
+def test_folder_skips_and_counts_non_images_and_splits_by_class(tmp_path):
+    n = helpers.make_image_folder(str(tmp_path))
+    source = data.resolve_source(str(tmp_path), val_fraction=0.25)
+    assert source.class_names == ["bright", "dark"]
+    assert source.skipped_files == 1  # the text file; the truncated JPEG passes the scan, tf.data drops it
+    assert source.num_train + source.num_val == n + 1
+    recipe = presets.SMALL_DATA_PRESET.replace(image_size=32)
+    batches = list(data.train_dataset(source, recipe, 4).take(8))
+    assert all(x.shape == (4, 32, 32, 3) for x, _ in batches)
+
+
+def test_folder_with_train_and_val_subfolders(tmp_path):
+    helpers.make_image_folder(str(tmp_path / "train"), per_class=4, corrupt=False)
+    helpers.make_image_folder(str(tmp_path / "val"), per_class=2, corrupt=False)
+    source = data.resolve_source(str(tmp_path))
+    assert (source.num_train, source.num_val, source.num_classes) == (8, 4, 2)
+
+
+def test_bad_datasets_are_one_line_errors(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "a_class").mkdir()
+    with pytest.raises(data.DatasetError, match=r"no images found") as e:
+        data.resolve_source(str(tmp_path / "empty"))
+    assert "\n" not in str(e.value)
+    with pytest.raises(data.DatasetError, match=r"unknown dataset") as e:
+        data.resolve_source("no_such_dataset_xyz")
+    assert "\n" not in str(e.value)
+    with pytest.raises(data.DatasetError, match=r"no such folder"):
+        data.resolve_source(str(tmp_path / "missing"))
+
+
+# ------------------------------------------------------------------------------------------------ callbacks
+
+
+def test_trim_metrics_csv_keeps_epochs_before_the_resume_point(tmp_path):
+    path = tmp_path / "metrics.csv"
+    path.write_text("epoch,loss,val_accuracy\n0,2.0,0.1\n1,1.5,0.2\n2,1.2,0.3\n3,1.1,0.4\n2,1.2")
+    callbacks.trim_metrics_csv(str(path), 2)
+    assert [r["epoch"] for r in callbacks.read_metrics_csv(str(path))] == [0, 1]
+
+
+def test_atomic_backup_restores_weights_optimizer_and_epoch(tmp_path):
+    def make():
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+        model.compile(optimizer=keras.optimizers.AdamW(1e-2), loss="mse")
+        return model
+
+    x, y = np.ones((8, 3), "float32"), np.zeros((8, 2), "float32")
+    model = make()
+    backup = callbacks.AtomicBackupAndRestore(str(tmp_path / "backup"), delete_checkpoint=False)
+
+    class Stop(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                self.model.stop_training = True
+
+    model.fit(x, y, epochs=5, batch_size=4, verbose=0, callbacks=[backup, Stop()])
+    files = sorted(os.listdir(tmp_path / "backup"))
+    assert files == ["epoch-000002-batch-000000000.weights.h5", "training_metadata.json"]  # no temp files left
+    metadata = callbacks.read_backup_metadata(str(tmp_path / "backup"))
+    assert metadata["epoch"] == 2
+    restored = make()
+    seen = []
+
+    class Record(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if not seen:
+                seen.append((epoch, int(self.model.optimizer.iterations.numpy()),
+                             [w.copy() for w in self.model.get_weights()]))
+
+    restored.fit(x, y, epochs=3, batch_size=4, verbose=0,
+                 callbacks=[callbacks.AtomicBackupAndRestore(str(tmp_path / "backup")), Record()])
+    epoch, iterations, weights = seen[0]
+    assert epoch == 2 and iterations == 4
+    for a, b in zip(weights, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert not os.path.exists(tmp_path / "backup")  # deleted once training finished
+
+
+def test_atomic_save_leaves_only_the_target(tmp_path):
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    callbacks.atomic_save(model, str(tmp_path / "m.weights.h5"))
+    callbacks.atomic_save(model, str(tmp_path / "m.keras"))
+    assert sorted(os.listdir(tmp_path)) == ["m.keras", "m.weights.h5"]
+    assert keras.saving.load_model(str(tmp_path / "m.keras")).count_params() == model.count_params()

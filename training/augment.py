@@ -1,0 +1,155 @@
+"""Image transforms of the CMT recipe: per-image crops in tf.data, then Keras' own batch augmentation layers.
+
+Per image (written here, because Keras 3.15 has no random-resized-crop layer and no crop-from-JPEG decode):
+  train: random resized crop (area scale, aspect 3/4..4/3, bicubic) and horizontal flip;
+  eval: the official centre crop (resize the short side to size / crop_pct, bicubic, then crop).
+Per batch (Keras layers): RandAugment, colour jitter (only without RandAugment, as in timm), random erasing, then
+normalisation with the ImageNet mean/std, then Mixup or CutMix (one per batch, switch probability). Label smoothing
+is the loss's job (CategoricalCrossentropy(label_smoothing=...)) and commutes with Mixup/CutMix.
+"""
+
+import math
+
+import keras
+import tensorflow as tf
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_RATIO = (3.0 / 4.0, 4.0 / 3.0)
+
+
+def _resize_bicubic(image, height, width):
+    # antialias=True matches PIL's bicubic when shrinking (what torchvision's transforms use on PIL images).
+    image = tf.image.resize(image, [height, width], method="bicubic", antialias=True)
+    return tf.clip_by_value(image, 0.0, 255.0)
+
+
+def _crop_window(shape, scale_min, seed=None):
+    """A random crop window (offset_y, offset_x, h, w) covering `scale_min`..1 of the area, aspect 3/4..4/3."""
+    begin, size, _ = tf.image.sample_distorted_bounding_box(
+        shape,
+        bounding_boxes=tf.zeros([1, 0, 4], tf.float32),
+        min_object_covered=0.0,
+        aspect_ratio_range=_RATIO,
+        area_range=(scale_min, 1.0),
+        max_attempts=10,
+        use_image_if_no_bounding_boxes=True,
+        seed=seed or 0,
+    )
+    return begin[0], begin[1], size[0], size[1]
+
+
+def decode(encoded):
+    """Decodes JPEG/PNG/GIF/BMP bytes to a uint8 RGB (H, W, 3) tensor (grey and RGBA converted)."""
+    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    return image
+
+
+def random_resized_crop(image, size, scale_min=0.08):
+    """Random resized crop of a decoded (H, W, C) image to (size, size), float32 in [0, 255]."""
+    oy, ox, h, w = _crop_window(tf.shape(image), scale_min)
+    crop = tf.slice(image, tf.stack([oy, ox, 0]), tf.stack([h, w, -1]))
+    image = _resize_bicubic(tf.cast(crop, tf.float32), size, size)
+    image.set_shape([size, size, 3])
+    return image
+
+
+def decode_random_resized_crop(encoded, size, scale_min=0.08):
+    """Random resized crop from encoded bytes; JPEGs decode only the cropped window."""
+
+    def from_jpeg():
+        shape = tf.image.extract_jpeg_shape(encoded)
+        oy, ox, h, w = _crop_window(shape, scale_min)
+        crop = tf.image.decode_and_crop_jpeg(encoded, tf.stack([oy, ox, h, w]), channels=3)
+        return _resize_bicubic(tf.cast(crop, tf.float32), size, size)
+
+    def from_other():
+        return random_resized_crop(decode(encoded), size, scale_min)
+
+    image = tf.cond(tf.io.is_jpeg(encoded), from_jpeg, from_other)
+    image.set_shape([size, size, 3])
+    return image
+
+
+def center_crop(image, size, crop_pct=0.875):
+    """The official eval transform: resize the short side to int(size / crop_pct) (bicubic), centre-crop size."""
+    image = tf.cast(image, tf.float32)
+    shape = tf.shape(image)
+    h, w = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
+    short = float(int(math.floor(size / crop_pct)))
+    scale = short / tf.minimum(h, w)
+    new_h = tf.maximum(tf.cast(tf.round(h * scale), tf.int32), size)
+    new_w = tf.maximum(tf.cast(tf.round(w * scale), tf.int32), size)
+    image = _resize_bicubic(image, new_h, new_w)
+    oy = (new_h - size) // 2
+    ox = (new_w - size) // 2
+    image = tf.slice(image, tf.stack([oy, ox, 0]), [size, size, 3])
+    image.set_shape([size, size, 3])
+    return image
+
+
+def normalize(images):
+    """RGB in [0, 255] -> (x / 255 - mean) / std, the input `keras_cmt.preprocess_input` produces."""
+    mean = tf.constant(IMAGENET_MEAN, tf.float32)
+    std = tf.constant(IMAGENET_STD, tf.float32)
+    return (tf.cast(images, tf.float32) / 255.0 - mean) / std
+
+
+class BatchAugment:
+    """The recipe's batch-level augmentation, built from Keras layers; call on (uint8-range images, int labels).
+
+    Returns normalised float32 images and (mixed) one-hot float32 labels.
+    """
+
+    def __init__(self, recipe, num_classes, seed=None):
+        self.num_classes = int(num_classes)
+        self.mix_switch_prob = float(recipe.mix_switch_prob)
+        self.rand_augment = None
+        self.color_jitter = None
+        self.random_erasing = None
+        self.mixup = None
+        self.cutmix = None
+        if recipe.randaugment_magnitude > 0:
+            # timm's magnitude m runs 0..10; Keras' factor runs 0..1 and samples each op's strength within it.
+            self.rand_augment = keras.layers.RandAugment(
+                value_range=(0, 255), num_ops=recipe.randaugment_ops,
+                factor=min(recipe.randaugment_magnitude / 10.0, 1.0), seed=seed)
+        elif recipe.color_jitter > 0:
+            self.color_jitter = keras.layers.RandomColorJitter(
+                value_range=(0, 255), brightness_factor=recipe.color_jitter, contrast_factor=recipe.color_jitter,
+                seed=seed)
+        if recipe.random_erasing > 0:
+            p = float(recipe.random_erasing)
+            # A (p, p) factor makes p the probability itself (a single float would draw it from U(0, p)).
+            self.random_erasing = keras.layers.RandomErasing(factor=(p, p), value_range=(0, 255), seed=seed)
+        if recipe.mixup > 0:
+            self.mixup = keras.layers.MixUp(alpha=recipe.mixup, seed=seed)
+        if recipe.cutmix > 0:
+            self.cutmix = keras.layers.CutMix(factor=recipe.cutmix, seed=seed)
+
+    def __call__(self, images, labels):
+        images = tf.cast(images, tf.float32)
+        if self.rand_augment is not None:
+            images = self.rand_augment(images, training=True)
+        if self.color_jitter is not None:
+            images = self.color_jitter(images, training=True)
+        if self.random_erasing is not None:
+            images = tf.clip_by_value(self.random_erasing(images, training=True), 0.0, 255.0)
+        images = normalize(images)
+        labels = tf.one_hot(tf.cast(labels, tf.int32), self.num_classes, dtype=tf.float32)
+        return self.mix(images, labels)
+
+    def mix(self, images, labels):
+        def apply(layer):
+            out = layer({"images": images, "labels": labels}, training=True)
+            return tf.cast(out["images"], tf.float32), tf.cast(out["labels"], tf.float32)
+
+        if self.mixup is not None and self.cutmix is not None:
+            use_cutmix = tf.random.uniform([]) < self.mix_switch_prob
+            return tf.cond(use_cutmix, lambda: apply(self.cutmix), lambda: apply(self.mixup))
+        if self.mixup is not None:
+            return apply(self.mixup)
+        if self.cutmix is not None:
+            return apply(self.cutmix)
+        return images, labels

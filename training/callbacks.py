@@ -1,0 +1,230 @@
+"""Fault-tolerance and output callbacks, each a thin layer over Keras' own.
+
+Keras' `BackupAndRestore` and `ModelCheckpoint` write their `.weights.h5` in place, so a SIGKILL during the write
+leaves a truncated file, and `BackupAndRestore` writes weights and epoch number as two files (a kill between them
+resumes from mismatched state). The subclasses here write to a temporary file and `os.replace` it, and the backup
+names its weights file inside its metadata so that the pair changes in one rename.
+"""
+
+import csv
+import json
+import os
+import tempfile
+
+import keras
+from absl import logging
+
+
+def _temp_path(path, suffix):
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=directory)
+    os.close(fd)
+    return tmp
+
+
+def atomic_write_text(path, text):
+    tmp = _temp_path(path, ".txt")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path, obj):
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def atomic_save(model, path, weights_only=None):
+    """model.save / model.save_weights to a temporary file in the same folder, then rename over `path`."""
+    if weights_only is None:
+        weights_only = path.endswith(".weights.h5")
+    suffix = ".weights.h5" if weights_only else (".keras" if path.endswith(".keras") else ".h5")
+    tmp = _temp_path(path, suffix)
+    try:
+        if weights_only:
+            model.save_weights(tmp, overwrite=True)
+        else:
+            model.save(tmp, overwrite=True)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
+    """`keras.callbacks.ModelCheckpoint` whose files appear whole or not at all."""
+
+    def _save_model(self, epoch, batch, logs):
+        filepath = self._get_file_path(epoch, batch, logs)
+        if self._should_save_model(epoch, batch, logs, filepath):
+            atomic_save(self.model, filepath, weights_only=self.save_weights_only)
+            if self.verbose > 0:
+                logging.info("Epoch %d: saved %s", epoch + 1, filepath)
+
+
+class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """`keras.callbacks.BackupAndRestore` (weights, optimizer state, epoch) made safe against SIGKILL at any time.
+
+    Each backup goes to `epoch-<n>.weights.h5`; then `training_metadata.json`, naming that file, is replaced
+    atomically; then older weight files are deleted. A restart reads whichever metadata was last complete.
+    """
+
+    def __init__(self, backup_dir, save_freq="epoch", delete_checkpoint=True):
+        super().__init__(backup_dir, save_freq=save_freq, delete_checkpoint=delete_checkpoint,
+                         double_checkpoint=False)
+
+    def _metadata(self):
+        return read_backup_metadata(self.backup_dir)
+
+    def _load_model(self):
+        if not self.model.built:
+            raise ValueError("BackupAndRestore needs a built model before fit().")
+        metadata = self._metadata()
+        if metadata is None:
+            return
+        if self.model.optimizer is not None and not self.model.optimizer.built:
+            self.model.optimizer.build(self.model.trainable_variables)
+        self.model.load_weights(os.path.join(self.backup_dir, metadata["weights"]))
+        self.model._initial_epoch = metadata["epoch"]
+        logging.info("Restored the backup of epoch %d from %s", metadata["epoch"], self.backup_dir)
+
+    def _save_model(self):
+        os.makedirs(self.backup_dir, exist_ok=True)
+        name = f"epoch-{self._current_epoch:06d}-batch-{self._last_batch_seen:09d}.weights.h5"
+        atomic_save(self.model, os.path.join(self.backup_dir, name), weights_only=True)
+        atomic_write_json(self._training_metadata_path,
+                          {"epoch": self._current_epoch, "batch": self._last_batch_seen, "weights": name})
+        for old in os.listdir(self.backup_dir):
+            if old.endswith(".weights.h5") and old != name:
+                os.remove(os.path.join(self.backup_dir, old))
+
+
+def read_backup_metadata(backup_dir):
+    """The last complete backup's {'epoch', 'batch', 'weights'}, or None when there is none."""
+    path = os.path.join(backup_dir, "training_metadata.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        metadata = json.load(f)
+    if "weights" not in metadata or not os.path.exists(os.path.join(backup_dir, metadata["weights"])):
+        return None
+    return metadata
+
+
+def read_metrics_csv(path):
+    """Rows of a CSVLogger file as dicts of floats (epoch as int); [] when absent."""
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    out = []
+    for row in rows:
+        try:
+            out.append({k: (int(v) if k == "epoch" else float(v)) for k, v in row.items() if v not in (None, "")})
+        except ValueError:
+            continue  # a half-written last line
+    return out
+
+
+def trim_metrics_csv(path, before_epoch):
+    """Keeps only rows of epochs < `before_epoch` (0-based, as CSVLogger writes them), so that a resumed run logs
+    each epoch once, whatever moment the previous run was killed at."""
+    if not os.path.exists(path):
+        return
+    with open(path, newline="") as f:
+        lines = f.read().splitlines()
+    if not lines:
+        return
+    header, kept = lines[0], [lines[0]]
+    epoch_col = next(csv.reader([header])).index("epoch")
+    for line in lines[1:]:
+        fields = next(csv.reader([line]), [])
+        if len(fields) == len(next(csv.reader([header]))) and fields[epoch_col].isdigit() \
+                and int(fields[epoch_col]) < before_epoch:
+            kept.append(line)
+    if kept != lines:
+        atomic_write_text(path, "\n".join(kept) + "\n")
+
+
+class PlotCurves(keras.callbacks.Callback):
+    """After each epoch, redraws loss and accuracy (train and validation) from metrics.csv into a PNG."""
+
+    def __init__(self, csv_path, png_path):
+        super().__init__()
+        self.csv_path = csv_path
+        self.png_path = png_path
+
+    def on_epoch_end(self, epoch, logs=None):
+        plot_curves(self.csv_path, self.png_path)
+
+
+def plot_curves(csv_path, png_path):
+    rows = read_metrics_csv(csv_path)
+    if not rows:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    epochs = [r["epoch"] + 1 for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric in zip(axes, ("loss", "accuracy")):
+        for prefix, style in (("", "-"), ("val_", "--")):
+            key = prefix + metric
+            if all(key in r for r in rows):
+                ax.plot(epochs, [r[key] for r in rows], style, marker="o", label=key)
+        ax.set_xlabel("epoch")
+        ax.set_title(metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    tmp = _temp_path(png_path, ".png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, png_path)
+
+
+class SyncBatchNormStatistics(keras.callbacks.Callback):
+    """Averages BatchNorm moving statistics over all replicas before each validation and after each epoch.
+
+    The gradients of a synchronous strategy keep the trainable weights identical everywhere, but each replica
+    updates its BatchNorm moving mean/variance from its own batches (as PyTorch DDP does without SyncBN), so
+    workers would otherwise end with different inference weights. Collective: every worker must run it.
+    """
+
+    def __init__(self, strategy):
+        super().__init__()
+        self.strategy = strategy
+        self._fn = None
+
+    def _sync(self):
+        if self.strategy.num_replicas_in_sync < 2:
+            return
+        if self._fn is None:
+            import tensorflow as tf
+
+            variables = [v.value if hasattr(v, "value") else v for v in self.model.non_trainable_weights
+                         if v.path.endswith(("moving_mean", "moving_variance"))]
+            strategy = self.strategy
+
+            def replica_fn():
+                ctx = tf.distribute.get_replica_context()
+                return [ctx.all_reduce("MEAN", tf.identity(v)) for v in variables]
+
+            @tf.function
+            def sync():
+                averaged = strategy.run(replica_fn)
+                for v, value in zip(variables, averaged):
+                    v.assign(strategy.experimental_local_results(value)[0])
+
+            self._fn = sync
+        self._fn()
+
+    def on_test_begin(self, logs=None):
+        self._sync()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._sync()

@@ -1,0 +1,102 @@
+"""Top-1 / top-5 of a CMT model on a dataset split at a chosen resolution: `python -m training.evaluate --help`.
+
+    python -m training.evaluate --model_path=/tmp/cmt_digits/model.keras --dataset=digits
+    python -m training.evaluate --model=cmt_s --weights=cmt_small.pth --dataset=imagenet2012 --image_size=224
+
+Uses the training pipeline's eval transform (resize the short side to size / crop_pct, bicubic, centre crop) and
+counts every image of the split exactly once. With `--model_path` (a .keras file) the model's own input size is
+used; with `--model` and `--weights` the model is built at `--image_size` and the weights loaded into it.
+"""
+
+import json
+import os
+import sys
+
+from absl import app, flags, logging
+
+flags.DEFINE_string("model_path", None, "A .keras model saved by training.train.")
+flags.DEFINE_string("model", "cmt_ti", "Variant to build when --weights is given.")
+flags.DEFINE_string("model_overrides", None, "JSON of keras_cmt.CMT arguments (as in training.train).")
+flags.DEFINE_string("weights", None, "A .weights.h5 or official .pth to load into --model.")
+flags.DEFINE_string("dataset", "digits", "'digits', a folder of class sub-folders, or a tfds name.")
+flags.DEFINE_string("data_dir", None, "tfds data_dir.")
+flags.DEFINE_string("manual_dir", None, "tfds manual_dir.")
+flags.DEFINE_string("split", None, "tfds split to evaluate (default: validation, else test). For digits and "
+                    "folders: the held-out split of --val_fraction, as in training.")
+flags.DEFINE_float("val_fraction", 0.2, "As in training.train, so that the held-out split is the same.")
+flags.DEFINE_integer("seed", 0, "As in training.train, so that the held-out split is the same.")
+flags.DEFINE_integer("image_size", None, "Evaluation resolution (default: the model's input size).")
+flags.DEFINE_float("crop_pct", None, "Centre-crop ratio (default 0.875; 1.0 for digits, as trained).")
+flags.DEFINE_integer("batch_size", 64, "Batch size.")
+flags.DEFINE_string("output", None, "Also write the results as JSON here.")
+FLAGS = flags.FLAGS
+
+
+def _fail(message):
+    sys.stderr.write(f"training.evaluate: error: {message}\n")
+    sys.exit(2)
+
+
+def evaluate():
+    from training import data
+
+    if bool(FLAGS.model_path) == bool(FLAGS.weights):
+        _fail("give either --model_path (a .keras file) or --weights (with --model)")
+    for path in (FLAGS.model_path, FLAGS.weights):
+        if path and not os.path.exists(path):
+            _fail(f"{path}: no such file")
+    try:
+        source = data.resolve_source(FLAGS.dataset, FLAGS.data_dir, FLAGS.manual_dir, FLAGS.val_fraction,
+                                     val_split=FLAGS.split, seed=FLAGS.seed)
+    except data.DatasetError as e:
+        _fail(str(e))
+
+    import keras
+
+    import keras_cmt  # noqa: F401  (registers the layers for load_model)
+    from training import train
+
+    if FLAGS.model_path:
+        model = keras.saving.load_model(FLAGS.model_path, compile=False)
+        size = model.input_shape[1]
+        if FLAGS.image_size and FLAGS.image_size != size:
+            _fail(f"--model_path takes {size}x{size} input; to evaluate at {FLAGS.image_size}, pass its weights "
+                  "with --weights and --model instead")
+    else:
+        size = FLAGS.image_size or keras_cmt.VARIANTS[FLAGS.model].default_size
+        model = train.build_model(FLAGS.model, size, source.num_classes, 0.0, FLAGS.model_overrides)
+        keras_cmt.load_weights(model, FLAGS.weights)
+    if model.output_shape[-1] != source.num_classes:
+        _fail(f"the model has {model.output_shape[-1]} classes, {source.name} has {source.num_classes}")
+    crop_pct = FLAGS.crop_pct or (1.0 if FLAGS.dataset == "digits" else 0.875)
+    model.compile(loss=keras.losses.CategoricalCrossentropy(),
+                  weighted_metrics=[keras.metrics.CategoricalAccuracy(name="accuracy"),
+                                    keras.metrics.TopKCategoricalAccuracy(k=min(5, source.num_classes),
+                                                                          name="top5")])
+    ds = data.val_dataset(source, size, crop_pct, FLAGS.batch_size)
+    steps = data.validation_steps(source, FLAGS.batch_size)
+    metrics = model.evaluate(ds, steps=steps, return_dict=True, verbose=0)
+    results = {"dataset": source.name, "images": source.num_val, "image_size": size, "crop_pct": crop_pct,
+               "top1": float(metrics["accuracy"]), "top5": float(metrics["top5"]),
+               "model": FLAGS.model_path or f"{FLAGS.model}:{FLAGS.weights}"}
+    print(f"{results['model']} on {source.name} ({source.num_val} images, {size}x{size}, crop {crop_pct}): "
+          f"top-1 {results['top1']:.4f}  top-5 {results['top5']:.4f}")
+    if FLAGS.output:
+        with open(FLAGS.output, "w") as f:
+            json.dump(results, f, indent=2)
+    return results
+
+
+def main(argv):
+    if len(argv) > 1:
+        _fail(f"unexpected arguments: {' '.join(argv[1:])}")
+    logging.set_verbosity(logging.WARNING)
+    evaluate()
+
+
+def console_main():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    console_main()

@@ -1,0 +1,311 @@
+"""Train or fine-tune CMT with `model.fit` under any tf.distribute strategy: `python -m training.train --help`.
+
+    python -m training.train --model=cmt_ti --dataset=digits --image_size=64 --epochs=15 --batch_size=64 \\
+        --model_dir=/tmp/cmt_digits
+
+`model_dir` receives: backup/ (BackupAndRestore: a killed run, even by SIGKILL, resumes at the epoch it reached,
+optimizer state included), checkpoints/best.weights.h5 and last.weights.h5, metrics.csv, logs/ (TensorBoard),
+curves.png, results.json, model.keras and model.weights.h5. With several workers only the chief writes these;
+every worker keeps its own backup/<task>-<index>/ (Keras' callback has no chief logic; a shared folder would race).
+"""
+
+import hashlib
+import os
+import sys
+import time
+
+from absl import app, logging
+
+from training import flags as training_flags
+from training import multiworker_compat
+
+FLAGS = training_flags.FLAGS
+
+
+class RunError(ValueError):
+    """A model_dir or weights problem found before training; one line."""
+
+
+def _fail(message):
+    sys.stderr.write(f"training.train: error: {message}\n")
+    sys.stderr.flush()
+    sys.exit(2)
+
+
+def build_optimizer(recipe, model, steps_per_epoch, epochs, batch_size):
+    """AdamW (no decay on norms, biases and position biases; optional EMA) with warm-up + cosine decay."""
+    import keras
+
+    total = max(1, steps_per_epoch * epochs)
+    warmup = min(int(round(recipe.warmup_epochs * steps_per_epoch)), total - 1)
+    peak = recipe.peak_lr(batch_size)
+    alpha = min(1.0, recipe.min_lr / peak) if peak > 0 else 0.0
+    if warmup > 0:
+        schedule = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=recipe.warmup_lr, decay_steps=total - warmup, alpha=alpha,
+            warmup_target=peak, warmup_steps=warmup)
+    else:
+        schedule = keras.optimizers.schedules.CosineDecay(initial_learning_rate=peak, decay_steps=total, alpha=alpha)
+    optimizer = keras.optimizers.AdamW(
+        learning_rate=schedule, weight_decay=recipe.weight_decay, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
+        use_ema=recipe.ema > 0, ema_momentum=recipe.ema if recipe.ema > 0 else 0.99)
+    optimizer.exclude_from_weight_decay(var_list=no_decay_variables(model))
+    return optimizer
+
+
+def no_decay_variables(model):
+    """As timm's param groups: every 1-d weight (norm scales/offsets, biases) and CMT's relative position biases."""
+    return [v for v in model.trainable_variables if len(v.shape) <= 1 or v.name == "bias"]
+
+
+def load_start_weights(model, weights, model_name, image_size):
+    """Loads `--weights` into the model; a checkpoint with another number of classes keeps the new head."""
+    import keras_cmt
+
+    if weights == "imagenet":
+        # A 1000-class model with the released weights, then everything but the head into ours.
+        import tempfile
+
+        donor = keras_cmt.build_model(model_name, input_shape=(image_size, image_size, 3), weights="imagenet")
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "imagenet.weights.h5")
+            donor.save_weights(path)
+            keras_cmt.load_weights(model, path, exclude_head=model.output_shape[-1] != 1000)
+        return
+    try:
+        keras_cmt.load_weights(model, weights, exclude_head=False)
+        logging.info("Loaded %s", weights)
+    except ValueError as e:
+        logging.info("Checkpoint %s does not fit the head (%s); loading all but the head.", weights,
+                     str(e).splitlines()[0][:200])
+        keras_cmt.load_weights(model, weights, exclude_head=True)
+
+
+def build_model(model_name, image_size, num_classes, drop_path, overrides_json=None):
+    """The variant, or with `--model_overrides` a `keras_cmt.CMT` of the variant's configuration changed by them."""
+    import json
+
+    import keras_cmt
+
+    kwargs = dict(input_shape=(image_size, image_size, 3), classes=num_classes, drop_path_rate=drop_path)
+    if not overrides_json:
+        return keras_cmt.build_model(model_name, **kwargs)
+    variant = keras_cmt.VARIANTS[model_name]
+    config = dict(depths=variant.depths, embed_dims=variant.embed_dims, num_heads=variant.num_heads,
+                  mlp_ratios=variant.mlp_ratios, stem_channels=variant.stem_channels,
+                  head_dropout=variant.head_dropout, name=variant.name)
+    config.update(json.loads(overrides_json))
+    return keras_cmt.CMT(**config, **kwargs)
+
+
+def set_backbone_trainable(model, trainable):
+    for layer in model.layers:
+        layer.trainable = trainable or layer.name == "head"
+
+
+def weights_fingerprint(variables):
+    """sha256 over the values of `variables`: equal on every worker when they hold the same weights."""
+    import numpy as np
+
+    return hashlib.sha256(b"".join(np.asarray(v).tobytes() for v in variables)).hexdigest()
+
+
+class Paths:
+    def __init__(self, model_dir, task_type, task_id, multi_worker):
+        self.model_dir = model_dir
+        self.metrics_csv = os.path.join(model_dir, "metrics.csv")
+        self.curves_png = os.path.join(model_dir, "curves.png")
+        self.results_json = os.path.join(model_dir, "results.json")
+        self.checkpoints = os.path.join(model_dir, "checkpoints")
+        self.logs = os.path.join(model_dir, "logs")
+        self.final_keras = os.path.join(model_dir, "model.keras")
+        self.final_weights = os.path.join(model_dir, "model.weights.h5")
+        backup_root = os.path.join(model_dir, "backup")
+        self.backup_root = os.path.join(backup_root, f"{task_type}-{task_id}") if multi_worker else backup_root
+        self.phase1_done = os.path.join(self.backup_root, "frozen_phase_done.weights.h5")
+
+    def backup_dir(self, phase):
+        return os.path.join(self.backup_root, phase)
+
+
+def _verbosity():
+    if FLAGS.verbose != "auto":
+        return int(FLAGS.verbose)
+    return 1 if sys.stdout.isatty() else 2
+
+
+def run(argv=None):
+    """Everything after flag parsing. Returns the results dict (chief) or None."""
+    from training import callbacks as cb
+    from training import data
+    from training import strategy as strategy_lib
+
+    t_start = time.time()
+    # ---- checks that need no TensorFlow runtime: bad input fails here, before any work.
+    try:
+        training_flags.apply_config_file()
+        recipe = training_flags.recipe_from_flags()
+        strategy_lib.check_flags(FLAGS.strategy, FLAGS.tpu)
+        if recipe.image_size % 32:
+            raise training_flags.ConfigError(f"image_size={recipe.image_size} is not a multiple of 32")
+        results_path = os.path.join(FLAGS.model_dir, "results.json")
+        if os.path.exists(results_path) and not FLAGS.overwrite:
+            raise RunError(f"--model_dir={FLAGS.model_dir} holds a finished run ({results_path}); "
+                           "use another --model_dir or --overwrite")
+        if FLAGS.weights and FLAGS.weights != "imagenet" and not os.path.exists(FLAGS.weights):
+            raise RunError(f"--weights={FLAGS.weights}: no such file")
+        source = data.resolve_source(FLAGS.dataset, FLAGS.data_dir, FLAGS.manual_dir, FLAGS.val_fraction,
+                                     FLAGS.train_split, FLAGS.val_split, FLAGS.seed)
+        strategy = strategy_lib.make_strategy(FLAGS.strategy, FLAGS.tpu, FLAGS.num_cpu_devices)
+        strategy_lib.check_batch_size(strategy, recipe.batch_size)
+    except (training_flags.ConfigError, data.DatasetError, strategy_lib.StrategyError, RunError) as e:
+        _fail(str(e))
+
+    import keras
+
+    task_type, task_id, is_chief = strategy_lib.worker_info(strategy)
+    multi_worker = multiworker_compat.is_multi_worker(strategy)
+    paths = Paths(FLAGS.model_dir, task_type, task_id, multi_worker)
+    os.makedirs(FLAGS.model_dir, exist_ok=True)
+    if FLAGS.overwrite and is_chief and os.path.exists(paths.results_json):
+        os.remove(paths.results_json)
+
+    if FLAGS.mixed_precision:
+        keras.mixed_precision.set_global_policy(strategy_lib.mixed_precision_policy(strategy))
+    keras.utils.set_random_seed(FLAGS.seed)
+
+    global_batch = recipe.batch_size
+    steps = FLAGS.steps_per_epoch or data.steps_per_epoch(source, global_batch)
+    val_steps = data.validation_steps(source, global_batch)
+    epochs = recipe.epochs
+    freeze_epochs = min(FLAGS.freeze_epochs, epochs)
+    logging.info("Recipe: %s", recipe.to_dict())
+    logging.info("%s: %d classes, %d train / %d val images; %d replicas, global batch %d, %d steps/epoch, "
+                 "peak lr %.3g", source.name, source.num_classes, source.num_train, source.num_val,
+                 strategy.num_replicas_in_sync, global_batch, steps, recipe.peak_lr())
+
+    train_ds = strategy.distribute_datasets_from_function(
+        lambda ctx: data.train_dataset(source, recipe, global_batch, ctx, seed=FLAGS.seed,
+                                       shuffle_buffer=FLAGS.shuffle_buffer or None))
+    val_ds = strategy.distribute_datasets_from_function(
+        lambda ctx: data.val_dataset(source, recipe.image_size, recipe.crop_pct, global_batch, ctx))
+
+    with strategy.scope():
+        model = build_model(FLAGS.model, recipe.image_size, source.num_classes, recipe.drop_path,
+                            FLAGS.model_overrides)
+        if FLAGS.weights:
+            load_start_weights(model, FLAGS.weights, FLAGS.model, recipe.image_size)
+
+    def compile_for(phase_epochs):
+        with strategy.scope():
+            optimizer = build_optimizer(recipe, model, steps, phase_epochs, global_batch)
+            model.compile(
+                optimizer=optimizer,
+                loss=keras.losses.CategoricalCrossentropy(label_smoothing=recipe.label_smoothing),
+                # weighted_: Keras applies the sample weights (zero on validation padding) only to these.
+                weighted_metrics=[keras.metrics.CategoricalAccuracy(name="accuracy"),
+                                  keras.metrics.TopKCategoricalAccuracy(k=min(5, source.num_classes),
+                                                                        name="top5")],
+                jit_compile=FLAGS.jit_compile, steps_per_execution=FLAGS.steps_per_execution)
+
+    def callbacks_for(phase, backup_dir):
+        metadata = cb.read_backup_metadata(backup_dir)
+        phase_start = freeze_epochs if phase == "train" else 0
+        resume_epoch = metadata["epoch"] if metadata else phase_start
+        # First: BatchNorm statistics are averaged over workers before anything saves them (collective).
+        result = [cb.SyncBatchNormStatistics(strategy), keras.callbacks.TerminateOnNaN()]
+        if is_chief:
+            cb.trim_metrics_csv(paths.metrics_csv, resume_epoch)
+            best = max((r["val_accuracy"] for r in cb.read_metrics_csv(paths.metrics_csv)
+                        if "val_accuracy" in r), default=None)
+            result += [
+                keras.callbacks.CSVLogger(paths.metrics_csv, append=True),
+                cb.PlotCurves(paths.metrics_csv, paths.curves_png),
+                cb.AtomicModelCheckpoint(os.path.join(paths.checkpoints, "best.weights.h5"),
+                                         monitor="val_accuracy", mode="max", save_best_only=True,
+                                         save_weights_only=True, initial_value_threshold=best),
+                cb.AtomicModelCheckpoint(os.path.join(paths.checkpoints, "last.weights.h5"),
+                                         save_weights_only=True),
+                keras.callbacks.TensorBoard(paths.logs, write_graph=False, profile_batch=0),
+            ]
+        # Last, so that a kill between the two leaves an extra CSV row (trimmed on resume), never a missing one.
+        result.append(cb.AtomicBackupAndRestore(backup_dir))
+        return result
+
+    # shuffle=False: the tf.data pipeline shuffles (Keras would only warn that it ignores shuffle=True).
+    fit_kwargs = dict(validation_data=val_ds, steps_per_epoch=steps, validation_steps=val_steps,
+                      verbose=_verbosity(), shuffle=False)
+    if freeze_epochs > 0:
+        if os.path.exists(paths.phase1_done):
+            model.load_weights(paths.phase1_done)
+            logging.info("Frozen-backbone phase already done; continuing with the whole model.")
+        else:
+            set_backbone_trainable(model, False)
+            compile_for(freeze_epochs)
+            logging.info("Phase 1: head only for %d epochs (%d trainable weights)", freeze_epochs,
+                         len(model.trainable_weights))
+            model.fit(train_ds, epochs=freeze_epochs, initial_epoch=0,
+                      callbacks=callbacks_for("frozen", paths.backup_dir("frozen")), **fit_kwargs)
+            cb.atomic_save(model, paths.phase1_done, weights_only=True)
+        set_backbone_trainable(model, True)
+    history = None
+    if epochs > freeze_epochs:
+        compile_for(epochs - freeze_epochs)
+        history = model.fit(train_ds, epochs=epochs, initial_epoch=freeze_epochs,
+                            callbacks=callbacks_for("train", paths.backup_dir("train")), **fit_kwargs)
+
+    # Every worker evaluates (collective ops); with EMA, fit has already swapped the averaged weights in.
+    final = model.evaluate(val_ds, steps=val_steps, return_dict=True, verbose=0)
+    fingerprint = weights_fingerprint(model.get_weights())
+    trainable_fingerprint = weights_fingerprint(model.trainable_weights)
+    logging.info("Final validation: %s", final)
+    print(f"FINAL_WEIGHTS_SHA256 {task_type}-{task_id} {fingerprint} trainable={trainable_fingerprint}", flush=True)
+    if os.path.exists(paths.phase1_done):
+        os.remove(paths.phase1_done)
+    if not is_chief:
+        return None
+    rows = cb.read_metrics_csv(paths.metrics_csv)
+    results = {
+        "model": FLAGS.model,
+        "dataset": source.name,
+        "image_size": recipe.image_size,
+        "num_classes": source.num_classes,
+        "val_accuracy": float(final["accuracy"]),
+        "val_top5": float(final["top5"]),
+        "val_loss": float(final["loss"]),
+        "epochs": epochs,
+        "epochs_logged": len(rows),
+        "steps_per_epoch": steps,
+        "steps": steps * epochs,
+        "global_batch_size": global_batch,
+        "replicas": strategy.num_replicas_in_sync,
+        "wall_time_s": round(time.time() - t_start, 1),
+        "resumed": bool(history is not None and history.epoch and history.epoch[0] > freeze_epochs),
+        "recipe": recipe.to_dict(),
+        "skipped_files": source.skipped_files,
+        "weights_sha256": fingerprint,
+    }
+    cb.atomic_save(model, paths.final_weights, weights_only=True)
+    cb.atomic_save(model, paths.final_keras)
+    cb.plot_curves(paths.metrics_csv, paths.curves_png)
+    cb.atomic_write_json(paths.results_json, results)  # last: its presence means the run finished
+    logging.info("val top-1 %.4f, top-5 %.4f; wrote %s", results["val_accuracy"], results["val_top5"],
+                 paths.results_json)
+    return results
+
+
+def main(argv):
+    logging.set_verbosity(logging.INFO)
+    if len(argv) > 1:
+        _fail(f"unexpected arguments: {' '.join(argv[1:])}")
+    run()
+
+
+def console_main():
+    """Entry point of the `cmt-train` console script."""
+    training_flags.define_flags()
+    app.run(main)
+
+
+if __name__ == "__main__":
+    console_main()
