@@ -107,3 +107,12 @@ def test_attention_rejects_bad_heads():
 def test_configs_round_trip(cls, args):
     layer = cls(*args)
     assert _round_trip(layer).get_config() == layer.get_config()
+
+
+def test_attention_with_a_single_key_is_a_projection_of_the_value():
+    layer = layers.LightweightAttention(8, 2, sr_ratio=2)
+    x = tf.random.normal((2, 2, 2, 8), seed=3)
+    bias = layers.RelativePositionBias(2, (2, 2), 2)(x)
+    out = layer(x, bias).numpy()
+    v = layer.v(layer.sr_norm(layer.sr(x))).numpy()  # the one key's value, broadcast to every query
+    np.testing.assert_allclose(out, layer.proj(np.broadcast_to(v, (2, 2, 2, 8))).numpy(), atol=1e-5)

@@ -13,6 +13,8 @@ convolutions around a depthwise conv and two GELUs.
 import keras
 from keras import ops
 
+from keras_cmt.layers.lightweight_attention import attention_weights
+
 
 def _layer_norm(x, epsilon):
     mean = ops.mean(x, axis=-1, keepdims=True)
@@ -93,7 +95,7 @@ class FusedCMTBlock(keras.layers.Layer):
         v = ops.transpose(ops.reshape(_pointwise(source, self.v_kernel, self.v_bias), (-1, n_k, heads, head_dim)),
                           (0, 2, 1, 3))
         logits = ops.matmul(q, k) + ops.cast(relative_position_bias, q.dtype)
-        attn = ops.cast(ops.softmax(ops.cast(logits, "float32"), axis=-1), v.dtype)
+        attn = attention_weights(logits, n_k, v.dtype)
         out = ops.reshape(ops.transpose(ops.matmul(attn, v), (0, 2, 1, 3)), (-1, height, width, self.dim))
         x = x + _pointwise(out, self.proj_kernel, self.proj_bias)
 

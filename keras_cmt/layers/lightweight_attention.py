@@ -10,6 +10,17 @@ import keras
 from keras import ops
 
 
+def attention_weights(logits, num_keys, dtype):
+    """Softmax over the keys, in float32 (keeps mixed-precision training stable; a no-op cast in float32).
+
+    With a single key (stage 4 of an input below 64 pixels) the weights are exactly 1: returned as such, which
+    also spares Keras' warning about a softmax over an axis of size 1.
+    """
+    if num_keys == 1:
+        return ops.ones_like(logits, dtype=dtype)
+    return ops.cast(ops.softmax(ops.cast(logits, "float32"), axis=-1), dtype)
+
+
 @keras.saving.register_keras_serializable(package="keras_cmt")
 class LightweightAttention(keras.layers.Layer):
     """Called as `layer(x, relative_position_bias)` with x (B, H, W, C) and the bias (1, heads, H*W, Hk*Wk).
@@ -78,8 +89,7 @@ class LightweightAttention(keras.layers.Layer):
         v = ops.transpose(v, (0, 2, 1, 3))  # B, heads, Nk, d
 
         logits = ops.matmul(q, k) + ops.cast(relative_position_bias, q.dtype)
-        # Softmax in float32 keeps mixed-precision training stable; a no-op cast in float32.
-        attn = ops.cast(ops.softmax(ops.cast(logits, "float32"), axis=-1), v.dtype)
+        attn = attention_weights(logits, n_k, v.dtype)
         out = ops.matmul(attn, v)  # B, heads, Nq, d
         out = ops.reshape(ops.transpose(out, (0, 2, 1, 3)), (-1, height, width, self.dim))
         return self.proj(out)
