@@ -13,7 +13,7 @@ convolutions around a depthwise conv and two GELUs.
 import keras
 from keras import ops
 
-from keras_cmt.layers.lightweight_attention import attention_weights
+from keras_cmt.layers.lightweight_attention import multi_head_attention
 
 
 def _layer_norm(x, epsilon):
@@ -49,7 +49,6 @@ class FusedCMTBlock(keras.layers.Layer):
         self.hidden_dim = int(hidden_dim)
         self.sr_ratio = int(sr_ratio)
         self.ln_epsilon = float(ln_epsilon)
-        self.head_dim = self.dim // self.num_heads
 
     def build(self, inputs_shape, relative_position_bias_shape=None):
         c, h = self.dim, self.hidden_dim
@@ -79,24 +78,15 @@ class FusedCMTBlock(keras.layers.Layer):
         self.fc2_bias = weight("fc2_bias", (c,))
 
     def call(self, inputs, relative_position_bias):
-        height, width = inputs.shape[1], inputs.shape[2]
-        heads, head_dim, n_q = self.num_heads, self.head_dim, height * width
         x = ops.depthwise_conv(inputs, self.lpu_kernel, padding="same") + self.lpu_bias
-
         normed = _layer_norm(x, self.ln_epsilon)
-        q = ops.transpose(ops.reshape(_pointwise(normed, self.q_kernel, self.q_bias), (-1, n_q, heads, head_dim)),
-                          (0, 2, 1, 3))
         source = normed
         if self.sr_ratio > 1:
             source = ops.depthwise_conv(normed, self.sr_kernel, strides=self.sr_ratio, padding="valid") + self.sr_bias
-        n_k = source.shape[1] * source.shape[2]
-        k = ops.transpose(ops.reshape(_pointwise(source, self.k_kernel, self.k_bias), (-1, n_k, heads, head_dim)),
-                          (0, 2, 3, 1))
-        v = ops.transpose(ops.reshape(_pointwise(source, self.v_kernel, self.v_bias), (-1, n_k, heads, head_dim)),
-                          (0, 2, 1, 3))
-        logits = ops.matmul(q, k) + ops.cast(relative_position_bias, q.dtype)
-        attn = attention_weights(logits, n_k, v.dtype)
-        out = ops.reshape(ops.transpose(ops.matmul(attn, v), (0, 2, 1, 3)), (-1, height, width, self.dim))
+        out = multi_head_attention(
+            _pointwise(normed, self.q_kernel, self.q_bias), _pointwise(source, self.k_kernel, self.k_bias),
+            _pointwise(source, self.v_kernel, self.v_bias), relative_position_bias, self.num_heads,
+        )
         x = x + _pointwise(out, self.proj_kernel, self.proj_bias)
 
         hidden = keras.activations.gelu(

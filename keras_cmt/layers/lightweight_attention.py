@@ -10,15 +10,30 @@ import keras
 from keras import ops
 
 
-def attention_weights(logits, num_keys, dtype):
-    """Softmax over the keys, in float32 (keeps mixed-precision training stable; a no-op cast in float32).
+def multi_head_attention(q, k, v, relative_position_bias, num_heads):
+    """softmax(q k^T + bias) v over heads, NHWC in and out.
 
-    With a single key (stage 4 of an input below 64 pixels) the weights are exactly 1: returned as such, which
-    also spares Keras' warning about a softmax over an axis of size 1.
+    q: (B, H, W, C), projected and already scaled; k, v: (B, h, w, C), projected; the bias (1, heads, H*W, h*w).
+    Shared by `LightweightAttention` and the fused inference block. The softmax runs in float32 (keeps
+    mixed-precision training stable; a no-op cast in float32). With a single key (stage 4 of an input below 64
+    pixels) the weights are exactly 1 and are returned as such, which also spares Keras' warning about a softmax
+    over an axis of size 1.
     """
-    if num_keys == 1:
-        return ops.ones_like(logits, dtype=dtype)
-    return ops.cast(ops.softmax(ops.cast(logits, "float32"), axis=-1), dtype)
+    height, width, dim = q.shape[1], q.shape[2], q.shape[3]
+    if height is None or width is None:
+        raise ValueError("CMT attention needs a static height and width (the bias size depends on them).")
+    head_dim = dim // num_heads
+    n_k = k.shape[1] * k.shape[2]
+    q = ops.transpose(ops.reshape(q, (-1, height * width, num_heads, head_dim)), (0, 2, 1, 3))  # B, h, Nq, d
+    k = ops.transpose(ops.reshape(k, (-1, n_k, num_heads, head_dim)), (0, 2, 3, 1))  # B, h, d, Nk: k^T already
+    v = ops.transpose(ops.reshape(v, (-1, n_k, num_heads, head_dim)), (0, 2, 1, 3))  # B, h, Nk, d
+    logits = ops.matmul(q, k) + ops.cast(relative_position_bias, q.dtype)
+    if n_k == 1:
+        attn = ops.ones_like(logits, dtype=v.dtype)
+    else:
+        attn = ops.cast(ops.softmax(ops.cast(logits, "float32"), axis=-1), v.dtype)
+    out = ops.matmul(attn, v)  # B, heads, Nq, d
+    return ops.reshape(ops.transpose(out, (0, 2, 1, 3)), (-1, height, width, dim))
 
 
 @keras.saving.register_keras_serializable(package="keras_cmt")
@@ -70,28 +85,11 @@ class LightweightAttention(keras.layers.Layer):
             self.sr_norm.build(self.sr.compute_output_shape(input_shape))
 
     def call(self, inputs, relative_position_bias, training=None):
-        height, width = inputs.shape[1], inputs.shape[2]
-        if height is None or width is None:
-            raise ValueError("LightweightAttention needs a static height and width (the bias size depends on them).")
-        n_q = height * width
-        heads, head_dim = self.num_heads, self.head_dim
-
-        q = ops.reshape(self.q(inputs) * ops.cast(self.scale, inputs.dtype), (-1, n_q, heads, head_dim))
-        q = ops.transpose(q, (0, 2, 1, 3))  # B, heads, Nq, d
-
         source = inputs
         if self.sr_ratio > 1:
             source = self.sr_norm(self.sr(inputs), training=training)
-        n_k = source.shape[1] * source.shape[2]
-        k = ops.reshape(self.k(source), (-1, n_k, heads, head_dim))
-        k = ops.transpose(k, (0, 2, 3, 1))  # B, heads, d, Nk: already transposed for q @ k^T
-        v = ops.reshape(self.v(source), (-1, n_k, heads, head_dim))
-        v = ops.transpose(v, (0, 2, 1, 3))  # B, heads, Nk, d
-
-        logits = ops.matmul(q, k) + ops.cast(relative_position_bias, q.dtype)
-        attn = attention_weights(logits, n_k, v.dtype)
-        out = ops.matmul(attn, v)  # B, heads, Nq, d
-        out = ops.reshape(ops.transpose(out, (0, 2, 1, 3)), (-1, height, width, self.dim))
+        q = self.q(inputs) * ops.cast(self.scale, inputs.dtype)
+        out = multi_head_attention(q, self.k(source), self.v(source), relative_position_bias, self.num_heads)
         return self.proj(out)
 
     def compute_output_shape(self, inputs_shape, relative_position_bias_shape=None):
