@@ -91,6 +91,13 @@ def _assign(layer, values):
         variable.assign(np.asarray(value, dtype=np.float32).reshape(variable.shape))
 
 
+def is_training_form(model):
+    """Whether `model` is a CMT built by `keras_cmt.CMT` with its normalisations still separate: what
+    `fuse_for_inference` takes (an already fused model, or any other model, is not)."""
+    names = {layer.name for layer in model.layers}
+    return {"stem_conv1", "stem_norm1", "blocks_a_0"} <= names
+
+
 def fuse_for_inference(model, name=None):
     """Returns a new model computing `model`'s inference function with folded normalisations.
 
@@ -99,9 +106,11 @@ def fuse_for_inference(model, name=None):
     for inference only (no dropout, drop path or BatchNorm updates; its weights are not trainable) and saves as a
     `.keras` file like any model.
     """
+    if not is_training_form(model):
+        raise ValueError(
+            f"fuse_for_inference needs a model built by keras_cmt.CMT (not yet fused); {model.name!r} is not one."
+        )
     layer_names = {layer.name for layer in model.layers}
-    if "stem_conv1" not in layer_names or "blocks_a_0" not in layer_names:
-        raise ValueError(f"fuse_for_inference needs a model built by keras_cmt.CMT; {model.name!r} is not one.")
     get = model.get_layer
     inputs = keras.Input(model.input_shape[1:], name=model.inputs[0].name.split(":")[0])
     assignments = []

@@ -69,3 +69,9 @@ def test_refuses_other_models():
     inputs = keras.Input((32, 32, 3))
     with pytest.raises(ValueError, match="built by keras_cmt.CMT"):
         fuse_for_inference(keras.Model(inputs, keras.layers.Conv2D(4, 3)(inputs)))
+
+
+def test_refuses_an_already_fused_model(micro_checkpoint):
+    fused = fuse_for_inference(build_micro(weights=str(micro_checkpoint)))
+    with pytest.raises(ValueError, match="not yet fused"):
+        fuse_for_inference(fused)

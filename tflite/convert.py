@@ -236,10 +236,11 @@ def convert(model, output=None, *, weights=None, image_size=None, classes=None, 
     if isinstance(labels, (str, os.PathLike)):
         labels = read_labels(os.fspath(labels))
     keras_model = load_model(model, weights=weights, image_size=image_size, classes=classes, logits=logits)
-    if fuse and _is_trainable_cmt(keras_model):
-        import keras_cmt
+    if fuse:
+        from keras_cmt import inference
 
-        keras_model = keras_cmt.fuse_for_inference(keras_model)
+        if inference.is_training_form(keras_model):
+            keras_model = inference.fuse_for_inference(keras_model)
     images = None
     if quantize == "int8":
         if isinstance(representative_data, (str, os.PathLike)):
@@ -264,12 +265,6 @@ def convert(model, output=None, *, weights=None, image_size=None, classes=None, 
     if output is not None:
         write_atomically(output, result)
     return result
-
-
-def _is_trainable_cmt(model) -> bool:
-    """A model in keras_cmt's training form (what fuse_for_inference takes)."""
-    names = {layer.name for layer in model.layers}
-    return {"stem_conv1", "stem_norm1", "blocks_a_0"} <= names
 
 
 def default_output_path(model, quantize: str, image_size=None, fmt: str = "tflite") -> str:
