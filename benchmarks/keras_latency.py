@@ -11,7 +11,6 @@ interquartile range: these machines are shared and noisy, so medians are what to
 """
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -100,11 +99,9 @@ def run(args):
         "machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count()},
         "rows": rows,
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    tmp = args.output + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(tmp, args.output)
+    from training.callbacks import atomic_write_json
+
+    atomic_write_json(args.output, result)
     print(f"\nsaved {args.output}")
     return result
 

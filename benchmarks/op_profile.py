@@ -11,8 +11,6 @@ loaded machine they all stretch, so read the shares.
 
 import argparse
 import collections
-import json
-import os
 import sys
 
 
@@ -81,10 +79,9 @@ def main(argv=None):
     for row in result["ops"][:20]:
         print(f"| {row['op']} | {row['ms_per_run']:.2f} | {row['share'] * 100:.1f}% |")
     output = args.output or f"benchmarks/results/op_profile_{result['variant']}_b{result['batch']}.json"
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    with open(output + ".tmp", "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(output + ".tmp", output)
+    from training.callbacks import atomic_write_json
+
+    atomic_write_json(output, result)
 
 
 if __name__ == "__main__":

@@ -62,6 +62,7 @@ def _convert(args, labels):
 
 def run(args):
     from tflite import benchmark, evaluate
+    from training import callbacks
 
     os.makedirs(args.model_dir, exist_ok=True)
     start = time.time()
@@ -71,10 +72,11 @@ def run(args):
     accuracy = evaluate.evaluate([tflite_files["none"], tflite_files["int8"]], "digits",
                                  reference=tflite_files["none"], threads=args.threads)
     rows = []
-    for mode, entry in zip(("fp32", "int8"), accuracy["models"]):
-        speed = benchmark.run(tflite_files["none" if mode == "fp32" else "int8"], args.threads, runs=30, warmup=5)
+    for (mode, path), entry in zip((("fp32", tflite_files["none"]), ("int8", tflite_files["int8"])),
+                                   accuracy["models"]):
+        speed = benchmark.run(path, args.threads, runs=30, warmup=5)
         rows.append({
-            "format": mode, "file": tflite_files["none" if mode == "fp32" else "int8"],
+            "format": mode, "file": path,
             "file_mb": round(speed["file_mb"], 2), "val_accuracy": entry["accuracy"],
             "top1_agreement_with_fp32": entry.get("top1_agreement_with_reference"),
             "median_ms": round(speed["median_ms"], 2), "xnnpack_partitions": speed["xnnpack_partitions"],
@@ -96,9 +98,7 @@ def run(args):
         print(f"| {r['format']} | {r['file_mb']} | {r['val_accuracy'] * 100:.2f}% | {agreement} | "
               f"{r['median_ms']} | {r['xnnpack_partitions']} | {r['nodes_on_default_kernels']} |")
     path = os.path.join(args.model_dir, "report.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(report, f, indent=2)
-    os.replace(path + ".tmp", path)
+    callbacks.atomic_write_json(path, report)
     print(f"\nwrote {path}")
     return report
 
