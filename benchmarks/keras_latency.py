@@ -4,8 +4,9 @@
                                        [--forms training fused] [--repeats 20]
                                        [--output benchmarks/results/keras_latency.json]
 
-Times a compiled graph (`tf.function` around `model(x, training=False)`), the form `model.predict` runs per
-batch, after warm-up, for the model as built ("training" form) and for `keras_cmt.fuse_for_inference(model)`
+Weights are random with non-zero biases and BatchNorm statistics (`benchmarks.trained_like_weights`): an
+initialised model's zero biases let Grappler drop ops that trained weights keep. Times a compiled graph
+(`tf.function` around `model(x, training=False)`), the form `model.predict` runs per batch, after warm-up, for the model as built ("training" form) and for `keras_cmt.fuse_for_inference(model)`
 ("fused"), interleaving the two so that load on a shared machine hits both alike. Reports the median and the
 interquartile range: these machines are shared and noisy, so medians are what to compare, and only within one run.
 """
@@ -58,11 +59,12 @@ def run(args):
     import keras
 
     import keras_cmt
+    from benchmarks.trained_like_weights import randomize_like_trained
 
     rows = []
     for name in args.variants:
         variant = keras_cmt.get_variant(name)
-        model = keras_cmt.build_model(variant.name)
+        model = randomize_like_trained(keras_cmt.build_model(variant.name))
         models = {"training": model, "fused": keras_cmt.fuse_for_inference(model)}
         fns = {
             form: tf.function(lambda x, m=models[form]: m(x, training=False), jit_compile=args.jit_compile)

@@ -1,12 +1,13 @@
 """Where the time goes: per-op-type profile of a CMT forward pass on TensorFlow (CPU).
 
-    python -m benchmarks.op_profile [--variant cmt_ti] [--batch 1] [--threads 2] [--runs 5]
+    python -m benchmarks.op_profile [--variant cmt_ti] [--batch 1] [--threads 2] [--runs 5] [--form fused]
                                     [--output benchmarks/results/op_profile_cmt_ti_b1.json]
 
 Runs the model's inference graph (variables frozen to constants, as a deployed graph has them, so Grappler folds
 BatchNorm into the convolutions) in a TF1 session with full tracing and sums the kernel times per op type over
-several runs: the table to read before changing an op form, and again after. Kernel times are wall-clock: on a
-loaded machine they all stretch, so read the shares.
+several runs, with weights from `benchmarks.trained_like_weights` (non-zero biases, as trained weights have): the
+table to read before changing an op form, and again after. Kernel times are wall-clock: on a loaded machine they
+all stretch, so read the shares. `--form fused` profiles `keras_cmt.fuse_for_inference(model)`.
 """
 
 import argparse
@@ -14,14 +15,17 @@ import collections
 import sys
 
 
-def profile(variant, batch, threads, runs):
+def profile(variant, batch, threads, runs, form="training"):
     import tensorflow as tf
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
     import keras_cmt
+    from benchmarks.trained_like_weights import randomize_like_trained
 
     v = keras_cmt.get_variant(variant)
-    model = keras_cmt.build_model(v.name)
+    model = randomize_like_trained(keras_cmt.build_model(v.name))
+    if form == "fused":
+        model = keras_cmt.fuse_for_inference(model)
     spec = tf.TensorSpec((batch, v.default_size, v.default_size, 3), tf.float32)
     concrete = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
     frozen = convert_variables_to_constants_v2(concrete)
@@ -60,7 +64,7 @@ def profile(variant, batch, threads, runs):
         {"op": op, "ms_per_run": us / runs / 1e3, "share": us / per_node_total}
         for op, us in per_type.most_common()
     ]
-    return {"variant": v.name, "batch": batch, "threads": threads, "runs": runs,
+    return {"variant": v.name, "form": form, "batch": batch, "threads": threads, "runs": runs,
             "traced_wall_ms_median": sorted(wall)[len(wall) // 2] / 1e3, "ops": rows}
 
 
@@ -70,15 +74,17 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--form", default="training", choices=["training", "fused"],
+                        help="the model as built, or keras_cmt.fuse_for_inference(model)")
     parser.add_argument("--output", default=None)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    result = profile(args.variant, args.batch, args.threads, args.runs)
-    print(f"{result['variant']} batch {result['batch']}, {result['threads']} threads: "
+    result = profile(args.variant, args.batch, args.threads, args.runs, args.form)
+    print(f"{result['variant']} ({result['form']}) batch {result['batch']}, {result['threads']} threads: "
           f"traced wall {result['traced_wall_ms_median']:.1f} ms (median of {args.runs})")
     print("| op | ms per run | share |\n| --- | --- | --- |")
     for row in result["ops"][:20]:
         print(f"| {row['op']} | {row['ms_per_run']:.2f} | {row['share'] * 100:.1f}% |")
-    output = args.output or f"benchmarks/results/op_profile_{result['variant']}_b{result['batch']}.json"
+    output = args.output or f"benchmarks/results/op_profile_{result['variant']}_{args.form}_b{result['batch']}.json"
     from training.callbacks import atomic_write_json
 
     atomic_write_json(output, result)

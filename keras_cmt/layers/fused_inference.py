@@ -23,8 +23,28 @@ def _layer_norm(x, epsilon):
     return centred * ops.rsqrt(variance + epsilon)
 
 
-def _pointwise(x, kernel, bias):
-    return ops.conv(x, kernel, padding="valid") + bias
+def _pointwise(x, kernel, bias, gelu=False):
+    """A 1x1 convolution with bias, optionally followed by exact GELU.
+
+    On TensorFlow it is written as MatMul -> BiasAdd (-> GELU) on the flattened pixels: the pattern TensorFlow's
+    oneDNN remapper fuses into one `_FusedMatMul` kernel (a separate GELU is four element-wise kernels, and an
+    `AddV2` bias, which `ops.conv(...) + bias` gives, blocks the fusion). The TFLite converter turns the same graph
+    into FULLY_CONNECTED ops, which XNNPACK runs as the same GEMM as a 1x1 CONV_2D.
+    """
+    if keras.backend.backend() != "tensorflow":
+        y = ops.conv(x, kernel, padding="valid") + bias
+        return keras.activations.gelu(y, approximate=False) if gelu else y
+    import tensorflow as tf
+
+    channels_in, channels_out = kernel.shape[-2], kernel.shape[-1]
+    y = tf.nn.bias_add(tf.matmul(tf.reshape(x, (-1, channels_in)), tf.reshape(kernel, (channels_in, channels_out))),
+                       bias)
+    if gelu:
+        y = tf.nn.gelu(y, approximate=False)
+    spatial = tuple(x.shape[1:-1])
+    if None in spatial:
+        return tf.reshape(y, tf.concat([tf.shape(x)[:-1], [channels_out]], axis=0))
+    return tf.reshape(y, (-1,) + spatial + (channels_out,))
 
 
 @keras.saving.register_keras_serializable(package="keras_cmt")
@@ -89,9 +109,7 @@ class FusedCMTBlock(keras.layers.Layer):
         )
         x = x + _pointwise(out, self.proj_kernel, self.proj_bias)
 
-        hidden = keras.activations.gelu(
-            _pointwise(_layer_norm(x, self.ln_epsilon), self.fc1_kernel, self.fc1_bias), approximate=False
-        )
+        hidden = _pointwise(_layer_norm(x, self.ln_epsilon), self.fc1_kernel, self.fc1_bias, gelu=True)
         hidden = ops.depthwise_conv(hidden + self.dw_shift, self.dw_kernel, padding="same") + self.dw_bias
         hidden = keras.activations.gelu(hidden, approximate=False)
         return x + _pointwise(hidden, self.fc2_kernel, self.fc2_bias)
