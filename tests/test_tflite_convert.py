@@ -61,11 +61,59 @@ def test_fp32_and_float16_run_wholly_on_the_delegates(fp32_normalized, micro_log
         assert result["nodes_on_default_kernels"] == 0, result["default_kernel_ops"]
 
 
+def _weight_tensors(data):
+    """(op type, weight tensor type, weight values as stored, quantization scales) per CONV/FC/DEPTHWISE node."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(data, 0))
+    codes = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    graph = model.subgraphs[0]
+    rows = []
+    for op in graph.operators:
+        code = model.operatorCodes[op.opcodeIndex]
+        name = codes[max(code.builtinCode, code.deprecatedBuiltinCode)]
+        if name in ("CONV_2D", "FULLY_CONNECTED", "DEPTHWISE_CONV_2D"):
+            tensor = graph.tensors[op.inputs[1]]
+            dtype = np.int8 if tensor.type == schema.TensorType.INT8 else np.float32
+            values = np.frombuffer(np.asarray(model.buffers[tensor.buffer].data, np.uint8).tobytes(), dtype)
+            scales = tensor.quantization.scale if tensor.quantization is not None else None
+            rows.append((name, tensor.type, values.reshape(tensor.shape), scales))
+    return rows
+
+
 def test_dynamic_range_quantization_shrinks_and_stays_close(micro_logits_model, micro_io, fp32_normalized):
     data = convert.convert(micro_logits_model, quantize="dynamic", input_range="normalized")
     logits = LiteRTModel(data).predict(micro_io["input_nhwc"])
     assert np.array_equal(logits.argmax(-1), micro_io["logits"].argmax(-1))
-    assert len(data) < 0.4 * len(fp32_normalized)
+    assert np.abs(logits - micro_io["logits"]).max() <= 0.05 * np.abs(micro_io["logits"]).max()
+    assert len(data) < 0.5 * len(fp32_normalized)
+    # XNNPACK takes the whole graph: its int8-weight kernels run the convolutions, depthwise stays float.
+    result = compatibility.check(data)
+    assert result["xnnpack_partitions"] == 1
+    assert result["nodes_on_default_kernels"] == 0, result["default_kernel_ops"]
+    int8_ops = {name for name, tensor_type, _, _ in _weight_tensors(data) if tensor_type == 9}
+    assert int8_ops == {"CONV_2D", "FULLY_CONNECTED"}
+
+
+def test_quantize_weights_for_xnnpack_rounds_each_output_channel(fp32_normalized):
+    from tflite import quantization
+
+    original = _weight_tensors(fp32_normalized)
+    quantized = _weight_tensors(quantization.quantize_weights_for_xnnpack(fp32_normalized))
+    assert [row[0] for row in original] == [row[0] for row in quantized]
+    changed = 0
+    for (name, _, weights, _), (_, tensor_type, values, scales) in zip(original, quantized):
+        if tensor_type != 9:  # float: depthwise, or below the size threshold
+            assert name == "DEPTHWISE_CONV_2D" or weights.size < quantization.MIN_QUANTIZED_ELEMENTS
+            np.testing.assert_array_equal(values, weights)
+            continue
+        changed += 1
+        scales = np.asarray(scales, np.float32)
+        assert scales.shape == (weights.shape[0],)
+        np.testing.assert_allclose(scales, np.abs(weights.reshape(len(scales), -1)).max(axis=1) / 127, rtol=1e-6)
+        restored = values.reshape(len(scales), -1) * scales[:, None]
+        assert (np.abs(restored - weights.reshape(len(scales), -1)) <= scales[:, None] / 2 + 1e-7).all()
+    assert changed >= 10
 
 
 def test_keras_file_converts_like_the_model(micro_logits_model, tmp_path, pixels):

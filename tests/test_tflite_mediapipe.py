@@ -115,7 +115,9 @@ def digits_files(digits_model, tmp_path_factory):
                          "--output", str(fp32)]) == 0
     convert.convert(digits_model, int8, quantize="int8", representative_data="digits",
                     num_calibration_images=100, labels=labels)
-    return dict(folder=folder, labels=labels, fp32=fp32, int8=int8)
+    dynamic = folder / "digits_dynamic.tflite"
+    convert.convert(digits_model, dynamic, quantize="dynamic", labels=labels)
+    return dict(folder=folder, labels=labels, fp32=fp32, int8=int8, dynamic=dynamic)
 
 
 def _save(model, folder):
@@ -139,16 +141,17 @@ def test_digits_model_in_mediapipe(digits_model, digits_files, digits_validation
     assert np.abs(int8_scores - litert).max() <= 1e-5
 
 
-def test_int8_accuracy_and_delegation(digits_files, digits_validation):
+@pytest.mark.parametrize("mode", ["int8", "dynamic"])
+def test_int8_accuracy_and_delegation(digits_files, digits_validation, mode):
     images, labels = digits_validation
     fp32 = LiteRTModel(str(digits_files["fp32"])).predict(images).argmax(-1)
-    int8 = LiteRTModel(str(digits_files["int8"])).predict(images).argmax(-1)
+    int8 = LiteRTModel(str(digits_files[mode])).predict(images).argmax(-1)
     agreement = (fp32 == int8).mean()
     fp32_accuracy, int8_accuracy = (fp32 == labels).mean(), (int8 == labels).mean()
     assert agreement >= 0.95, agreement
     assert fp32_accuracy >= 0.9, fp32_accuracy
     assert int8_accuracy >= fp32_accuracy - 0.01, (fp32_accuracy, int8_accuracy)
-    data = digits_files["int8"].read_bytes()
+    data = digits_files[mode].read_bytes()
     result = compatibility.check(data)
     assert result["gpu_incompatible"] == []
     assert result["xnnpack_partitions"] == 1 and result["nodes_on_default_kernels"] == 0, result

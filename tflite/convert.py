@@ -145,7 +145,10 @@ def to_tflite(model, *, quantize: str = "none", representative_images=None, io_t
         if quantize == "int8" and int8_ops == "xnnpack":
             return quantization.quantize_int8_for_xnnpack(converter, representative_images)
         quantization.configure(converter, quantize, representative_images, io_type)
-        return converter.convert()
+        data = converter.convert()
+        if quantize == "dynamic":
+            data = quantization.quantize_weights_for_xnnpack(data)
+        return data
     except Exception as e:
         unsupported = sorted(set(re.findall(r"'(tf\.\w+)' op is neither a custom op nor a flex op", str(e))))
         reason = (
