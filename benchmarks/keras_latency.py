@@ -6,9 +6,10 @@
 
 Weights are random with non-zero biases and BatchNorm statistics (`benchmarks.trained_like_weights`): an
 initialised model's zero biases let Grappler drop ops that trained weights keep. Times a compiled graph
-(`tf.function` around `model(x, training=False)`), the form `model.predict` runs per batch, after warm-up, for the model as built ("training" form) and for `keras_cmt.fuse_for_inference(model)`
-("fused"), interleaving the two so that load on a shared machine hits both alike. Reports the median and the
-interquartile range: these machines are shared and noisy, so medians are what to compare, and only within one run.
+(`tf.function` around `model(x, training=False)`), the form `model.predict` runs per batch, after warm-up, for
+the model as built ("training" form) and for `keras_cmt.fuse_for_inference(model)` ("fused"), interleaving the
+two so that load on a shared machine hits both alike. Reports the median and the interquartile range: these
+machines are shared and noisy, so medians are what to compare, and only within one run.
 """
 
 import argparse

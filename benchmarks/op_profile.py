@@ -15,33 +15,25 @@ import collections
 import sys
 
 
-def profile(variant, batch, threads, runs, form="training"):
+def trace_kernels(fn, spec, threads=2, runs=1, warmup=2):
+    """Runs `fn` (a tensor -> tensor function of `spec`) as a frozen graph in a traced TF1 session.
+
+    Returns (microseconds per kernel type summed over `runs`, kernel launches per run by type, traced wall time of
+    each run in microseconds). The kernel types are those that ran after Grappler and the oneDNN rewrites.
+    """
     import tensorflow as tf
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-    import keras_cmt
-    from benchmarks.trained_like_weights import randomize_like_trained
-
-    v = keras_cmt.get_variant(variant)
-    model = randomize_like_trained(keras_cmt.build_model(v.name))
-    if form == "fused":
-        model = keras_cmt.fuse_for_inference(model)
-    spec = tf.TensorSpec((batch, v.default_size, v.default_size, 3), tf.float32)
-    concrete = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
-    frozen = convert_variables_to_constants_v2(concrete)
-    graph_def = frozen.graph.as_graph_def()
+    frozen = convert_variables_to_constants_v2(tf.function(fn).get_concrete_function(spec))
     graph = tf.Graph()
     with graph.as_default():
-        tf.import_graph_def(graph_def, name="")
+        tf.import_graph_def(frozen.graph.as_graph_def(), name="")
     config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=threads, inter_op_parallelism_threads=1)
-    inputs = [t.name for t in frozen.inputs]
     outputs = [t.name for t in frozen.outputs]
-    x = tf.random.normal(spec.shape).numpy()
-    per_type, per_node_total = collections.Counter(), 0.0
-    wall = []
+    feed = {frozen.inputs[0].name: tf.random.normal(spec.shape, seed=0).numpy()}
+    times, counts, wall = collections.Counter(), collections.Counter(), []
     with tf.compat.v1.Session(graph=graph, config=config) as sess:
-        feed = {inputs[0]: x}
-        for _ in range(2):
+        for _ in range(warmup):
             sess.run(outputs, feed)
         options = tf.compat.v1.RunOptions(trace_level=tf.compat.v1.RunOptions.FULL_TRACE)
         for _ in range(runs):
@@ -54,14 +46,29 @@ def profile(variant, batch, threads, runs, form="training"):
                     # (a BatchNorm Mul folded into its Conv2D keeps the Mul's name), so the graph's op is not it.
                     label = node.timeline_label
                     op = label.split(" = ", 1)[1].split("(", 1)[0] if " = " in label else node.node_name
-                    us = node.op_end_rel_micros - node.op_start_rel_micros
-                    per_type[op] += us
-                    per_node_total += us
+                    times[op] += node.op_end_rel_micros - node.op_start_rel_micros
+                    counts[op] += 1
                     start = min(start, node.all_start_micros)
                     end = max(end, node.all_start_micros + node.all_end_rel_micros)
             wall.append(end - start)
+    return times, collections.Counter({op: n // runs for op, n in counts.items()}), wall
+
+
+def profile(variant, batch, threads, runs, form="training"):
+    import tensorflow as tf
+
+    import keras_cmt
+    from benchmarks.trained_like_weights import randomize_like_trained
+
+    v = keras_cmt.get_variant(variant)
+    model = randomize_like_trained(keras_cmt.build_model(v.name))
+    if form == "fused":
+        model = keras_cmt.fuse_for_inference(model)
+    spec = tf.TensorSpec((batch, v.default_size, v.default_size, 3), tf.float32)
+    per_type, _, wall = trace_kernels(lambda x: model(x, training=False), spec, threads, runs)
+    total = sum(per_type.values())
     rows = [
-        {"op": op, "ms_per_run": us / runs / 1e3, "share": us / per_node_total}
+        {"op": op, "ms_per_run": us / runs / 1e3, "share": us / total}
         for op, us in per_type.most_common()
     ]
     return {"variant": v.name, "form": form, "batch": batch, "threads": threads, "runs": runs,

@@ -77,40 +77,18 @@ def test_refuses_an_already_fused_model(micro_checkpoint):
         fuse_for_inference(fused)
 
 
-def _kernel_counts(fn, spec):
-    """Kernels TensorFlow actually runs (after Grappler and the oneDNN rewrites) for one call of `fn`."""
-    import collections
-
-    import tensorflow as tf
-    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
-
-    frozen = convert_variables_to_constants_v2(tf.function(fn).get_concrete_function(spec))
-    graph = tf.Graph()
-    with graph.as_default():
-        tf.import_graph_def(frozen.graph.as_graph_def(), name="")
-    options = tf.compat.v1.RunOptions(trace_level=tf.compat.v1.RunOptions.FULL_TRACE)
-    metadata = tf.compat.v1.RunMetadata()
-    with tf.compat.v1.Session(graph=graph) as session:
-        session.run([t.name for t in frozen.outputs], {frozen.inputs[0].name: np.zeros(spec.shape, "float32")},
-                    options=options, run_metadata=metadata)
-    counts = collections.Counter()
-    for device in metadata.step_stats.dev_stats:
-        for node in device.node_stats:
-            label = node.timeline_label
-            counts[label.split(" = ", 1)[1].split("(", 1)[0] if " = " in label else node.node_name] += 1
-    return counts
-
-
 def test_onednn_fuses_each_ffn_expansion_with_its_gelu(micro_checkpoint):
     import tensorflow as tf
     from tensorflow.python.util import _pywrap_util_port
+
+    from benchmarks.op_profile import trace_kernels
 
     if not _pywrap_util_port.IsMklEnabled():
         pytest.skip("this TensorFlow runs without oneDNN (TF_ENABLE_ONEDNN_OPTS=0): nothing to fuse")
     # The official checkpoint's biases are non-zero: with zero biases Grappler deletes the BiasAdd and with it the
     # MatMul+BiasAdd+GELU pattern, which is why the benchmarks randomise them too.
     fused = fuse_for_inference(build_micro(weights=str(micro_checkpoint)))
-    counts = _kernel_counts(lambda x: fused(x, training=False), tf.TensorSpec((1, 64, 64, 3)))
+    _, counts, _ = trace_kernels(lambda x: fused(x, training=False), tf.TensorSpec((1, 64, 64, 3)))
     blocks = sum(MICRO_CONFIG["depths"])
     assert counts["_MklNativeFusedMatMul"] >= blocks  # at least fc1 of every block
     # GELUs left as separate kernels: the stem's three and the one after each block's depthwise convolution.

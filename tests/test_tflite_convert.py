@@ -65,8 +65,10 @@ def _weight_tensors(data):
     """(op type, weight tensor type, weight values as stored, quantization scales) per CONV/FC/DEPTHWISE node."""
     from ai_edge_litert import schema_py_generated as schema
 
+    from tflite.quantization import builtin_op_names
+
     model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(data, 0))
-    codes = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    codes = builtin_op_names(schema)
     graph = model.subgraphs[0]
     rows = []
     for op in graph.operators:

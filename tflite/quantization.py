@@ -78,6 +78,11 @@ def configure(converter, mode: str, representative_images=None, io_type: str = "
             converter.inference_output_type = getattr(tf, io_type)
 
 
+def builtin_op_names(schema) -> dict:
+    """{builtin operator code: name} of a flatc-generated TFLite schema module (e.g. 6 -> "DEPTHWISE_CONV_2D")."""
+    return {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+
+
 # Op types whose constant weights `quantize_weights_for_xnnpack` makes int8: XNNPACK runs them with int8 weights
 # and float activations it quantizes itself (its "qd8" GEMMs). Its depthwise convolution has no such kernel.
 WEIGHT_QUANTIZED_OPS = ("CONV_2D", "FULLY_CONNECTED")
@@ -98,7 +103,7 @@ def quantize_weights_for_xnnpack(model_bytes: bytes, op_types=WEIGHT_QUANTIZED_O
     from ai_edge_litert import schema_py_generated as schema
 
     model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(model_bytes, 0))
-    codes = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    codes = builtin_op_names(schema)
     op_names = [codes.get(max(c.builtinCode, c.deprecatedBuiltinCode), "CUSTOM") for c in model.operatorCodes]
     for graph in model.subgraphs:
         quantized = set()
@@ -146,7 +151,7 @@ def float_island_nodes(model_bytes: bytes) -> list:
     from ai_edge_litert import schema_py_generated as schema
 
     model = schema.Model.GetRootAsModel(model_bytes, 0)
-    codes = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    codes = builtin_op_names(schema)
     names = []
     for s in range(model.SubgraphsLength()):
         graph = model.Subgraphs(s)
