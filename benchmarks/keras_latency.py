@@ -7,8 +7,9 @@
 Weights are random with non-zero biases and BatchNorm statistics (`benchmarks.trained_like_weights`): an
 initialised model's zero biases let Grappler drop ops that trained weights keep. Times a compiled graph
 (`tf.function` around `model(x, training=False)`), the form `model.predict` runs per batch, after warm-up, for
-the model as built ("training" form) and for `keras_cmt.fuse_for_inference(model)` ("fused"), interleaving the
-two so that load on a shared machine hits both alike. Reports the median and the interquartile range: these
+the model as built ("training" form), for `keras_cmt.fuse_for_inference(model)` ("fused") and for the fused
+model with every attention in the query-side form ("fused_query_side", what "fused" was before the key-side
+form), interleaving them so that load on a shared machine hits all alike. Reports the median and the interquartile range: these
 machines are shared and noisy, so medians are what to compare, and only within one run.
 """
 
@@ -28,9 +29,20 @@ def _parse_args(argv):
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=15, help="timed runs at batch 1 (fewer at large batches)")
     parser.add_argument("--jit_compile", action="store_true", help="compile with XLA")
-    parser.add_argument("--forms", nargs="+", default=["training", "fused"], choices=["training", "fused"])
+    parser.add_argument("--forms", nargs="+", default=["training", "fused"], choices=FORMS)
     parser.add_argument("--output", default="benchmarks/results/keras_latency.json")
     return parser.parse_args(argv)
+
+
+FORMS = ("training", "fused", "fused_query_side")
+
+
+def _build_form(model, form):
+    import keras_cmt
+
+    if form == "training":
+        return model
+    return keras_cmt.fuse_for_inference(model, key_side_projections=form == "fused")
 
 
 def _time_interleaved(fns, x, warmup, repeats):
@@ -66,9 +78,8 @@ def run(args):
     for name in args.variants:
         variant = keras_cmt.get_variant(name)
         model = randomize_like_trained(keras_cmt.build_model(variant.name))
-        models = {"training": model, "fused": keras_cmt.fuse_for_inference(model)}
         fns = {
-            form: tf.function(lambda x, m=models[form]: m(x, training=False), jit_compile=args.jit_compile)
+            form: tf.function(lambda x, m=_build_form(model, form): m(x, training=False), jit_compile=args.jit_compile)
             for form in args.forms
         }
         size = variant.default_size
@@ -83,9 +94,9 @@ def run(args):
                     "median_ms": median * 1e3, "iqr_ms": (q[2] - q[0]) * 1e3, "images_per_s": batch / median,
                     "repeats": repeats, "peak_rss_mib": _peak_rss_mib(),
                 })
-                print(f"{variant.name:7s} {form:8s} {size:4d} batch {batch:3d}: median {median * 1e3:9.1f} ms "
+                print(f"{variant.name:7s} {form:16s} {size:4d} batch {batch:3d}: median {median * 1e3:9.1f} ms "
                       f"(IQR {(q[2] - q[0]) * 1e3:6.1f} ms, {batch / median:7.1f} img/s)", flush=True)
-        del model, models, fns
+        del model, fns
         keras.backend.clear_session()
 
     print("\n| variant | form | input | batch | median latency (ms) | IQR (ms) | images/s | peak RSS (MiB) |")

@@ -11,7 +11,7 @@ import numpy as np
 
 from keras_cmt.cmt import STAGE_LETTERS
 from keras_cmt.layers import PatchEmbedding, RelativePositionBias
-from keras_cmt.layers.fused_inference import ChannelShift, FusedCMTBlock
+from keras_cmt.layers.fused_inference import ChannelShift, FusedCMTBlock, HeadsLastBias, absorbs_projections
 
 
 def _np(variable):
@@ -46,7 +46,7 @@ def _shift_and_scale(a, c):
     return c / a, a
 
 
-def _fused_block_weights(block):
+def _fused_block_weights(block, key_side_projections=False):
     attn, mlp = block.attn, block.mlp
     w = {}
     w["lpu_kernel"] = _with_identity_tap(_np(block.lpu.proj.kernel))
@@ -54,8 +54,19 @@ def _fused_block_weights(block):
 
     g1, b1 = _np(block.norm1.gamma), _np(block.norm1.beta)
     wq, bq = _pointwise(attn.q)
-    w["q_kernel"] = (g1[:, None] * wq * attn.scale)[None, None]
-    w["q_bias"] = (b1 @ wq + bq) * attn.scale
+    wq, bq = g1[:, None] * wq * attn.scale, (b1 @ wq + bq) * attn.scale
+    wp, bp = _pointwise(attn.proj)
+    if key_side_projections:  # per head: Wq_h^T, bq_h as a (C, heads) block column, Wo_h
+        heads, d = attn.num_heads, attn.head_dim
+        w["query_heads"] = wq.reshape(-1, heads, d).transpose(1, 2, 0)
+        w["key_bias_kernel"] = np.zeros((wq.shape[0], heads))
+        for h in range(heads):
+            w["key_bias_kernel"][h * d:(h + 1) * d, h] = bq[h * d:(h + 1) * d]
+        w["out_heads"] = wp.reshape(heads, d, -1)
+    else:
+        w["q_kernel"], w["q_bias"] = wq[None, None], bq
+        w["proj_kernel"] = wp[None, None]
+    w["proj_bias"] = bp
     wk, bk = _pointwise(attn.k)
     wv, bv = _pointwise(attn.v)
     if attn.sr_ratio > 1:
@@ -68,8 +79,6 @@ def _fused_block_weights(block):
     else:
         w["k_kernel"], w["k_bias"] = (g1[:, None] * wk)[None, None], b1 @ wk + bk
         w["v_kernel"], w["v_bias"] = (g1[:, None] * wv)[None, None], b1 @ wv + bv
-    wp, bp = _pointwise(attn.proj)
-    w["proj_kernel"], w["proj_bias"] = wp[None, None], bp
 
     g2, b2 = _np(block.norm2.gamma), _np(block.norm2.beta)
     w1, c1 = _pointwise(mlp.conv1)
@@ -98,8 +107,11 @@ def is_training_form(model):
     return {"stem_conv1", "stem_norm1", "blocks_a_0"} <= names
 
 
-def fuse_for_inference(model, name=None):
+def fuse_for_inference(model, name=None, key_side_projections=True):
     """Returns a new model computing `model`'s inference function with folded normalisations.
+
+    With `key_side_projections` (the default), the stages where it saves multiply-adds (`absorbs_projections`)
+    move their attention's query and output projections onto the keys and values.
 
     `model` is any model built by `keras_cmt.CMT` or a variant builder (any input size, with or without top). The
     result has the same inputs, outputs and output layer names ("head", "predictions", "stage_1".."stage_4"), is
@@ -152,13 +164,17 @@ def fuse_for_inference(model, name=None):
                                           name=f"relative_pos_{letter}")
         position_bias = bias_layer(x)
         assignments.append((bias_layer, {"bias": _np(bias_source.bias)}))
+        n_q, n_k = bias_source.bias.shape[1:]
+        key_side = key_side_projections and absorbs_projections(n_q, n_k, source.embed_dim, bias_source.num_heads)
+        if key_side:
+            position_bias = HeadsLastBias(name=f"relative_pos_{letter}_heads_last")(position_bias)
         index = 0
         while f"blocks_{letter}_{index}" in layer_names:
             block = get(f"blocks_{letter}_{index}")
             fused = FusedCMTBlock(block.dim, block.num_heads, block.mlp.hidden_dim, block.sr_ratio,
-                                  block.ln_epsilon, name=f"blocks_{letter}_{index}")
+                                  block.ln_epsilon, key_side_projections=key_side, name=f"blocks_{letter}_{index}")
             x = fused(x, position_bias)
-            assignments.append((fused, _fused_block_weights(block)))
+            assignments.append((fused, _fused_block_weights(block, key_side)))
             index += 1
         x = keras.layers.Identity(name=f"stage_{stage + 1}")(x)
 

@@ -7,6 +7,7 @@ import pytest
 import keras_cmt
 from conftest import MICRO_CONFIG, SHARED_FIXTURES, build_micro
 from keras_cmt.inference import fuse_for_inference
+from keras_cmt.layers.fused_inference import FusedCMTBlock, HeadsLastBias, absorbs_projections
 
 
 def test_fused_micro_matches_the_official_logits(micro_checkpoint, micro_io):
@@ -56,8 +57,9 @@ def test_zero_batchnorm_scale_is_still_exact(micro_checkpoint, micro_io):
                                model.predict(micro_io["input_nhwc"], verbose=0), atol=1e-4)
 
 
-def test_fused_model_saves_as_keras_file(tmp_path, micro_checkpoint, micro_io):
-    fused = fuse_for_inference(build_micro(weights=str(micro_checkpoint)))
+@pytest.mark.parametrize("key_side", [True, False])
+def test_fused_model_saves_as_keras_file(tmp_path, micro_checkpoint, micro_io, key_side):
+    fused = fuse_for_inference(build_micro(weights=str(micro_checkpoint)), key_side_projections=key_side)
     path = tmp_path / "fused.keras"
     fused.save(path)
     restored = keras.saving.load_model(path)
@@ -93,3 +95,55 @@ def test_onednn_fuses_each_ffn_expansion_with_its_gelu(micro_checkpoint):
     assert counts["_MklNativeFusedMatMul"] >= blocks  # at least fc1 of every block
     # GELUs left as separate kernels: the stem's three and the one after each block's depthwise convolution.
     assert counts["Erfc"] == 3 + blocks
+
+
+def _block_forms(model):
+    return {layer.name: layer.key_side_projections for layer in model.layers if isinstance(layer, FusedCMTBlock)}
+
+
+def test_key_side_attention_where_it_saves_multiply_adds(micro_checkpoint, micro_io):
+    from keras_cmt.flops import count_macs
+
+    model = build_micro(weights=str(micro_checkpoint), classifier_activation=None)
+    key_side, query_side = fuse_for_inference(model), fuse_for_inference(model, key_side_projections=False)
+    # Micro at 64x64: stages a-c have 64, 16 and 4 times more queries than keys; stage d (no reduction) has as
+    # many keys as queries, where the key-side form would cost more.
+    forms = _block_forms(key_side)
+    assert forms == {name: not name.startswith("blocks_d") for name in forms}
+    assert not any(_block_forms(query_side).values())
+    assert count_macs(key_side) < count_macs(query_side)
+    for stage, letter in enumerate("abcd"):
+        heads, dim = MICRO_CONFIG["num_heads"][stage], MICRO_CONFIG["embed_dims"][stage]
+        queries = (64 // 4 // 2 ** stage) ** 2
+        assert absorbs_projections(queries, queries // (64, 16, 4, 1)[stage], dim, heads) == (letter != "d")
+    # Batch 3 through predict (a tf.function): the graph TensorFlow's oneDNN kernels run, with the single-head
+    # stage where a broadcasting BatchMatMul once went wrong.
+    x = np.concatenate([micro_io["input_nhwc"], micro_io["input_nhwc"][:1] * 0.5])
+    np.testing.assert_allclose(key_side.predict(x, verbose=0)[:2], micro_io["logits"], atol=1e-4)
+    np.testing.assert_allclose(key_side.predict(x, verbose=0), query_side.predict(x, verbose=0), atol=1e-4)
+
+
+def test_key_side_attention_matches_the_query_side_form_per_head_count():
+    rng = np.random.default_rng(0)
+    for heads in (1, 2, 4):
+        dim, hidden, size = 8, 16, 4
+        query_side = FusedCMTBlock(dim, heads, hidden, sr_ratio=2)
+        key_side = FusedCMTBlock(dim, heads, hidden, sr_ratio=2, key_side_projections=True)
+        x = rng.normal(size=(2, size, size, dim)).astype("float32")
+        bias = rng.normal(size=(1, heads, size * size, 4)).astype("float32")
+        query_side(x, bias)
+        key_side(x, HeadsLastBias()(bias))
+        values = {v.name: rng.normal(size=v.shape).astype("float32") * 0.3 for v in query_side.weights}
+        for v in query_side.weights:
+            v.assign(values[v.name])
+        d = dim // heads
+        q, bq, wo = values["q_kernel"][0, 0], values["q_bias"], values["proj_kernel"][0, 0]
+        key_bias = np.zeros((dim, heads), "float32")
+        for h in range(heads):
+            key_bias[h * d:(h + 1) * d, h] = bq[h * d:(h + 1) * d]
+        derived = {"query_heads": q.reshape(dim, heads, d).transpose(1, 2, 0), "key_bias_kernel": key_bias,
+                   "out_heads": wo.reshape(heads, d, dim)}
+        for v in key_side.weights:
+            v.assign(values[v.name] if v.name in values else derived[v.name])
+        np.testing.assert_allclose(np.asarray(key_side(x, HeadsLastBias()(bias))), np.asarray(query_side(x, bias)),
+                                   atol=1e-5)

@@ -97,6 +97,21 @@ def test_dynamic_range_quantization_shrinks_and_stays_close(micro_logits_model, 
     assert int8_ops == {"CONV_2D", "FULLY_CONNECTED"}
 
 
+def test_float_files_take_the_key_side_attention_and_int8_files_do_not(fp32_normalized, micro_logits_model):
+    from conftest import MICRO_CONFIG
+
+    blocks = sum(MICRO_CONFIG["depths"])
+    float_ops = compatibility.op_types(fp32_normalized)
+    dynamic_ops = compatibility.op_types(convert.convert(micro_logits_model, quantize="dynamic",
+                                                         with_metadata=False))
+    # Query side: two batch matmuls per block (logits, weights x values) and the q and output projections as
+    # fully connected layers, which `dynamic` runs with int8 weights. Key side (stages a-c of micro): those
+    # projections move onto the keys and values, as per-head batch matmuls (single-head stage: fully connected).
+    assert dynamic_ops["BATCH_MATMUL"] == 2 * blocks
+    assert float_ops["BATCH_MATMUL"] > 2 * blocks
+    assert float_ops["FULLY_CONNECTED"] < dynamic_ops["FULLY_CONNECTED"]
+
+
 def test_quantize_weights_for_xnnpack_rounds_each_output_channel(fp32_normalized):
     from tflite import quantization
 

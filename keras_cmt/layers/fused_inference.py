@@ -8,12 +8,103 @@ of the convolution's input by c / a and a kernel scaled by a: conv(pad0(a * x + 
 exact at the borders too, where the padding is. What is left per block is: depthwise conv,
 LayerNorm without affine, three or four 1x1 convolutions, two matrix products and a softmax, LayerNorm, two 1x1
 convolutions around a depthwise conv and two GELUs.
+
+Where it costs fewer multiply-adds (`absorbs_projections`: every stage but the last in all four variants), the
+query and output projections go too. Per head h, (x Wq_h + bq_h) k_h^T = x (k_h Wq_h^T)^T + k_h bq_h^T and
+A_h (v_h Wo_h) = (A_h v_h) Wo_h, so the projections move to the keys and values, which the spatial reduction has
+made 4-64x fewer than the queries; the heads then sit side by side along the key axis, and both attention
+products become one matrix product each without transposing the queries or the output.
 """
 
 import keras
 from keras import ops
 
 from keras_cmt.layers.lightweight_attention import multi_head_attention
+
+
+def absorbs_projections(query_count, key_count, dim, num_heads):
+    """Whether moving the query and output projections onto the keys and values saves multiply-adds.
+
+    Per block and image, the query-side form spends 2 N C^2 on the two projections and 2 N M C on the attention
+    products; the key-side form 2 M C^2 on folding them into keys and values, 2 N M C heads on the (now
+    C-wide) products, and M C heads on the query bias term. N queries, M keys, C channels.
+    """
+    query_side = 2 * query_count * dim * dim + 2 * query_count * key_count * dim
+    key_side = 2 * key_count * dim * dim + (2 * query_count + 1) * key_count * dim * num_heads
+    return key_side < query_side
+
+
+def _matmul_transposed(a, b):
+    """a @ b^T over the last two axes; on TensorFlow one BatchMatMul with adj_y instead of a transpose and a
+    matmul (what `ops.einsum` would be lowered to is an Einsum op the MAC counter does not read)."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.matmul(a, b, transpose_b=True)
+    return ops.einsum("...qc,...kc->...qk", a, b)
+
+
+def key_side_attention(queries, k, v, query_heads, key_bias_kernel, out_heads, out_bias, heads_last_bias,
+                       num_heads):
+    """The attention with its output projection, softmax(q k^T + bias) v Wo + bo, in the key-side form (see the
+    module docstring). Each head's attention rows sum to 1, so bo / heads added to each head's projected values
+    gives bo, on M rows instead of N.
+
+    queries: (B, H, W, C), the normalised input; k, v: (B, h, w, C), projected; query_heads, out_heads:
+    (heads, C / heads, C), Wq_h^T and Wo_h; key_bias_kernel: (C, heads), column h holding bq_h on head h's
+    channels; out_bias: (C,), bo; heads_last_bias: (1, H*W, heads * h*w), the stage's position bias with the
+    heads along the key axis.
+    """
+    height, width, dim = queries.shape[1], queries.shape[2], queries.shape[3]
+    if height is None or width is None:
+        raise ValueError("CMT attention needs a static height and width (the bias size depends on them).")
+    head_dim = dim // num_heads
+    n_q, n_k = height * width, k.shape[1] * k.shape[2]
+
+    def per_head(t, weights):  # (B, h, w, C) -> (B, heads * h*w, C): head j's keys times its (d, C) matrix
+        if num_heads == 1:
+            return ops.reshape(ops.matmul(ops.reshape(t, (-1, dim)), weights[0]), (-1, n_k, dim))
+        # Heads first and the batch folded into the rows, so both operands have the same batch rank: TensorFlow
+        # 2.21's oneDNN BatchMatMul gives wrong results (and corrupts the heap) when it has to broadcast a
+        # (heads, d, C) operand over a batch of 2 or more.
+        t = ops.reshape(ops.transpose(ops.reshape(t, (-1, n_k, num_heads, head_dim)), (2, 0, 1, 3)),
+                        (num_heads, -1, head_dim))
+        t = ops.reshape(ops.matmul(t, weights), (num_heads, -1, n_k, dim))
+        return ops.reshape(ops.transpose(t, (1, 0, 2, 3)), (-1, num_heads * n_k, dim))
+
+    flat_k = ops.reshape(k, (-1, n_k, dim))
+    key_bias = ops.matmul(flat_k, key_bias_kernel)  # B, M, heads: bq_h . k_h per key
+    if num_heads > 1:
+        key_bias = ops.transpose(key_bias, (0, 2, 1))
+    key_bias = ops.reshape(key_bias, (-1, 1, num_heads * n_k))
+    keys = per_head(k, query_heads)
+    logits = _matmul_transposed(ops.reshape(queries, (-1, n_q, dim)), keys)
+    logits = logits + (ops.cast(heads_last_bias, logits.dtype) + key_bias)
+    if n_k == 1:
+        attn = ops.ones_like(logits)
+    else:
+        logits = ops.cast(logits, "float32")
+        if num_heads > 1:
+            attn = ops.reshape(ops.softmax(ops.reshape(logits, (-1, n_q, num_heads, n_k)), axis=-1),
+                               (-1, n_q, num_heads * n_k))
+        else:
+            attn = ops.softmax(logits, axis=-1)
+        attn = ops.cast(attn, v.dtype)
+    values = per_head(v, out_heads) + ops.cast(out_bias / num_heads, v.dtype)
+    out = ops.matmul(attn, values)  # B, N, C
+    return ops.reshape(out, (-1, height, width, dim))
+
+
+@keras.saving.register_keras_serializable(package="keras_cmt")
+class HeadsLastBias(keras.layers.Layer):
+    """Reorders a stage's (1, heads, N, M) position bias to (1, N, heads * M), once for all its blocks."""
+
+    def call(self, inputs):
+        _, heads, n_q, n_k = inputs.shape
+        return ops.reshape(ops.transpose(inputs, (0, 2, 1, 3)), (1, n_q, heads * n_k))
+
+    def compute_output_shape(self, input_shape):
+        return (1, input_shape[2], input_shape[1] * input_shape[3])
 
 
 def _layer_norm(x, epsilon):
@@ -60,10 +151,16 @@ class ChannelShift(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="keras_cmt")
 class FusedCMTBlock(keras.layers.Layer):
-    """A CMT block with folded normalisations; called as `block(x, relative_position_bias)` like `CMTBlock`."""
+    """A CMT block with folded normalisations; called as `block(x, relative_position_bias)` like `CMTBlock`.
 
-    def __init__(self, dim, num_heads, hidden_dim, sr_ratio=1, ln_epsilon=1e-6, **kwargs):
+    With `key_side_projections` the attention runs in the key-side form (`key_side_attention`) and the bias it is
+    called with is the stage's `HeadsLastBias` output.
+    """
+
+    def __init__(self, dim, num_heads, hidden_dim, sr_ratio=1, ln_epsilon=1e-6, key_side_projections=False,
+                 **kwargs):
         super().__init__(**kwargs)
+        self.key_side_projections = bool(key_side_projections)
         self.dim = int(dim)
         self.num_heads = int(num_heads)
         self.hidden_dim = int(hidden_dim)
@@ -78,8 +175,14 @@ class FusedCMTBlock(keras.layers.Layer):
 
         self.lpu_kernel = weight("lpu_kernel", (3, 3, c, 1))
         self.lpu_bias = weight("lpu_bias", (c,))
-        self.q_kernel = weight("q_kernel", (1, 1, c, c))
-        self.q_bias = weight("q_bias", (c,))
+        if self.key_side_projections:
+            d = c // self.num_heads
+            self.query_heads = weight("query_heads", (self.num_heads, d, c))
+            self.key_bias_kernel = weight("key_bias_kernel", (c, self.num_heads))
+            self.out_heads = weight("out_heads", (self.num_heads, d, c))
+        else:
+            self.q_kernel = weight("q_kernel", (1, 1, c, c))
+            self.q_bias = weight("q_bias", (c,))
         if self.sr_ratio > 1:
             self.sr_kernel = weight("sr_kernel", (self.sr_ratio, self.sr_ratio, c, 1))
             self.sr_bias = weight("sr_bias", (c,))
@@ -87,7 +190,8 @@ class FusedCMTBlock(keras.layers.Layer):
         self.k_bias = weight("k_bias", (c,))
         self.v_kernel = weight("v_kernel", (1, 1, c, c))
         self.v_bias = weight("v_bias", (c,))
-        self.proj_kernel = weight("proj_kernel", (1, 1, c, c))
+        if not self.key_side_projections:  # created in this order so earlier saved fused models still load
+            self.proj_kernel = weight("proj_kernel", (1, 1, c, c))
         self.proj_bias = weight("proj_bias", (c,))
         self.fc1_kernel = weight("fc1_kernel", (1, 1, c, h))
         self.fc1_bias = weight("fc1_bias", (h,))
@@ -103,11 +207,15 @@ class FusedCMTBlock(keras.layers.Layer):
         source = normed
         if self.sr_ratio > 1:
             source = ops.depthwise_conv(normed, self.sr_kernel, strides=self.sr_ratio, padding="valid") + self.sr_bias
-        out = multi_head_attention(
-            _pointwise(normed, self.q_kernel, self.q_bias), _pointwise(source, self.k_kernel, self.k_bias),
-            _pointwise(source, self.v_kernel, self.v_bias), relative_position_bias, self.num_heads,
-        )
-        x = x + _pointwise(out, self.proj_kernel, self.proj_bias)
+        k = _pointwise(source, self.k_kernel, self.k_bias)
+        v = _pointwise(source, self.v_kernel, self.v_bias)
+        if self.key_side_projections:
+            x = x + key_side_attention(normed, k, v, self.query_heads, self.key_bias_kernel, self.out_heads,
+                                       self.proj_bias, relative_position_bias, self.num_heads)
+        else:
+            out = multi_head_attention(_pointwise(normed, self.q_kernel, self.q_bias), k, v, relative_position_bias,
+                                       self.num_heads)
+            x = x + _pointwise(out, self.proj_kernel, self.proj_bias)
 
         hidden = _pointwise(_layer_norm(x, self.ln_epsilon), self.fc1_kernel, self.fc1_bias, gelu=True)
         hidden = ops.depthwise_conv(hidden + self.dw_shift, self.dw_kernel, padding="same") + self.dw_bias
@@ -125,4 +233,5 @@ class FusedCMTBlock(keras.layers.Layer):
             "hidden_dim": self.hidden_dim,
             "sr_ratio": self.sr_ratio,
             "ln_epsilon": self.ln_epsilon,
+            "key_side_projections": self.key_side_projections,
         }
