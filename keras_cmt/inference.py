@@ -107,11 +107,12 @@ def is_training_form(model):
     return {"stem_conv1", "stem_norm1", "blocks_a_0"} <= names
 
 
-def fuse_for_inference(model, name=None, key_side_projections=True):
+def fuse_for_inference(model, name=None, key_side_projections=True, projection_cost=1.0):
     """Returns a new model computing `model`'s inference function with folded normalisations.
 
-    With `key_side_projections` (the default), the stages where it saves multiply-adds (`absorbs_projections`)
-    move their attention's query and output projections onto the keys and values.
+    With `key_side_projections` (the default), the stages where it saves multiply-adds (`absorbs_projections`,
+    with `projection_cost`, the cost of a projection multiply-add relative to an attention one) move their
+    attention's query and output projections onto the keys and values.
 
     `model` is any model built by `keras_cmt.CMT` or a variant builder (any input size, with or without top). The
     result has the same inputs, outputs and output layer names ("head", "predictions", "stage_1".."stage_4"), is
@@ -165,7 +166,8 @@ def fuse_for_inference(model, name=None, key_side_projections=True):
         position_bias = bias_layer(x)
         assignments.append((bias_layer, {"bias": _np(bias_source.bias)}))
         n_q, n_k = bias_source.bias.shape[1:]
-        key_side = key_side_projections and absorbs_projections(n_q, n_k, source.embed_dim, bias_source.num_heads)
+        key_side = key_side_projections and absorbs_projections(n_q, n_k, source.embed_dim, bias_source.num_heads,
+                                                                projection_cost)
         if key_side:
             position_bias = HeadsLastBias(name=f"relative_pos_{letter}_heads_last")(position_bias)
         index = 0

@@ -215,6 +215,11 @@ def add_metadata(tflite_bytes: bytes, model, *, labels=None, input_range: str = 
     return metadata_lib.populate(tflite_bytes, meta, {"labels.txt": metadata_lib.labels_text(labels)})
 
 
+# XNNPACK's int8-weight GEMM against its fp32 GEMM on this project's machine (768 vs 216 GOPS, 2 threads;
+# benchmarks/RESULTS.md): the relative cost of a projection multiply-add in a `dynamic` file.
+DYNAMIC_PROJECTION_COST = 216 / 768
+
+
 def convert(model, output=None, *, weights=None, image_size=None, classes=None, quantize: str = "none",
             representative_data=None, num_calibration_images: int = 200, io_type: str = "float32",
             labels=None, with_metadata: bool = True, input_range: str = "0-255", logits: bool = False,
@@ -244,12 +249,13 @@ def convert(model, output=None, *, weights=None, image_size=None, classes=None, 
         from keras_cmt import inference
 
         if inference.is_training_form(keras_model):
-            # The key-side attention form saves 4-7% of the multiply-adds in float (CMT-S fp32, 2 threads:
-            # 47.2 -> 46.1 ms), but it turns the query and output projections, which the int8 modes run as int8
-            # GEMMs, into float batch matmuls (CMT-S dynamic: 22.1 -> 24.5 ms): quantized files keep the
-            # query-side form.
+            # The key-side attention form saves 4-7% of the multiply-adds in float files (CMT-S fp32, 2 threads,
+            # interleaved: 0.97x). In `dynamic` files the projections it removes are int8-weight GEMMs, 3.6x
+            # faster than the float batch matmuls it adds: weighed so, only single-head stages take it (CMT-S
+            # 0.98x; all stages: 1.10x). The calibrated int8 mode keeps the query-side form.
             keras_model = inference.fuse_for_inference(
-                keras_model, key_side_projections=quantize in ("none", "float16"))
+                keras_model, key_side_projections=quantize != "int8",
+                projection_cost=DYNAMIC_PROJECTION_COST if quantize == "dynamic" else 1.0)
     images = None
     if quantize == "int8":
         if isinstance(representative_data, (str, os.PathLike)):

@@ -22,15 +22,17 @@ from keras import ops
 from keras_cmt.layers.lightweight_attention import multi_head_attention
 
 
-def absorbs_projections(query_count, key_count, dim, num_heads):
+def absorbs_projections(query_count, key_count, dim, num_heads, projection_cost=1.0):
     """Whether moving the query and output projections onto the keys and values saves multiply-adds.
 
     Per block and image, the query-side form spends 2 N C^2 on the two projections and 2 N M C on the attention
     products; the key-side form 2 M C^2 on folding them into keys and values, 2 N M C heads on the (now
-    C-wide) products, and M C heads on the query bias term. N queries, M keys, C channels.
+    C-wide) products, and M C heads on the query bias term. N queries, M keys, C channels. `projection_cost`
+    weighs a projection multiply-add against an attention one: below 1 where projections run faster (int8
+    weights), which keeps the query-side form in more stages.
     """
-    query_side = 2 * query_count * dim * dim + 2 * query_count * key_count * dim
-    key_side = 2 * key_count * dim * dim + (2 * query_count + 1) * key_count * dim * num_heads
+    query_side = 2 * query_count * dim * dim * projection_cost + 2 * query_count * key_count * dim
+    key_side = 2 * key_count * dim * dim * projection_cost + (2 * query_count + 1) * key_count * dim * num_heads
     return key_side < query_side
 
 
@@ -72,9 +74,8 @@ def key_side_attention(queries, k, v, query_heads, key_bias_kernel, out_heads, o
         t = ops.reshape(ops.matmul(t, weights), (num_heads, -1, n_k, dim))
         return ops.reshape(ops.transpose(t, (1, 0, 2, 3)), (-1, num_heads * n_k, dim))
 
-    flat_k = ops.reshape(k, (-1, n_k, dim))
-    key_bias = ops.matmul(flat_k, key_bias_kernel)  # B, M, heads: bq_h . k_h per key
-    if num_heads > 1:
+    key_bias = ops.reshape(ops.matmul(ops.reshape(k, (-1, dim)), key_bias_kernel), (-1, n_k, num_heads))
+    if num_heads > 1:  # B, M, heads -> B, heads, M: bq_h . k_h per head and key
         key_bias = ops.transpose(key_bias, (0, 2, 1))
     key_bias = ops.reshape(key_bias, (-1, 1, num_heads * n_k))
     keys = per_head(k, query_heads)
