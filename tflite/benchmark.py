@@ -1,7 +1,7 @@
 """Latency, memory and delegation of `.tflite` files with the LiteRT interpreter and XNNPACK.
 
     python -m tflite.benchmark MODEL.tflite [MODEL2.tflite ...] [--threads 1 2 4] [--runs 50]
-        [--warmup 10] [--no_xnnpack] [--json results.json]
+        [--warmup 10] [--no_xnnpack] [--interleave] [--json results.json]
 
 Each (model, threads) pair runs in a fresh subprocess so that its peak memory (VmHWM) is its own:
 `peak_rss_mb` is the process peak, `model_mem_mb` the growth over the interpreter-less baseline.
@@ -9,6 +9,10 @@ Prints a table and writes the JSON. Latency is the median of `--runs` invokes af
 batch 1, one fixed random input in the model's input range. `cpu ms` is the median CPU time of the
 process per invoke (all threads): on a shared machine it is the figure that other load disturbs least
 (with 1 thread it is the compute cost itself); wall-clock medians are what an app sees on a quiet core.
+
+`--interleave` is for A/B comparisons on a shared machine: all models run in one process, one invoke of each
+in turn, so a busy period slows every model alike; it reports medians and each model's ratio to the first
+(no per-model memory: the process is shared).
 """
 
 from __future__ import annotations
@@ -92,6 +96,53 @@ def run(model_path: str, threads: int, runs: int, warmup: int, use_xnnpack: bool
     return json.loads(lines[-1])
 
 
+def measure_interleaved(model_paths: list, threads: int, runs: int, warmup: int, use_xnnpack: bool = True) -> list:
+    """Invokes the models in turn, `runs` rounds after `warmup`; one dict per model with `ratio_to_first`."""
+    import numpy as np
+
+    from tflite.runner import LiteRTModel
+
+    for path in model_paths:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"TFLite model not found: {path}")
+    models, inputs = [], []
+    for path in model_paths:
+        model = LiteRTModel(path, num_threads=threads, use_xnnpack=use_xnnpack)
+        x = np.random.default_rng(0).uniform(0.0, 255.0, model.input_shape).astype(np.float32)
+        models.append(model)
+        inputs.append(model._quantize_input(x) if model.input_dtype != np.float32 else x)
+    for _ in range(warmup):
+        for model, x in zip(models, inputs):
+            model.invoke_raw(x)
+    times = [[] for _ in models]
+    for _ in range(runs):
+        for model, x, series in zip(models, inputs, times):
+            t = time.perf_counter()
+            model.invoke_raw(x)
+            series.append((time.perf_counter() - t) * 1e3)
+    first = statistics.median(times[0])
+    results = []
+    for path, model, series in zip(model_paths, models, times):
+        ordered = sorted(series)
+        results.append({
+            "model": os.path.basename(path), "path": os.path.abspath(path), "threads": threads,
+            "xnnpack": use_xnnpack, "runs": runs, "warmup": warmup, "interleaved": True,
+            "median_ms": statistics.median(series), "p10_ms": ordered[len(series) // 10],
+            "p90_ms": ordered[(len(series) * 9) // 10], "ratio_to_first": statistics.median(series) / first,
+            "file_mb": os.path.getsize(path) / 1e6, **model.delegation().as_dict(),
+        })
+    return results
+
+
+def format_interleaved_table(results: list) -> str:
+    lines = ["| model | threads | median ms | p10 ms | p90 ms | ratio to first | partitions |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in results:
+        lines.append(f"| {r['model']} | {r['threads']} | {r['median_ms']:.2f} | {r['p10_ms']:.2f} | "
+                     f"{r['p90_ms']:.2f} | {r['ratio_to_first']:.3f} | {r['xnnpack_partitions']} |")
+    return "\n".join(lines)
+
+
 def format_table(results: list) -> str:
     header = ("model", "threads", "median ms", "p90 ms", "cpu ms", "file MB", "peak MB", "model MB",
               "partitions", "default nodes", "default ops")
@@ -114,6 +165,8 @@ def main(argv=None) -> int:
     p.add_argument("--runs", type=int, default=50)
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--no_xnnpack", action="store_true", help="TFLite's built-in kernels only")
+    p.add_argument("--interleave", action="store_true",
+                   help="run all models in one process, in turn, and report ratios to the first (A/B on a busy machine)")
     p.add_argument("--json", default=None, help="write the results here (default: benchmark_results.json)")
     p.add_argument("--_worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -122,14 +175,20 @@ def main(argv=None) -> int:
         return 0
     results = []
     try:
-        for model in args.models:
+        if args.interleave:
+            for threads in args.threads:
+                batch = measure_interleaved(args.models, threads, args.runs, args.warmup, not args.no_xnnpack)
+                results.extend(batch)
+                print(format_interleaved_table(batch))
+        for model in [] if args.interleave else args.models:
             for threads in args.threads:
                 results.append(run(model, threads, args.runs, args.warmup, not args.no_xnnpack))
                 print(f"{results[-1]['model']} threads={threads}: {results[-1]['median_ms']:.2f} ms", file=sys.stderr)
     except (FileNotFoundError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(format_table(results))
+    if not args.interleave:
+        print(format_table(results))
     out = args.json or "benchmark_results.json"
     from tflite.convert import write_atomically
 
