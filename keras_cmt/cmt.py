@@ -14,7 +14,8 @@ import keras
 import numpy as np
 
 from keras_cmt import variants
-from keras_cmt.layers import CMTBlock, PatchEmbedding, RelativePositionBias
+from keras_cmt.layers import (CMTBatchNormalization, CMTBlock, ExactGELU, PatchEmbedding, PointwiseConv2D,
+                              RelativePositionBias)
 
 STAGE_LETTERS = ("a", "b", "c", "d")
 
@@ -150,9 +151,8 @@ def CMT(
         x = keras.layers.Conv2D(
             stem_channels, 3, strides=stride, padding="valid" if stride == 2 else "same", name=f"stem_conv{i}"
         )(x)
-        # Keras' "gelu" is the exact (erf) form by default, as is PyTorch's nn.GELU.
-        x = keras.layers.Activation("gelu", name=f"stem_gelu{i}")(x)
-        x = keras.layers.BatchNormalization(epsilon=1e-5, momentum=0.9, name=f"stem_norm{i}")(x)
+        x = ExactGELU(name=f"stem_gelu{i}")(x)  # the erf form, as PyTorch's nn.GELU
+        x = CMTBatchNormalization(epsilon=1e-5, momentum=0.9, name=f"stem_norm{i}")(x)
 
     rates = np.linspace(0.0, drop_path_rate, sum(depths)).tolist()
     block_index = 0
@@ -171,8 +171,8 @@ def CMT(
             block_index += 1
         x = keras.layers.Identity(name=f"stage_{stage + 1}")(x)
 
-    x = keras.layers.Conv2D(head_channels, 1, name="head_conv")(x)
-    x = keras.layers.BatchNormalization(epsilon=1e-5, momentum=0.9, name="head_norm")(x)
+    x = PointwiseConv2D(head_channels, 1, name="head_conv")(x)
+    x = CMTBatchNormalization(epsilon=1e-5, momentum=0.9, name="head_norm")(x)
     x = keras.layers.Activation("swish", name="head_swish")(x)
 
     if include_top:

@@ -6,6 +6,10 @@
 
 import keras
 
+from keras_cmt.layers.batch_norm import CMTBatchNormalization
+from keras_cmt.layers.gelu import exact_gelu
+from keras_cmt.layers.pointwise_conv import PointwiseConv2D
+
 
 @keras.saving.register_keras_serializable(package="keras_cmt")
 class InvertedResidualFFN(keras.layers.Layer):
@@ -19,13 +23,13 @@ class InvertedResidualFFN(keras.layers.Layer):
         policy = self.dtype_policy
 
         def batch_norm(name):
-            return keras.layers.BatchNormalization(epsilon=self.bn_epsilon, momentum=0.9, name=name, dtype=policy)
+            return CMTBatchNormalization(epsilon=self.bn_epsilon, momentum=0.9, name=name, dtype=policy)
 
-        self.conv1 = keras.layers.Conv2D(self.hidden_dim, 1, name="conv1", dtype=policy)
+        self.conv1 = PointwiseConv2D(self.hidden_dim, 1, name="conv1", dtype=policy)
         self.norm1 = batch_norm("norm1")
         self.dwconv = keras.layers.DepthwiseConv2D(3, padding="same", name="dwconv", dtype=policy)
         self.norm2 = batch_norm("norm2")
-        self.conv2 = keras.layers.Conv2D(self.dim, 1, name="conv2", dtype=policy)
+        self.conv2 = PointwiseConv2D(self.dim, 1, name="conv2", dtype=policy)
         self.norm3 = batch_norm("norm3")
 
     def build(self, input_shape):
@@ -38,9 +42,9 @@ class InvertedResidualFFN(keras.layers.Layer):
         self.norm3.build(tuple(input_shape[:-1]) + (self.dim,))
 
     def call(self, inputs, training=None):
-        x = self.norm1(keras.activations.gelu(self.conv1(inputs), approximate=False), training=training)
+        x = self.norm1(exact_gelu(self.conv1(inputs), training=training), training=training)
         x = self.dwconv(x) + x
-        x = self.norm2(keras.activations.gelu(x, approximate=False), training=training)
+        x = self.norm2(exact_gelu(x, training=training), training=training)
         return self.norm3(self.conv2(x), training=training)
 
     def compute_output_shape(self, input_shape):

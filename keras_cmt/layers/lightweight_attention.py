@@ -9,6 +9,9 @@ TFLite/XNNPACK and the GPU delegate handle without reshaping to 5-D or falling b
 import keras
 from keras import ops
 
+from keras_cmt.layers.batch_norm import CMTBatchNormalization
+from keras_cmt.layers.pointwise_conv import PointwiseConv2D
+
 
 def multi_head_attention(q, k, v, relative_position_bias, num_heads):
     """softmax(q k^T + bias) v over heads, NHWC in and out.
@@ -62,7 +65,7 @@ class LightweightAttention(keras.layers.Layer):
         policy = self.dtype_policy
 
         def pointwise(name, use_bias):
-            return keras.layers.Conv2D(self.dim, 1, use_bias=use_bias, name=name, dtype=policy)
+            return PointwiseConv2D(self.dim, 1, use_bias=use_bias, name=name, dtype=policy)
 
         self.q = pointwise("q", self.qkv_bias)
         self.k = pointwise("k", self.qkv_bias)
@@ -72,7 +75,7 @@ class LightweightAttention(keras.layers.Layer):
             self.sr = keras.layers.DepthwiseConv2D(
                 self.sr_ratio, strides=self.sr_ratio, padding="valid", name="sr", dtype=policy
             )
-            self.sr_norm = keras.layers.BatchNormalization(
+            self.sr_norm = CMTBatchNormalization(
                 epsilon=self.bn_epsilon, momentum=0.9, name="sr_norm", dtype=policy
             )
 
