@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 import keras_cmt
-from conftest import SHARED_FIXTURES, build_micro
+from conftest import MICRO_CONFIG, SHARED_FIXTURES, build_micro
 
 
 def test_micro_fixture_parity(micro_checkpoint, micro_io):
@@ -145,3 +145,31 @@ def test_bad_list_lengths_and_pooling_are_refused():
         keras_cmt.CMT(depths=[1, 1, 1], embed_dims=[8] * 4, num_heads=[1] * 4, mlp_ratios=[1] * 4, stem_channels=4)
     with pytest.raises(ValueError, match="pooling"):
         build_micro(include_top=False, pooling="mean")
+
+
+def test_training_forward_takes_every_closed_form_gradient(monkeypatch):
+    """model.fit's forward (training=True) goes through the cheaper-gradient paths of every BatchNorm,
+    LayerNorm and exact GELU; inference goes through none of them."""
+    from keras_cmt.layers import batch_norm, gelu, layer_norm
+
+    calls = {"bn": 0, "ln": 0, "gelu": 0}
+
+    def counting(key, fn):
+        def wrapped(*args, **kwargs):
+            calls[key] += 1
+            return fn(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(batch_norm, "_train_batch_norm", counting("bn", batch_norm._train_batch_norm))
+    monkeypatch.setattr(layer_norm, "_train_layer_norm", counting("ln", layer_norm._train_layer_norm))
+    monkeypatch.setattr(gelu, "_gelu_with_closed_form_gradient", counting("gelu", gelu._gelu_with_closed_form_gradient))
+    model = build_micro()
+    x = np.zeros((2, 64, 64, 3), "float32")
+    model(x, training=False)
+    assert calls == {"bn": 0, "ln": 0, "gelu": 0}
+    model(x, training=True)
+    blocks = sum(MICRO_CONFIG["depths"])
+    # BatchNorm: 3 stem + 3 per IRFFN + the reduction's in stages a-c + head; LayerNorm: 2 per block + 4 patch
+    # embeddings; GELU: 3 stem + 2 per IRFFN.
+    assert calls == {"bn": 3 + 3 * blocks + sum(MICRO_CONFIG["depths"][:3]) + 1, "ln": 2 * blocks + 4,
+                     "gelu": 3 + 2 * blocks}

@@ -5,6 +5,7 @@ from keras_cmt.layers.cmt_block import CMTBlock
 from keras_cmt.layers.drop_path import DropPath
 from keras_cmt.layers.gelu import ExactGELU, exact_gelu
 from keras_cmt.layers.inverted_residual_ffn import InvertedResidualFFN
+from keras_cmt.layers.layer_norm import CMTLayerNormalization
 from keras_cmt.layers.lightweight_attention import LightweightAttention
 from keras_cmt.layers.local_perception_unit import LocalPerceptionUnit
 from keras_cmt.layers.patch_embedding import PatchEmbedding
@@ -12,6 +13,7 @@ from keras_cmt.layers.pointwise_conv import PointwiseConv2D
 from keras_cmt.layers.relative_position_bias import RelativePositionBias
 
 __all__ = [
-    "CMTBatchNormalization", "CMTBlock", "DropPath", "ExactGELU", "InvertedResidualFFN", "LightweightAttention",
-    "LocalPerceptionUnit", "PatchEmbedding", "PointwiseConv2D", "RelativePositionBias", "exact_gelu",
+    "CMTBatchNormalization", "CMTBlock", "CMTLayerNormalization", "DropPath", "ExactGELU", "InvertedResidualFFN",
+    "LightweightAttention", "LocalPerceptionUnit", "PatchEmbedding", "PointwiseConv2D", "RelativePositionBias",
+    "exact_gelu",
 ]

@@ -4,6 +4,7 @@ import keras
 
 from keras_cmt.layers.drop_path import DropPath
 from keras_cmt.layers.inverted_residual_ffn import InvertedResidualFFN
+from keras_cmt.layers.layer_norm import CMTLayerNormalization
 from keras_cmt.layers.lightweight_attention import LightweightAttention
 from keras_cmt.layers.local_perception_unit import LocalPerceptionUnit
 
@@ -31,11 +32,11 @@ class CMTBlock(keras.layers.Layer):
         self.ln_epsilon = float(ln_epsilon)
         policy = self.dtype_policy
         self.lpu = LocalPerceptionUnit(name="lpu", dtype=policy)
-        self.norm1 = keras.layers.LayerNormalization(epsilon=self.ln_epsilon, name="norm1", dtype=policy)
+        self.norm1 = CMTLayerNormalization(epsilon=self.ln_epsilon, name="norm1", dtype=policy)
         self.attn = LightweightAttention(
             self.dim, self.num_heads, self.sr_ratio, self.qkv_bias, name="attn", dtype=policy
         )
-        self.norm2 = keras.layers.LayerNormalization(epsilon=self.ln_epsilon, name="norm2", dtype=policy)
+        self.norm2 = CMTLayerNormalization(epsilon=self.ln_epsilon, name="norm2", dtype=policy)
         self.mlp = InvertedResidualFFN(self.dim, int(self.dim * self.mlp_ratio), name="mlp", dtype=policy)
         self.drop_path = DropPath(self.drop_path_rate, name="drop_path", dtype=policy)
 
@@ -46,8 +47,8 @@ class CMTBlock(keras.layers.Layer):
 
     def call(self, inputs, relative_position_bias, training=None):
         x = self.lpu(inputs)
-        x = x + self.drop_path(self.attn(self.norm1(x), relative_position_bias, training=training), training=training)
-        return x + self.drop_path(self.mlp(self.norm2(x), training=training), training=training)
+        x = x + self.drop_path(self.attn(self.norm1(x, training=training), relative_position_bias, training=training), training=training)
+        return x + self.drop_path(self.mlp(self.norm2(x, training=training), training=training), training=training)
 
     def compute_output_shape(self, inputs_shape, relative_position_bias_shape=None):
         return inputs_shape

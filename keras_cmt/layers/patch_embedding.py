@@ -2,6 +2,8 @@
 
 import keras
 
+from keras_cmt.layers.layer_norm import CMTLayerNormalization
+
 
 @keras.saving.register_keras_serializable(package="keras_cmt")
 class PatchEmbedding(keras.layers.Layer):
@@ -16,14 +18,14 @@ class PatchEmbedding(keras.layers.Layer):
             self.embed_dim, self.patch_size, strides=self.patch_size, padding="valid", name="proj",
             dtype=self.dtype_policy,
         )
-        self.norm = keras.layers.LayerNormalization(epsilon=self.epsilon, name="norm", dtype=self.dtype_policy)
+        self.norm = CMTLayerNormalization(epsilon=self.epsilon, name="norm", dtype=self.dtype_policy)
 
     def build(self, input_shape):
         self.proj.build(input_shape)
         self.norm.build(self.proj.compute_output_shape(input_shape))
 
-    def call(self, inputs):
-        return self.norm(self.proj(inputs))
+    def call(self, inputs, training=None):
+        return self.norm(self.proj(inputs), training=training)
 
     def compute_output_shape(self, input_shape):
         return self.proj.compute_output_shape(input_shape)
