@@ -14,8 +14,6 @@ import json
 import os
 import sys
 
-import numpy as np
-
 
 def evaluate(models, dataset: str, reference=None, limit=None, data_dir=None, threads: int = 2) -> dict:
     from tflite import representative_data
