@@ -116,3 +116,43 @@ def test_attention_with_a_single_key_is_a_projection_of_the_value():
     out = layer(x, bias).numpy()
     v = layer.v(layer.sr_norm(layer.sr(x))).numpy()  # the one key's value, broadcast to every query
     np.testing.assert_allclose(out, layer.proj(np.broadcast_to(v, (2, 2, 2, 8))).numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("heads", [1, 2, 4])
+def test_attention_trains_in_the_key_side_form_with_the_same_gradients(heads):
+    import tensorflow as tf
+
+    from keras_cmt.layers import LightweightAttention
+    from keras_cmt.layers.lightweight_attention import absorbs_projections
+
+    dim, size, sr = 32, 8, 4
+    assert absorbs_projections(size * size, 4, dim, heads)  # 64 queries, 4 keys: the key-side form is cheaper
+    key_side = LightweightAttention(dim, heads, sr)
+    query_side = LightweightAttention(dim, heads, sr, key_side_projections=False)
+    rng = np.random.default_rng(heads)
+    x = tf.constant(rng.normal(size=(3, size, size, dim)).astype("float32"))
+    bias = tf.constant(rng.normal(size=(1, heads, size * size, 4)).astype("float32"))
+    key_side(x, bias)
+    query_side(x, bias)
+    for a, b in zip(key_side.weights, query_side.weights):
+        value = rng.normal(size=a.shape).astype("float32") * 0.2
+        a.assign(value)
+        b.assign(value)
+    results = []
+    for layer in (key_side, query_side):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, bias, training=True)
+            loss = tf.reduce_sum(y * tf.cos(y))
+        results.append((y, tape.gradient(loss, [x] + layer.trainable_weights)))
+    np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5, atol=1e-5)
+    for a, b in zip(results[0][1], results[1][1]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    graph = tf.function(lambda t: key_side(t, bias, training=True)).get_concrete_function(
+        tf.TensorSpec(x.shape)).graph
+    reference = tf.function(lambda t: query_side(t, bias, training=True)).get_concrete_function(
+        tf.TensorSpec(x.shape)).graph
+    matmul_shapes = lambda g: sorted(  # noqa: E731
+        tuple(op.outputs[0].shape.as_list()) for op in g.get_operations() if op.type.startswith("BatchMatMul"))
+    assert matmul_shapes(graph) != matmul_shapes(reference)  # a different computation, the same numbers
+    assert LightweightAttention.from_config(key_side.get_config()).key_side_projections

@@ -9,91 +9,15 @@ exact at the borders too, where the padding is. What is left per block is: depth
 LayerNorm without affine, three or four 1x1 convolutions, two matrix products and a softmax, LayerNorm, two 1x1
 convolutions around a depthwise conv and two GELUs.
 
-Where it costs fewer multiply-adds (`absorbs_projections`: every stage but the last in all four variants), the
-query and output projections go too. Per head h, (x Wq_h + bq_h) k_h^T = x (k_h Wq_h^T)^T + k_h bq_h^T and
-A_h (v_h Wo_h) = (A_h v_h) Wo_h, so the projections move to the keys and values, which the spatial reduction has
-made 4-64x fewer than the queries; the heads then sit side by side along the key axis, and both attention
-products become one matrix product each without transposing the queries or the output.
+Where it costs fewer multiply-adds, the query and output projections move onto the keys and values (the
+key-side form of `keras_cmt.layers.lightweight_attention`); the fused block stores them per head, with the LayerNorm
+affine and the attention scale folded in.
 """
 
 import keras
 from keras import ops
 
-from keras_cmt.layers.lightweight_attention import multi_head_attention
-
-
-def absorbs_projections(query_count, key_count, dim, num_heads, projection_cost=1.0):
-    """Whether moving the query and output projections onto the keys and values saves multiply-adds.
-
-    Per block and image, the query-side form spends 2 N C^2 on the two projections and 2 N M C on the attention
-    products; the key-side form 2 M C^2 on folding them into keys and values, 2 N M C heads on the (now
-    C-wide) products, and M C heads on the query bias term. N queries, M keys, C channels. `projection_cost`
-    weighs a projection multiply-add against an attention one: below 1 where projections run faster (int8
-    weights), which keeps the query-side form in more stages.
-    """
-    query_side = 2 * query_count * dim * dim * projection_cost + 2 * query_count * key_count * dim
-    key_side = 2 * key_count * dim * dim * projection_cost + (2 * query_count + 1) * key_count * dim * num_heads
-    return key_side < query_side
-
-
-def _matmul_transposed(a, b):
-    """a @ b^T over the last two axes; on TensorFlow one BatchMatMul with adj_y instead of a transpose and a
-    matmul (what `ops.einsum` would be lowered to is an Einsum op the MAC counter does not read)."""
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        return tf.matmul(a, b, transpose_b=True)
-    return ops.einsum("...qc,...kc->...qk", a, b)
-
-
-def key_side_attention(queries, k, v, query_heads, key_bias_kernel, out_heads, out_bias, heads_last_bias,
-                       num_heads):
-    """The attention with its output projection, softmax(q k^T + bias) v Wo + bo, in the key-side form (see the
-    module docstring). Each head's attention rows sum to 1, so bo / heads added to each head's projected values
-    gives bo, on M rows instead of N.
-
-    queries: (B, H, W, C), the normalised input; k, v: (B, h, w, C), projected; query_heads, out_heads:
-    (heads, C / heads, C), Wq_h^T and Wo_h; key_bias_kernel: (C, heads), column h holding bq_h on head h's
-    channels; out_bias: (C,), bo; heads_last_bias: (1, H*W, heads * h*w), the stage's position bias with the
-    heads along the key axis.
-    """
-    height, width, dim = queries.shape[1], queries.shape[2], queries.shape[3]
-    if height is None or width is None:
-        raise ValueError("CMT attention needs a static height and width (the bias size depends on them).")
-    head_dim = dim // num_heads
-    n_q, n_k = height * width, k.shape[1] * k.shape[2]
-
-    def per_head(t, weights):  # (B, h, w, C) -> (B, heads * h*w, C): head j's keys times its (d, C) matrix
-        if num_heads == 1:
-            return ops.reshape(ops.matmul(ops.reshape(t, (-1, dim)), weights[0]), (-1, n_k, dim))
-        # Heads first and the batch folded into the rows, so both operands have the same batch rank: TensorFlow
-        # 2.21's oneDNN BatchMatMul gives wrong results (and corrupts the heap) when it has to broadcast a
-        # (heads, d, C) operand over a batch of 2 or more.
-        t = ops.reshape(ops.transpose(ops.reshape(t, (-1, n_k, num_heads, head_dim)), (2, 0, 1, 3)),
-                        (num_heads, -1, head_dim))
-        t = ops.reshape(ops.matmul(t, weights), (num_heads, -1, n_k, dim))
-        return ops.reshape(ops.transpose(t, (1, 0, 2, 3)), (-1, num_heads * n_k, dim))
-
-    key_bias = ops.reshape(ops.matmul(ops.reshape(k, (-1, dim)), key_bias_kernel), (-1, n_k, num_heads))
-    if num_heads > 1:  # B, M, heads -> B, heads, M: bq_h . k_h per head and key
-        key_bias = ops.transpose(key_bias, (0, 2, 1))
-    key_bias = ops.reshape(key_bias, (-1, 1, num_heads * n_k))
-    keys = per_head(k, query_heads)
-    logits = _matmul_transposed(ops.reshape(queries, (-1, n_q, dim)), keys)
-    logits = logits + (ops.cast(heads_last_bias, logits.dtype) + key_bias)
-    if n_k == 1:
-        attn = ops.ones_like(logits)
-    else:
-        logits = ops.cast(logits, "float32")
-        if num_heads > 1:
-            attn = ops.reshape(ops.softmax(ops.reshape(logits, (-1, n_q, num_heads, n_k)), axis=-1),
-                               (-1, n_q, num_heads * n_k))
-        else:
-            attn = ops.softmax(logits, axis=-1)
-        attn = ops.cast(attn, v.dtype)
-    values = per_head(v, out_heads) + ops.cast(out_bias / num_heads, v.dtype)
-    out = ops.matmul(attn, values)  # B, N, C
-    return ops.reshape(out, (-1, height, width, dim))
+from keras_cmt.layers.lightweight_attention import absorbs_projections, key_side_attention, multi_head_attention
 
 
 @keras.saving.register_keras_serializable(package="keras_cmt")
