@@ -18,6 +18,7 @@ import keras
 from keras import ops
 
 from keras_cmt.layers.lightweight_attention import absorbs_projections, key_side_attention, multi_head_attention
+from keras_cmt.layers.pointwise_conv import pointwise_conv
 
 
 @keras.saving.register_keras_serializable(package="keras_cmt")
@@ -37,30 +38,6 @@ def _layer_norm(x, epsilon):
     centred = x - mean
     variance = ops.mean(ops.square(centred), axis=-1, keepdims=True)
     return centred * ops.rsqrt(variance + epsilon)
-
-
-def _pointwise(x, kernel, bias, gelu=False):
-    """A 1x1 convolution with bias, optionally followed by exact GELU.
-
-    On TensorFlow it is written as MatMul -> BiasAdd (-> GELU) on the flattened pixels: the pattern TensorFlow's
-    oneDNN remapper fuses into one `_FusedMatMul` kernel (a separate GELU is four element-wise kernels, and an
-    `AddV2` bias, which `ops.conv(...) + bias` gives, blocks the fusion). The TFLite converter turns the same graph
-    into FULLY_CONNECTED ops, which XNNPACK runs as the same GEMM as a 1x1 CONV_2D.
-    """
-    if keras.backend.backend() != "tensorflow":
-        y = ops.conv(x, kernel, padding="valid") + bias
-        return keras.activations.gelu(y, approximate=False) if gelu else y
-    import tensorflow as tf
-
-    channels_in, channels_out = kernel.shape[-2], kernel.shape[-1]
-    y = tf.nn.bias_add(tf.matmul(tf.reshape(x, (-1, channels_in)), tf.reshape(kernel, (channels_in, channels_out))),
-                       bias)
-    if gelu:
-        y = tf.nn.gelu(y, approximate=False)
-    spatial = tuple(x.shape[1:-1])
-    if None in spatial:
-        return tf.reshape(y, tf.concat([tf.shape(x)[:-1], [channels_out]], axis=0))
-    return tf.reshape(y, (-1,) + spatial + (channels_out,))
 
 
 @keras.saving.register_keras_serializable(package="keras_cmt")
@@ -132,20 +109,20 @@ class FusedCMTBlock(keras.layers.Layer):
         source = normed
         if self.sr_ratio > 1:
             source = ops.depthwise_conv(normed, self.sr_kernel, strides=self.sr_ratio, padding="valid") + self.sr_bias
-        k = _pointwise(source, self.k_kernel, self.k_bias)
-        v = _pointwise(source, self.v_kernel, self.v_bias)
+        k = pointwise_conv(source, self.k_kernel, self.k_bias)
+        v = pointwise_conv(source, self.v_kernel, self.v_bias)
         if self.key_side_projections:
             x = x + key_side_attention(normed, k, v, self.query_heads, self.key_bias_kernel, self.out_heads,
                                        self.proj_bias, relative_position_bias, self.num_heads)
         else:
-            out = multi_head_attention(_pointwise(normed, self.q_kernel, self.q_bias), k, v, relative_position_bias,
+            out = multi_head_attention(pointwise_conv(normed, self.q_kernel, self.q_bias), k, v, relative_position_bias,
                                        self.num_heads)
-            x = x + _pointwise(out, self.proj_kernel, self.proj_bias)
+            x = x + pointwise_conv(out, self.proj_kernel, self.proj_bias)
 
-        hidden = _pointwise(_layer_norm(x, self.ln_epsilon), self.fc1_kernel, self.fc1_bias, gelu=True)
+        hidden = pointwise_conv(_layer_norm(x, self.ln_epsilon), self.fc1_kernel, self.fc1_bias, gelu=True)
         hidden = ops.depthwise_conv(hidden + self.dw_shift, self.dw_kernel, padding="same") + self.dw_bias
         hidden = keras.activations.gelu(hidden, approximate=False)
-        return x + _pointwise(hidden, self.fc2_kernel, self.fc2_bias)
+        return x + pointwise_conv(hidden, self.fc2_kernel, self.fc2_bias)
 
     def compute_output_shape(self, inputs_shape, relative_position_bias_shape=None):
         return inputs_shape

@@ -10,9 +10,37 @@ import keras
 from keras import ops
 
 
+def pointwise_conv(x, kernel, bias=None, gelu=False):
+    """A 1x1 convolution with kernel (1, 1, C_in, C_out) and optional bias, optionally followed by exact GELU.
+
+    On TensorFlow it is written as MatMul -> BiasAdd (-> GELU) on the flattened pixels: the pattern TensorFlow's
+    oneDNN remapper fuses into one `_FusedMatMul` kernel (a separate GELU is four element-wise kernels, and an
+    `AddV2` bias, which `ops.conv(...) + bias` gives, blocks the fusion), and whose gradient is two GEMMs. The
+    TFLite converter turns the same graph into FULLY_CONNECTED ops, which XNNPACK runs as the same GEMM as a 1x1
+    CONV_2D.
+    """
+    if keras.backend.backend() != "tensorflow":
+        y = ops.conv(x, kernel, padding="valid")
+        y = y if bias is None else y + bias
+        return keras.activations.gelu(y, approximate=False) if gelu else y
+    import tensorflow as tf
+
+    channels_in, channels_out = kernel.shape[-2], kernel.shape[-1]
+    y = tf.matmul(tf.reshape(x, (-1, channels_in)), tf.reshape(kernel, (channels_in, channels_out)))
+    if bias is not None:
+        y = tf.nn.bias_add(y, bias)
+    if gelu:
+        y = tf.nn.gelu(y, approximate=False)
+    spatial = tuple(x.shape[1:-1])
+    if None in spatial:
+        return tf.reshape(y, tf.concat([tf.shape(x)[:-1], [channels_out]], axis=0))
+    return tf.reshape(y, (-1,) + spatial + (channels_out,))
+
+
 @keras.saving.register_keras_serializable(package="keras_cmt")
 class PointwiseConv2D(keras.layers.Conv2D):
-    """`keras.layers.Conv2D` that computes its 1x1, stride-1 case as a matrix product on TensorFlow.
+    """`keras.layers.Conv2D` that computes its 1x1, stride-1 case with `pointwise_conv` (a matrix product on
+    TensorFlow).
 
     Same constructor, variables (kernel (1, 1, C_in, C_out)) and outputs as Conv2D, so checkpoints, weight files
     and `fuse_for_inference` read it as one. Other kernel sizes, strides, groups or backends use Conv2D's path.
@@ -26,16 +54,6 @@ class PointwiseConv2D(keras.layers.Conv2D):
     def call(self, inputs):
         if not self._is_matmul():
             return super().call(inputs)
-        import tensorflow as tf
-
-        channels_in, channels_out = self.kernel.shape[-2], self.kernel.shape[-1]
-        kernel = tf.reshape(ops.cast(self.kernel, inputs.dtype), (channels_in, channels_out))
-        y = tf.matmul(tf.reshape(inputs, (-1, channels_in)), kernel)
-        if self.use_bias:
-            y = tf.nn.bias_add(y, ops.cast(self.bias, y.dtype))
-        spatial = tuple(inputs.shape[1:-1])
-        if None in spatial:
-            y = tf.reshape(y, tf.concat([tf.shape(inputs)[:-1], [channels_out]], axis=0))
-        else:
-            y = tf.reshape(y, (-1,) + spatial + (channels_out,))
+        bias = ops.cast(self.bias, inputs.dtype) if self.use_bias else None
+        y = pointwise_conv(inputs, ops.cast(self.kernel, inputs.dtype), bias)
         return self.activation(y) if self.activation is not None else y
