@@ -12,6 +12,7 @@ import numpy as np
 from keras_cmt.cmt import STAGE_LETTERS
 from keras_cmt.layers import PatchEmbedding, RelativePositionBias
 from keras_cmt.layers.fused_inference import ChannelShift, FusedCMTBlock, HeadsLastBias, absorbs_projections
+from keras_cmt.layers.lightweight_attention import key_side_weights
 
 
 def _np(variable):
@@ -56,13 +57,9 @@ def _fused_block_weights(block, key_side_projections=False):
     wq, bq = _pointwise(attn.q)
     wq, bq = g1[:, None] * wq * attn.scale, (b1 @ wq + bq) * attn.scale
     wp, bp = _pointwise(attn.proj)
-    if key_side_projections:  # per head: Wq_h^T, bq_h as a (C, heads) block column, Wo_h
-        heads, d = attn.num_heads, attn.head_dim
-        w["query_heads"] = wq.reshape(-1, heads, d).transpose(1, 2, 0)
-        w["key_bias_kernel"] = np.zeros((wq.shape[0], heads))
-        for h in range(heads):
-            w["key_bias_kernel"][h * d:(h + 1) * d, h] = bq[h * d:(h + 1) * d]
-        w["out_heads"] = wp.reshape(heads, d, -1)
+    if key_side_projections:  # stored in the per-head layout, so serving does not re-derive it per call
+        w["query_heads"], w["key_bias_kernel"], w["out_heads"] = (
+            np.asarray(t) for t in key_side_weights(wq, bq, wp, attn.num_heads))
     else:
         w["q_kernel"], w["q_bias"] = wq[None, None], bq
         w["proj_kernel"] = wp[None, None]

@@ -17,7 +17,8 @@ affine and the attention scale folded in.
 import keras
 from keras import ops
 
-from keras_cmt.layers.lightweight_attention import absorbs_projections, key_side_attention, multi_head_attention
+from keras_cmt.layers.lightweight_attention import (absorbs_projections, heads_last, key_side_attention,
+                                                    multi_head_attention)
 from keras_cmt.layers.pointwise_conv import pointwise_conv
 
 
@@ -26,8 +27,7 @@ class HeadsLastBias(keras.layers.Layer):
     """Reorders a stage's (1, heads, N, M) position bias to (1, N, heads * M), once for all its blocks."""
 
     def call(self, inputs):
-        _, heads, n_q, n_k = inputs.shape
-        return ops.reshape(ops.transpose(inputs, (0, 2, 1, 3)), (1, n_q, heads * n_k))
+        return heads_last(inputs)
 
     def compute_output_shape(self, input_shape):
         return (1, input_shape[2], input_shape[1] * input_shape[3])

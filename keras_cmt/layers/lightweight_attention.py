@@ -61,6 +61,25 @@ def absorbs_projections(query_count, key_count, dim, num_heads, projection_cost=
     return key_side < query_side
 
 
+def key_side_weights(q_kernel, q_bias, proj_kernel, num_heads):
+    """The query and output projections in the layout `key_side_attention` reads: (Wq_h^T per head, a (C, heads)
+    kernel whose column h holds bq_h on head h's channels, Wo_h per head), from q_kernel, proj_kernel (C, C) and
+    q_bias (C,). Keras ops, so the training layer runs it in its graph and `fuse_for_inference` on NumPy arrays."""
+    dim = q_kernel.shape[-1]
+    head_dim = dim // num_heads
+    query_heads = ops.transpose(ops.reshape(q_kernel, (dim, num_heads, head_dim)), (1, 2, 0))
+    per_head_bias = ops.reshape(q_bias, (num_heads, head_dim, 1))
+    key_bias_kernel = ops.reshape(per_head_bias * ops.expand_dims(ops.eye(num_heads, dtype=q_bias.dtype), 1),
+                                  (dim, num_heads))
+    return query_heads, key_bias_kernel, ops.reshape(proj_kernel, (num_heads, head_dim, dim))
+
+
+def heads_last(relative_position_bias):
+    """A stage's (1, heads, N, M) position bias as (1, N, heads * M), the key-side form's logits layout."""
+    _, heads, n_q, n_k = relative_position_bias.shape
+    return ops.reshape(ops.transpose(relative_position_bias, (0, 2, 1, 3)), (1, n_q, heads * n_k))
+
+
 def _matmul_transposed(a, b):
     """a @ b^T over the last two axes; on TensorFlow one BatchMatMul with adj_y instead of a transpose and a
     matmul (what `ops.einsum` would be lowered to is an Einsum op the MAC counter does not read)."""
@@ -186,22 +205,17 @@ class LightweightAttention(keras.layers.Layer):
         return self.proj(out)
 
     def _key_side(self, inputs, k, v, relative_position_bias):
-        """The key-side form from the layer's own q and proj weights (CMT-Ti@160 batch 32 training, interleaved: 0.96x the step)."""
-        dim, heads, head_dim = self.dim, self.num_heads, self.head_dim
+        """The key-side form from the layer's own q and proj weights (CMT-Ti@160 batch 32 training, interleaved:
+        0.96x the step)."""
         dtype = inputs.dtype
         scale = ops.cast(self.scale, dtype)
-        query_heads = ops.transpose(ops.reshape(ops.cast(self.q.kernel, dtype) * scale, (dim, heads, head_dim)),
-                                    (1, 2, 0))
-        if self.qkv_bias:  # column h holds bq_h on head h's channels
-            per_head = ops.reshape(ops.cast(self.q.bias, dtype) * scale, (heads, head_dim, 1))
-            key_bias_kernel = ops.reshape(per_head * ops.expand_dims(ops.eye(heads, dtype=dtype), 1), (dim, heads))
-        else:
-            key_bias_kernel = ops.zeros((dim, heads), dtype=dtype)
-        out_heads = ops.reshape(ops.cast(self.proj.kernel, dtype), (heads, head_dim, dim))
-        _, _, n_q, n_k = relative_position_bias.shape
-        heads_last_bias = ops.reshape(ops.transpose(relative_position_bias, (0, 2, 1, 3)), (1, n_q, heads * n_k))
+        q_kernel = ops.reshape(ops.cast(self.q.kernel, dtype), (self.dim, self.dim)) * scale
+        q_bias = ops.cast(self.q.bias, dtype) * scale if self.qkv_bias else ops.zeros((self.dim,), dtype=dtype)
+        proj_kernel = ops.reshape(ops.cast(self.proj.kernel, dtype), (self.dim, self.dim))
+        query_heads, key_bias_kernel, out_heads = key_side_weights(q_kernel, q_bias, proj_kernel, self.num_heads)
         return key_side_attention(inputs, k, v, query_heads, key_bias_kernel, out_heads,
-                                  ops.cast(self.proj.bias, dtype), heads_last_bias, heads)
+                                  ops.cast(self.proj.bias, dtype), heads_last(relative_position_bias),
+                                  self.num_heads)
 
     def compute_output_shape(self, inputs_shape, relative_position_bias_shape=None):
         return inputs_shape
