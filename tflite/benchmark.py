@@ -34,6 +34,20 @@ def _vm_hwm_mb() -> float:
     return float("nan")
 
 
+def _fixed_input(model):
+    """One fixed random image in the model's input range (quantized for int8 inputs)."""
+    import numpy as np
+
+    x = np.random.default_rng(0).uniform(0.0, 255.0, model.input_shape).astype(np.float32)
+    return model._quantize_input(x) if model.input_dtype != np.float32 else x
+
+
+def _latency_stats(times: list) -> dict:
+    ordered = sorted(times)
+    return {"median_ms": statistics.median(times), "p10_ms": ordered[len(times) // 10],
+            "p90_ms": ordered[(len(times) * 9) // 10]}
+
+
 def measure(model_path: str, threads: int, runs: int, warmup: int, use_xnnpack: bool = True) -> dict:
     """Runs in the current process; `run()` calls it in a subprocess per configuration."""
     import numpy as np
@@ -45,9 +59,7 @@ def measure(model_path: str, threads: int, runs: int, warmup: int, use_xnnpack: 
     model = LiteRTModel(model_path, num_threads=threads, use_xnnpack=use_xnnpack)
     init_ms = (time.perf_counter() - t0) * 1e3
     shape = model.input_shape
-    x = np.random.default_rng(0).uniform(0.0, 255.0, shape).astype(np.float32)
-    if model.input_dtype != np.float32:
-        x = model._quantize_input(x)
+    x = _fixed_input(model)
     for _ in range(warmup):
         model.invoke_raw(x)
     times, cpu_times = [], []
@@ -69,9 +81,7 @@ def measure(model_path: str, threads: int, runs: int, warmup: int, use_xnnpack: 
         "xnnpack": use_xnnpack,
         "runs": runs,
         "warmup": warmup,
-        "median_ms": statistics.median(times),
-        "p10_ms": sorted(times)[len(times) // 10],
-        "p90_ms": sorted(times)[(len(times) * 9) // 10],
+        **_latency_stats(times),
         "median_cpu_ms": statistics.median(cpu_times),
         "init_ms": init_ms,
         "peak_rss_mb": peak,
@@ -98,19 +108,13 @@ def run(model_path: str, threads: int, runs: int, warmup: int, use_xnnpack: bool
 
 def measure_interleaved(model_paths: list, threads: int, runs: int, warmup: int, use_xnnpack: bool = True) -> list:
     """Invokes the models in turn, `runs` rounds after `warmup`; one dict per model with `ratio_to_first`."""
-    import numpy as np
-
     from tflite.runner import LiteRTModel
 
     for path in model_paths:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"TFLite model not found: {path}")
-    models, inputs = [], []
-    for path in model_paths:
-        model = LiteRTModel(path, num_threads=threads, use_xnnpack=use_xnnpack)
-        x = np.random.default_rng(0).uniform(0.0, 255.0, model.input_shape).astype(np.float32)
-        models.append(model)
-        inputs.append(model._quantize_input(x) if model.input_dtype != np.float32 else x)
+    models = [LiteRTModel(path, num_threads=threads, use_xnnpack=use_xnnpack) for path in model_paths]
+    inputs = [_fixed_input(model) for model in models]
     for _ in range(warmup):
         for model, x in zip(models, inputs):
             model.invoke_raw(x)
@@ -123,13 +127,11 @@ def measure_interleaved(model_paths: list, threads: int, runs: int, warmup: int,
     first = statistics.median(times[0])
     results = []
     for path, model, series in zip(model_paths, models, times):
-        ordered = sorted(series)
         results.append({
             "model": os.path.basename(path), "path": os.path.abspath(path), "threads": threads,
-            "xnnpack": use_xnnpack, "runs": runs, "warmup": warmup, "interleaved": True,
-            "median_ms": statistics.median(series), "p10_ms": ordered[len(series) // 10],
-            "p90_ms": ordered[(len(series) * 9) // 10], "ratio_to_first": statistics.median(series) / first,
-            "file_mb": os.path.getsize(path) / 1e6, **model.delegation().as_dict(),
+            "xnnpack": use_xnnpack, "runs": runs, "warmup": warmup, "interleaved": True, **_latency_stats(series),
+            "ratio_to_first": statistics.median(series) / first, "file_mb": os.path.getsize(path) / 1e6,
+            **model.delegation().as_dict(),
         })
     return results
 
@@ -180,10 +182,12 @@ def main(argv=None) -> int:
                 batch = measure_interleaved(args.models, threads, args.runs, args.warmup, not args.no_xnnpack)
                 results.extend(batch)
                 print(format_interleaved_table(batch))
-        for model in [] if args.interleave else args.models:
-            for threads in args.threads:
-                results.append(run(model, threads, args.runs, args.warmup, not args.no_xnnpack))
-                print(f"{results[-1]['model']} threads={threads}: {results[-1]['median_ms']:.2f} ms", file=sys.stderr)
+        else:
+            for model in args.models:
+                for threads in args.threads:
+                    results.append(run(model, threads, args.runs, args.warmup, not args.no_xnnpack))
+                    print(f"{results[-1]['model']} threads={threads}: {results[-1]['median_ms']:.2f} ms",
+                          file=sys.stderr)
     except (FileNotFoundError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
