@@ -11,8 +11,8 @@ import numpy as np
 
 from keras_cmt.cmt import STAGE_LETTERS
 from keras_cmt.layers import PatchEmbedding, RelativePositionBias
-from keras_cmt.layers.fused_inference import ChannelShift, FusedCMTBlock, HeadsLastBias, absorbs_projections
-from keras_cmt.layers.lightweight_attention import key_side_weights
+from keras_cmt.layers.fused_inference import ChannelShift, FusedCMTBlock, HeadsLastBias
+from keras_cmt.layers.lightweight_attention import absorbs_projections, key_side_weights
 
 
 def _np(variable):

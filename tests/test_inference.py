@@ -7,7 +7,8 @@ import pytest
 import keras_cmt
 from conftest import MICRO_CONFIG, SHARED_FIXTURES, build_micro
 from keras_cmt.inference import fuse_for_inference
-from keras_cmt.layers.fused_inference import FusedCMTBlock, HeadsLastBias, absorbs_projections
+from keras_cmt.layers.fused_inference import FusedCMTBlock, HeadsLastBias
+from keras_cmt.layers.lightweight_attention import absorbs_projections
 
 
 def test_fused_micro_matches_the_official_logits(micro_checkpoint, micro_io):

@@ -98,7 +98,7 @@ def test_dynamic_range_quantization_shrinks_and_stays_close(micro_logits_model, 
 
 
 def _key_side_stages(depths, dims, heads, image_size, projection_cost):
-    from keras_cmt.layers.fused_inference import absorbs_projections
+    from keras_cmt.layers.lightweight_attention import absorbs_projections
 
     stages = []
     for stage, sr in enumerate((8, 4, 2, 1)):

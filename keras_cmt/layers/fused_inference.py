@@ -17,8 +17,7 @@ affine and the attention scale folded in.
 import keras
 from keras import ops
 
-from keras_cmt.layers.lightweight_attention import (absorbs_projections, heads_last, key_side_attention,
-                                                    multi_head_attention)
+from keras_cmt.layers.lightweight_attention import heads_last, key_side_attention, multi_head_attention
 from keras_cmt.layers.pointwise_conv import pointwise_conv
 
 
