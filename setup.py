@@ -46,7 +46,8 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["keras_cmt", "keras_cmt.*", "training", "training.*", "tflite", "tflite.*"]),
-    package_data={"keras_cmt": ["data/*.json"]},
+    # The CPU training kernels ship as C++ sources, compiled against the installed TensorFlow on first use.
+    package_data={"keras_cmt": ["data/*.json", "kernels/*.cc", "kernels/*.h"]},
     install_requires=CORE,
     extras_require={
         "train": TRAIN,

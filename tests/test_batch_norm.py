@@ -29,8 +29,10 @@ def _train_step(layer, x, weights):
     return y, tape.gradient(loss, [x, layer.gamma, layer.beta])
 
 
+@pytest.mark.parametrize("kernels", ["1", "0"], ids=["cpu_kernel", "tf_ops"])
 @pytest.mark.parametrize("compiled", [False, True])
-def test_training_step_matches_keras(compiled):
+def test_training_step_matches_keras(compiled, kernels, monkeypatch):
+    monkeypatch.setenv("KERAS_CMT_CPU_KERNELS", kernels)  # the fused C++ kernel, then the TensorFlow-op path
     ours, keras_bn = _pair()
     assert ours._uses_closed_form(True, None)
     rng = np.random.default_rng(1)

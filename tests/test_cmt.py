@@ -147,29 +147,39 @@ def test_bad_list_lengths_and_pooling_are_refused():
         build_micro(include_top=False, pooling="mean")
 
 
-def test_training_forward_takes_every_closed_form_gradient(monkeypatch):
+@pytest.mark.parametrize("cpu_kernels", [True, False])
+def test_training_forward_takes_every_closed_form_gradient(monkeypatch, cpu_kernels):
     """model.fit's forward (training=True) goes through the cheaper-gradient paths of every BatchNorm,
-    LayerNorm and exact GELU; inference goes through none of them."""
+    LayerNorm and exact GELU: the fused CPU kernels where they are available, else the TensorFlow-op closed forms;
+    inference goes through none of them."""
+    from keras_cmt import kernels
     from keras_cmt.layers import batch_norm, gelu, layer_norm
 
-    calls = {"bn": 0, "ln": 0, "gelu": 0}
+    monkeypatch.setenv("KERAS_CMT_CPU_KERNELS", "1" if cpu_kernels else "0")
+    calls = {"bn": 0, "ln": 0, "gelu": 0, "bn_kernel": 0, "ln_kernel": 0}
 
     def counting(key, fn):
         def wrapped(*args, **kwargs):
-            calls[key] += 1
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
+            calls[key] += result is not None
+            return result
         return wrapped
 
     monkeypatch.setattr(batch_norm, "_train_batch_norm", counting("bn", batch_norm._train_batch_norm))
     monkeypatch.setattr(layer_norm, "_train_layer_norm", counting("ln", layer_norm._train_layer_norm))
     monkeypatch.setattr(gelu, "_gelu_with_closed_form_gradient", counting("gelu", gelu._gelu_with_closed_form_gradient))
+    monkeypatch.setattr(kernels, "batch_norm", counting("bn_kernel", kernels.batch_norm))
+    monkeypatch.setattr(kernels, "layer_norm", counting("ln_kernel", kernels.layer_norm))
     model = build_micro()
     x = np.zeros((2, 64, 64, 3), "float32")
     model(x, training=False)
-    assert calls == {"bn": 0, "ln": 0, "gelu": 0}
+    assert set(calls.values()) == {0}
     model(x, training=True)
     blocks = sum(MICRO_CONFIG["depths"])
     # BatchNorm: 3 stem + 3 per IRFFN + the reduction's in stages a-c + head; LayerNorm: 2 per block + 4 patch
-    # embeddings; GELU: 3 stem + 2 per IRFFN.
-    assert calls == {"bn": 3 + 3 * blocks + sum(MICRO_CONFIG["depths"][:3]) + 1, "ln": 2 * blocks + 4,
-                     "gelu": 3 + 2 * blocks}
+    # embeddings; GELU: 3 stem + 2 per IRFFN, the IRFFN's inside its BatchNorms' kernel when that is used.
+    bn, ln = 3 + 3 * blocks + sum(MICRO_CONFIG["depths"][:3]) + 1, 2 * blocks + 4
+    if cpu_kernels:
+        assert calls == {"bn": 0, "ln": 0, "gelu": 3, "bn_kernel": bn, "ln_kernel": ln}
+    else:
+        assert calls == {"bn": bn, "ln": ln, "gelu": 3 + 2 * blocks, "bn_kernel": 0, "ln_kernel": 0}

@@ -21,8 +21,10 @@ def _pair(channels=6, **kwargs):
     return ours, keras_ln
 
 
+@pytest.mark.parametrize("kernels", ["1", "0"], ids=["cpu_kernel", "tf_ops"])
 @pytest.mark.parametrize("compiled", [False, True])
-def test_training_gradient_matches_keras(compiled):
+def test_training_gradient_matches_keras(compiled, kernels, monkeypatch):
+    monkeypatch.setenv("KERAS_CMT_CPU_KERNELS", kernels)  # the fused C++ kernel, then the TensorFlow-op path
     ours, keras_ln = _pair()
     rng = np.random.default_rng(1)
     x = tf.constant(rng.normal(1.0, 2.0, size=(2, 3, 4, 6)).astype("float32"))

@@ -10,10 +10,15 @@ per-channel a, b, and the gradient is the closed form
 with per-channel k1 = -a inv dgamma / n and k0 = -k1 mean - a dbeta / n: three passes to reduce, one to write.
 CMT-Ti@160, batch 32, interleaved: 0.97x the step time. Same function, same moving-statistics update (biased
 batch variance, as Keras); inference, masks, renorm, synchronized statistics and other backends take Keras' path.
+On a CPU-only machine the whole layer, with the GELU before it where CMT has one (`gelu_first`), runs as one C++
+kernel each way instead (`keras_cmt.kernels`), which is where most of the remaining element-wise time went.
 """
 
 import keras
 from keras import ops
+
+from keras_cmt import kernels
+from keras_cmt.layers.gelu import exact_gelu
 
 
 def _train_batch_norm(x, gamma, beta, epsilon):
@@ -56,12 +61,20 @@ class CMTBatchNormalization(keras.layers.BatchNormalization):
                 and self.center and not self.renorm and not self.synchronized
                 and keras.backend.backend() == "tensorflow")
 
-    def call(self, inputs, training=None, mask=None):
+    def call(self, inputs, training=None, mask=None, gelu_first=False):
+        """`gelu_first=True` normalises exact-GELU(inputs): CMT's GELU -> BatchNorm pairs, fused when training."""
         if not self._uses_closed_form(training, mask):
+            if gelu_first:
+                inputs = exact_gelu(inputs, training=training)
             return super().call(inputs, training=training, mask=mask)
         x = ops.cast(inputs, keras.backend.result_type(inputs.dtype, "float32"))  # statistics in float32
-        y, mean, variance = _train_batch_norm(x, ops.cast(self.gamma, x.dtype), ops.cast(self.beta, x.dtype),
-                                              self.epsilon)
+        gamma, beta = ops.cast(self.gamma, x.dtype), ops.cast(self.beta, x.dtype)
+        fused = kernels.batch_norm(x, gamma, beta, self.epsilon, gelu=gelu_first)
+        if fused is None:
+            y, mean, variance = _train_batch_norm(exact_gelu(x, training=True) if gelu_first else x, gamma, beta,
+                                                  self.epsilon)
+        else:
+            y, mean, variance = fused
         keep = self.momentum
         self.moving_mean.assign(ops.cast(self.moving_mean, x.dtype) * keep + mean * (1.0 - keep))
         self.moving_variance.assign(ops.cast(self.moving_variance, x.dtype) * keep + variance * (1.0 - keep))

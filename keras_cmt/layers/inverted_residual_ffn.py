@@ -7,7 +7,6 @@
 import keras
 
 from keras_cmt.layers.batch_norm import CMTBatchNormalization
-from keras_cmt.layers.gelu import exact_gelu
 from keras_cmt.layers.pointwise_conv import PointwiseConv2D
 
 
@@ -42,9 +41,9 @@ class InvertedResidualFFN(keras.layers.Layer):
         self.norm3.build(tuple(input_shape[:-1]) + (self.dim,))
 
     def call(self, inputs, training=None):
-        x = self.norm1(exact_gelu(self.conv1(inputs), training=training), training=training)
+        x = self.norm1(self.conv1(inputs), training=training, gelu_first=True)
         x = self.dwconv(x) + x
-        x = self.norm2(exact_gelu(x, training=training), training=training)
+        x = self.norm2(x, training=training, gelu_first=True)
         return self.norm3(self.conv2(x), training=training)
 
     def compute_output_shape(self, input_shape):

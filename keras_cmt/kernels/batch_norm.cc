@@ -1,0 +1,248 @@
+// Training-mode BatchNorm over all axes but the last, optionally preceded by an exact GELU, as one forward and one
+// backward kernel. CMT applies GELU then BatchNorm 35 times (CMT-Ti) on its widest activations; TensorFlow runs that
+// pair as about ten element-wise passes forward and fourteen backward. Here: forward 2 passes (GELU and statistics,
+// then the affine), backward 2 (sums, then dx), with GELU and its slope recomputed from x instead of stored.
+#include <cmath>
+#include <vector>
+
+#include "row_blocks.h"
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/shape_inference.h"
+
+namespace keras_cmt {
+namespace {
+
+using tensorflow::OpKernel;
+using tensorflow::OpKernelConstruction;
+using tensorflow::OpKernelContext;
+using tensorflow::Tensor;
+using tensorflow::TensorShape;
+namespace errors = tensorflow::errors;
+
+REGISTER_OP("KerasCmtBatchNorm")
+    .Input("x: float")
+    .Input("gamma: float")
+    .Input("beta: float")
+    .Attr("epsilon: float")
+    .Attr("gelu: bool")
+    .Output("y: float")
+    .Output("mean: float")
+    .Output("variance: float")
+    .SetShapeFn([](tensorflow::shape_inference::InferenceContext* c) {
+      tensorflow::shape_inference::ShapeHandle channels;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 1, &channels));
+      c->set_output(0, c->input(0));
+      c->set_output(1, channels);
+      c->set_output(2, channels);
+      return absl::OkStatus();
+    })
+    .Doc("y = BatchNorm(GELU(x) if gelu else x) with batch statistics; mean and (biased) variance of its input.");
+
+REGISTER_OP("KerasCmtBatchNormGrad")
+    .Input("dy: float")
+    .Input("x: float")
+    .Input("gamma: float")
+    .Input("mean: float")
+    .Input("variance: float")
+    .Attr("epsilon: float")
+    .Attr("gelu: bool")
+    .Output("dx: float")
+    .Output("dgamma: float")
+    .Output("dbeta: float")
+    .SetShapeFn([](tensorflow::shape_inference::InferenceContext* c) {
+      c->set_output(0, c->input(1));
+      c->set_output(1, c->input(2));
+      c->set_output(2, c->input(2));
+      return absl::OkStatus();
+    });
+
+// x must be [..., C] and every per-channel input [C].
+absl::Status CheckShapes(OpKernelContext* ctx, const Tensor& x, int64_t channels, std::initializer_list<int> vectors) {
+  for (int i : vectors) {
+    const Tensor& v = ctx->input(i);
+    if (v.dims() != 1 || v.dim_size(0) != channels)
+      return errors::InvalidArgument("per-channel input ", i, " has shape ", v.shape().DebugString(), ", expected [",
+                                     channels, "]");
+  }
+  if (x.dims() < 1 || x.dim_size(x.dims() - 1) != channels)
+    return errors::InvalidArgument("x has shape ", x.shape().DebugString(), ": its last axis must be the ", channels,
+                                   " channels");
+  return absl::OkStatus();
+}
+
+class BatchNormOp : public OpKernel {
+ public:
+  explicit BatchNormOp(OpKernelConstruction* c) : OpKernel(c) {
+    OP_REQUIRES_OK(c, c->GetAttr("epsilon", &epsilon_));
+    OP_REQUIRES_OK(c, c->GetAttr("gelu", &gelu_));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& x = ctx->input(0);
+    const int64_t C = ctx->input(1).NumElements();
+    OP_REQUIRES_OK(ctx, CheckShapes(ctx, x, C, {1, 2}));
+    const int64_t M = C == 0 ? 0 : x.NumElements() / C;
+    Tensor *y_t, *mean_t, *var_t;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &y_t));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({C}), &mean_t));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({C}), &var_t));
+    float* mean = mean_t->flat<float>().data();
+    float* var = var_t->flat<float>().data();
+    if (M == 0) {  // statistics of nothing, as reduce_mean gives
+      std::fill(mean, mean + C, NAN);
+      std::fill(var, var + C, NAN);
+      return;
+    }
+    const float* x_p = x.flat<float>().data();
+    float* y = y_t->flat<float>().data();
+    const float* gamma = ctx->input(1).flat<float>().data();
+    const float* beta = ctx->input(2).flat<float>().data();
+
+    // The statistics are of u = GELU(x) (or x), shifted by the first row's values so the variance does not suffer
+    // from cancellation when |mean| >> std.
+    std::vector<float> pivot(x_p, x_p + C);
+    if (gelu_) Gelu(x_p, pivot.data(), C);
+    const RowBlocks blocks(M, C);
+    std::vector<float> s1(blocks.blocks * C, 0.f), s2(blocks.blocks * C, 0.f);
+    blocks.ForEach(ctx, gelu_ ? 30 : 4, [&](int64_t b, int64_t first, int64_t count) {
+      const float* u = x_p + first * C;
+      if (gelu_) {  // y holds GELU(x) until the second pass
+        Gelu(u, y + first * C, count * C);
+        u = y + first * C;
+      }
+      float* a1 = &s1[b * C];
+      float* a2 = &s2[b * C];
+      for (int64_t r = 0; r < count; ++r) {
+        const float* row = u + r * C;
+        for (int64_t c = 0; c < C; ++c) {
+          const float d = row[c] - pivot[c];
+          a1[c] += d;
+          a2[c] += d * d;
+        }
+      }
+    });
+    std::vector<float> scale(C);
+    for (int64_t c = 0; c < C; ++c) {
+      double t1 = 0, t2 = 0;
+      for (int64_t b = 0; b < blocks.blocks; ++b) {
+        t1 += s1[b * C + c];
+        t2 += s2[b * C + c];
+      }
+      const double m = t1 / M;
+      mean[c] = static_cast<float>(m + pivot[c]);
+      var[c] = static_cast<float>(std::max(0.0, t2 / M - m * m));
+      scale[c] = gamma[c] / std::sqrt(var[c] + epsilon_);
+    }
+    const float* u_all = gelu_ ? y : x_p;
+    blocks.ForEach(ctx, 2, [&](int64_t, int64_t first, int64_t count) {
+      for (int64_t r = first; r < first + count; ++r) {
+        const float* in = u_all + r * C;
+        float* out = y + r * C;
+        for (int64_t c = 0; c < C; ++c) out[c] = (in[c] - mean[c]) * scale[c] + beta[c];
+      }
+    });
+  }
+
+ private:
+  float epsilon_;
+  bool gelu_;
+};
+
+class BatchNormGradOp : public OpKernel {
+ public:
+  explicit BatchNormGradOp(OpKernelConstruction* c) : OpKernel(c) {
+    OP_REQUIRES_OK(c, c->GetAttr("epsilon", &epsilon_));
+    OP_REQUIRES_OK(c, c->GetAttr("gelu", &gelu_));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& dy_t = ctx->input(0);
+    const Tensor& x = ctx->input(1);
+    const int64_t C = ctx->input(2).NumElements();
+    OP_REQUIRES_OK(ctx, CheckShapes(ctx, x, C, {2, 3, 4}));
+    const int64_t M = C == 0 ? 0 : x.NumElements() / C;
+    OP_REQUIRES(ctx, dy_t.shape() == x.shape(),
+                errors::InvalidArgument("dy has shape ", dy_t.shape().DebugString(), ", x ", x.shape().DebugString()));
+    Tensor *dx_t, *dgamma_t, *dbeta_t;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &dx_t));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({C}), &dgamma_t));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({C}), &dbeta_t));
+    float* dgamma = dgamma_t->flat<float>().data();
+    float* dbeta = dbeta_t->flat<float>().data();
+    std::fill(dgamma, dgamma + C, 0.f);
+    std::fill(dbeta, dbeta + C, 0.f);
+    if (M == 0) return;
+    const float* dy = dy_t.flat<float>().data();
+    const float* x_p = x.flat<float>().data();
+    float* dx = dx_t->flat<float>().data();
+    const float* gamma = ctx->input(2).flat<float>().data();
+    const float* mean = ctx->input(3).flat<float>().data();
+    const float* var = ctx->input(4).flat<float>().data();
+
+    // Pass 1: sum(dy) and sum(dy (u - mean)) per channel; u = GELU(x) recomputed into dx's memory.
+    const RowBlocks blocks(M, C);
+    std::vector<float> s1(blocks.blocks * C, 0.f), s2(blocks.blocks * C, 0.f);
+    blocks.ForEach(ctx, gelu_ ? 30 : 4, [&](int64_t b, int64_t first, int64_t count) {
+      const float* u = x_p + first * C;
+      if (gelu_) {
+        Gelu(u, dx + first * C, count * C);
+        u = dx + first * C;
+      }
+      float* a1 = &s1[b * C];
+      float* a2 = &s2[b * C];
+      for (int64_t r = 0; r < count; ++r) {
+        const float* ur = u + r * C;
+        const float* dr = dy + (first + r) * C;
+        for (int64_t c = 0; c < C; ++c) {
+          a1[c] += dr[c];
+          a2[c] += dr[c] * (ur[c] - mean[c]);
+        }
+      }
+    });
+    // du = a dy + k1 u + k0 (the closed form of batch-statistics BatchNorm's input gradient).
+    std::vector<float> a(C), k1(C), k0(C);
+    for (int64_t c = 0; c < C; ++c) {
+      double t1 = 0, t2 = 0;
+      for (int64_t b = 0; b < blocks.blocks; ++b) {
+        t1 += s1[b * C + c];
+        t2 += s2[b * C + c];
+      }
+      const float inv = 1.0f / std::sqrt(var[c] + epsilon_);
+      a[c] = gamma[c] * inv;
+      dbeta[c] = static_cast<float>(t1);
+      dgamma[c] = static_cast<float>(inv * t2);
+      k1[c] = -a[c] * inv * dgamma[c] / M;
+      k0[c] = -k1[c] * mean[c] - a[c] * dbeta[c] / M;
+    }
+    // Pass 2: dx = du * GELU'(x), GELU'(x) = Phi(x) + x phi(x).
+    blocks.ForEach(ctx, gelu_ ? 40 : 4, [&](int64_t, int64_t first, int64_t count) {
+      const int64_t n = count * C;
+      const float* xb = x_p + first * C;
+      const float* db = dy + first * C;
+      float* out = dx + first * C;
+      if (!gelu_) {
+        for (int64_t r = 0; r < count; ++r)
+          for (int64_t c = 0; c < C; ++c) out[r * C + c] = a[c] * db[r * C + c] + k1[c] * xb[r * C + c] + k0[c];
+        return;
+      }
+      ConstArrayMap xs(xb, n);
+      const Eigen::ArrayXf cdf = NormalCdf(xs);
+      const Eigen::ArrayXf slope = cdf + xs * ((-0.5f * xs.square()).exp() * kInvSqrt2Pi);
+      for (int64_t r = 0; r < count; ++r)
+        for (int64_t c = 0; c < C; ++c) {
+          const int64_t i = r * C + c;
+          out[i] = (a[c] * db[i] + k1[c] * (xb[i] * cdf[i]) + k0[c]) * slope[i];
+        }
+    });
+  }
+
+ private:
+  float epsilon_;
+  bool gelu_;
+};
+
+REGISTER_KERNEL_BUILDER(Name("KerasCmtBatchNorm").Device(tensorflow::DEVICE_CPU), BatchNormOp);
+REGISTER_KERNEL_BUILDER(Name("KerasCmtBatchNormGrad").Device(tensorflow::DEVICE_CPU), BatchNormGradOp);
+
+}  // namespace
+}  // namespace keras_cmt
