@@ -129,6 +129,23 @@ def test_disabled_or_other_dtype_takes_tensorflow_ops(library, monkeypatch):
     assert kernels.batch_norm(x, gamma, beta, 1e-5) is None and kernels.layer_norm(x, gamma, beta, 1e-6) is None
 
 
+def test_xla_compiled_step_takes_tensorflow_ops(library):
+    """`jit_compile` (training's --jit_compile) cannot compile a custom op: those functions get the TF-op path."""
+    x, gamma, beta, weights = _inputs((2, 4, 4, 8))
+
+    def step(x, gamma, beta):
+        return _grads(lambda *a: _bn_or_reference(*a), x, gamma, beta, weights)
+
+    def _bn_or_reference(x, gamma, beta):
+        assert kernels.batch_norm(x, gamma, beta, 1e-5, gelu=True) is None  # inside the XLA function
+        return _train_batch_norm(exact_gelu(x, training=True), gamma, beta, 1e-5)
+
+    (y, _, _), grads = tf.function(step, jit_compile=True)(x, gamma, beta)
+    (y_ref, _, _), grads_ref = _grads(lambda *a: kernels.batch_norm(*a, 1e-5, gelu=True), x, gamma, beta, weights)
+    np.testing.assert_allclose(y, y_ref, atol=2e-5)
+    np.testing.assert_allclose(grads[0], grads_ref[0], atol=1e-4)
+
+
 def test_build_is_atomic_and_failures_fall_back_with_one_warning(tmp_path, monkeypatch):
     target = tmp_path / "k.so"
     monkeypatch.setenv("CXX", "false")  # a "compiler" that fails

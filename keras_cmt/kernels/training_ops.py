@@ -2,7 +2,8 @@
 
 Each returns None when the kernels do not apply, and the caller takes its TensorFlow-op path: another backend,
 a dtype other than float32 (mixed precision), a machine with a GPU or TPU (the kernels are CPU-only, and placing
-them there would copy every activation to the host), or kernels that could not be built (`build.py`). Results
+them there would copy every activation to the host), a function XLA compiles (`jit_compile`), or kernels that
+could not be built (`build.py`). Results
 match the TensorFlow-op path to float32 rounding (tests/test_kernels.py); the speed-up is in benchmarks/RESULTS.md.
 """
 
@@ -18,8 +19,20 @@ def _accelerator_visible():
     return bool(tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"))
 
 
+def _in_xla_function():
+    """True while tracing a jit_compile function (e.g. `--jit_compile`): XLA cannot compile a custom op."""
+    import tensorflow as tf
+
+    try:  # TensorFlow's own test for it; private, so if it moves the kernels are skipped rather than break XLA
+        from tensorflow.python.ops.control_flow_util import GraphOrParentsInXlaContext
+    except ImportError:
+        return True
+    return GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+
+
 def _library(x):
-    if keras.backend.backend() != "tensorflow" or x.dtype != "float32" or _accelerator_visible():
+    if (keras.backend.backend() != "tensorflow" or x.dtype != "float32" or _accelerator_visible()
+            or _in_xla_function()):
         return None
     from keras_cmt.kernels.build import enabled, load
 
