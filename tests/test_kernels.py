@@ -19,6 +19,10 @@ from conftest import build_micro
 
 @pytest.fixture(scope="module")
 def library():
+    from keras_cmt.kernels.training_ops import _accelerator_visible
+
+    if _accelerator_visible():
+        pytest.skip("a GPU/TPU is visible: the CPU kernels are not used there (tested on CPU-only machines, as CI)")
     lib = build.load()
     assert lib is not None, "the CPU kernels did not build on this machine (see the warning)"
     return lib
@@ -59,12 +63,30 @@ def test_batch_norm_matches_tensorflow_ops(library, gelu, shape):
         np.testing.assert_allclose(g, g_ref, rtol=1e-4, atol=1e-4 * float(np.abs(g_ref).max()))
 
 
-def test_batch_norm_variance_of_offset_data(library):
-    """Statistics are shifted by the first row: a mean 1e4 times the spread still gives the variance."""
-    x, gamma, beta, _ = _inputs((4096, 8), mean=1000.0, std=0.1)
-    _, mean, var = kernels.batch_norm(x, gamma, beta, 1e-5)
-    np.testing.assert_allclose(var, np.var(x.numpy().astype("float64"), axis=0), rtol=1e-4)
-    np.testing.assert_allclose(mean, np.mean(x.numpy().astype("float64"), axis=0), rtol=1e-7)
+@pytest.mark.parametrize("first_row", [0.0, 200.0], ids=["typical", "outlier_first_row"])
+def test_batch_norm_statistics_of_offset_data(library, first_row):
+    """Per-block means and deviations merged in double: a mean 1e4 times the spread, or a first row 200 standard
+    deviations out, still gives the variance and a centred gradient to float32 precision."""
+    x, gamma, beta, weights = _inputs((51200, 8), mean=1000.0, std=0.1)
+    x = tf.tensor_scatter_nd_add(x, [[0]], tf.fill((1, 8), first_row * 0.1))
+    (_, mean, var), grads = _grads(lambda *a: kernels.batch_norm(*a, 1e-5), x, gamma, beta, weights)
+    x64 = x.numpy().astype("float64")
+    np.testing.assert_allclose(var, np.var(x64, axis=0), rtol=1e-5)
+    np.testing.assert_allclose(mean, np.mean(x64, axis=0), rtol=1e-7)
+    # dx in float64 from the closed form
+    inv = 1 / np.sqrt(np.var(x64, axis=0) + 1e-5)
+    xhat = (x64 - x64.mean(0)) * inv
+    w = weights.numpy().astype("float64")
+    dx = gamma.numpy() * inv * (w - w.mean(0) - xhat * (w * xhat).mean(0))
+    np.testing.assert_allclose(grads[0], dx, atol=1e-4 * np.abs(dx).max())
+
+
+def test_non_finite_inputs_give_non_finite_statistics(library):
+    """A NaN in a channel shows in its variance (and so in the moving variance), as on the TensorFlow-op path."""
+    x, gamma, beta, _ = _inputs((64, 3))
+    x = tf.tensor_scatter_nd_update(x, [[5, 1]], [np.nan])
+    _, mean, var = kernels.batch_norm(x, gamma, beta, 1e-5, gelu=True)
+    assert np.isnan(mean[1]) and np.isnan(var[1]) and np.isfinite(var.numpy()[[0, 2]]).all()
 
 
 @pytest.mark.parametrize("shape", [(2, 14, 14, 46), (5, 368), (3, 1, 7)])
@@ -85,6 +107,10 @@ def test_bad_shapes_are_refused_with_the_shape(library):
         library.keras_cmt_batch_norm(x, gamma, beta[:5], epsilon=1e-5, gelu=False)
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"beta has shape \[5\]"):
         library.keras_cmt_layer_norm(x, gamma, beta[:5], epsilon=1e-6)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"dy has shape \[3,6\], x \[4,6\]"):
+        library.keras_cmt_batch_norm_grad(x[:3], x, gamma, beta, gamma, epsilon=1e-5, gelu=True)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"per-row input 4 has 3 values for 4 rows"):
+        library.keras_cmt_layer_norm_grad(x, x, gamma, tf.zeros(4), tf.ones(3))
 
 
 def test_empty_batch(library):

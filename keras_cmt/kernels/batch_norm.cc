@@ -1,7 +1,7 @@
 // Training-mode BatchNorm over all axes but the last, optionally preceded by an exact GELU, as one forward and one
 // backward kernel. CMT applies GELU then BatchNorm 35 times (CMT-Ti) on its widest activations; TensorFlow runs that
-// pair as about ten element-wise passes forward and fourteen backward. Here: forward 2 passes (GELU and statistics,
-// then the affine), backward 2 (sums, then dx), with GELU and its slope recomputed from x instead of stored.
+// pair as about ten element-wise passes forward and fourteen backward. Here: forward 2 passes over memory (GELU and
+// statistics, then the affine), backward 2 (sums, then dx), with GELU and its slope recomputed from x instead of stored.
 #include <cmath>
 #include <vector>
 
@@ -98,39 +98,45 @@ class BatchNormOp : public OpKernel {
     const float* gamma = ctx->input(1).flat<float>().data();
     const float* beta = ctx->input(2).flat<float>().data();
 
-    // The statistics are of u = GELU(x) (or x), shifted by the first row's values so the variance does not suffer
+    // The statistics are of u = GELU(x) (or x). Each block, while in cache, gives its mean and sum of squared
+    // deviations from that mean; the blocks are merged in double (Chan et al.), so the variance does not suffer
     // from cancellation when |mean| >> std.
-    std::vector<float> pivot(x_p, x_p + C);
-    if (gelu_) Gelu(x_p, pivot.data(), C);
     const RowBlocks blocks(M, C);
-    std::vector<float> s1(blocks.blocks * C, 0.f), s2(blocks.blocks * C, 0.f);
-    blocks.ForEach(ctx, gelu_ ? 30 : 4, [&](int64_t b, int64_t first, int64_t count) {
+    std::vector<float> block_mean(blocks.blocks * C, 0.f), block_m2(blocks.blocks * C, 0.f);
+    blocks.ForEach(ctx, gelu_ ? 30 : 6, [&](int64_t b, int64_t first, int64_t count) {
       const float* u = x_p + first * C;
       if (gelu_) {  // y holds GELU(x) until the second pass
         Gelu(u, y + first * C, count * C);
         u = y + first * C;
       }
-      float* a1 = &s1[b * C];
-      float* a2 = &s2[b * C];
-      for (int64_t r = 0; r < count; ++r) {
-        const float* row = u + r * C;
+      float* bm = &block_mean[b * C];
+      float* m2 = &block_m2[b * C];
+      for (int64_t r = 1; r < count; ++r)  // the sum of deviations from the block's first row: small terms
+        for (int64_t c = 0; c < C; ++c) bm[c] += u[r * C + c] - u[c];
+      for (int64_t c = 0; c < C; ++c) bm[c] = u[c] + bm[c] / count;
+      for (int64_t r = 0; r < count; ++r)
         for (int64_t c = 0; c < C; ++c) {
-          const float d = row[c] - pivot[c];
-          a1[c] += d;
-          a2[c] += d * d;
+          const float d = u[r * C + c] - bm[c];
+          m2[c] += d * d;
         }
-      }
     });
+    std::vector<double> total(C, 0.0), m2_total(C, 0.0);
+    for (int64_t b = 0; b < blocks.blocks; ++b) {
+      const double n = std::min(blocks.block_rows, M - b * blocks.block_rows);
+      for (int64_t c = 0; c < C; ++c) total[c] += n * block_mean[b * C + c];
+    }
+    for (int64_t c = 0; c < C; ++c) total[c] /= M;
+    for (int64_t b = 0; b < blocks.blocks; ++b) {
+      const double n = std::min(blocks.block_rows, M - b * blocks.block_rows);
+      for (int64_t c = 0; c < C; ++c) {
+        const double d = block_mean[b * C + c] - total[c];
+        m2_total[c] += block_m2[b * C + c] + n * d * d;
+      }
+    }
     std::vector<float> scale(C);
     for (int64_t c = 0; c < C; ++c) {
-      double t1 = 0, t2 = 0;
-      for (int64_t b = 0; b < blocks.blocks; ++b) {
-        t1 += s1[b * C + c];
-        t2 += s2[b * C + c];
-      }
-      const double m = t1 / M;
-      mean[c] = static_cast<float>(m + pivot[c]);
-      var[c] = static_cast<float>(std::max(0.0, t2 / M - m * m));
+      mean[c] = static_cast<float>(total[c]);
+      var[c] = static_cast<float>(m2_total[c] / M);  // NaN/Inf in the data stay NaN, as in TensorFlow
       scale[c] = gamma[c] / std::sqrt(var[c] + epsilon_);
     }
     const float* u_all = gelu_ ? y : x_p;
@@ -199,20 +205,22 @@ class BatchNormGradOp : public OpKernel {
         }
       }
     });
-    // du = a dy + k1 u + k0 (the closed form of batch-statistics BatchNorm's input gradient).
+    // du = a dy + k1 (u - mean) + k0, the closed form of batch-statistics BatchNorm's input gradient (centred, so
+    // no cancellation when |mean| >> std).
+    std::vector<double> t1(C, 0.0), t2(C, 0.0);
+    for (int64_t b = 0; b < blocks.blocks; ++b)
+      for (int64_t c = 0; c < C; ++c) {
+        t1[c] += s1[b * C + c];
+        t2[c] += s2[b * C + c];
+      }
     std::vector<float> a(C), k1(C), k0(C);
     for (int64_t c = 0; c < C; ++c) {
-      double t1 = 0, t2 = 0;
-      for (int64_t b = 0; b < blocks.blocks; ++b) {
-        t1 += s1[b * C + c];
-        t2 += s2[b * C + c];
-      }
       const float inv = 1.0f / std::sqrt(var[c] + epsilon_);
       a[c] = gamma[c] * inv;
-      dbeta[c] = static_cast<float>(t1);
-      dgamma[c] = static_cast<float>(inv * t2);
+      dbeta[c] = static_cast<float>(t1[c]);
+      dgamma[c] = static_cast<float>(inv * t2[c]);
       k1[c] = -a[c] * inv * dgamma[c] / M;
-      k0[c] = -k1[c] * mean[c] - a[c] * dbeta[c] / M;
+      k0[c] = -a[c] * dbeta[c] / M;
     }
     // Pass 2: dx = du * GELU'(x), GELU'(x) = Phi(x) + x phi(x).
     blocks.ForEach(ctx, gelu_ ? 40 : 4, [&](int64_t, int64_t first, int64_t count) {
@@ -222,7 +230,8 @@ class BatchNormGradOp : public OpKernel {
       float* out = dx + first * C;
       if (!gelu_) {
         for (int64_t r = 0; r < count; ++r)
-          for (int64_t c = 0; c < C; ++c) out[r * C + c] = a[c] * db[r * C + c] + k1[c] * xb[r * C + c] + k0[c];
+          for (int64_t c = 0; c < C; ++c)
+            out[r * C + c] = a[c] * db[r * C + c] + k1[c] * (xb[r * C + c] - mean[c]) + k0[c];
         return;
       }
       ConstArrayMap xs(xb, n);
@@ -231,7 +240,7 @@ class BatchNormGradOp : public OpKernel {
       for (int64_t r = 0; r < count; ++r)
         for (int64_t c = 0; c < C; ++c) {
           const int64_t i = r * C + c;
-          out[i] = (a[c] * db[i] + k1[c] * (xb[i] * cdf[i]) + k0[c]) * slope[i];
+          out[i] = (a[c] * db[i] + k1[c] * (xb[i] * cdf[i] - mean[c]) + k0[c]) * slope[i];
         }
     });
   }

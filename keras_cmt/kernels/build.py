@@ -21,11 +21,13 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+import time
 import warnings
 
 SOURCES = ("batch_norm.cc", "layer_norm.cc")
 HEADERS = ("row_blocks.h",)
 DISABLE_ENV = "KERAS_CMT_CPU_KERNELS"
+BUILD_TIMEOUT_S = 600
 _HERE = pathlib.Path(__file__).parent
 
 
@@ -91,10 +93,20 @@ def build(path=None):
     if shutil.which(_compiler()[0]) is None:
         raise KernelBuildError(f"no C++ compiler: {_compiler()[0]!r} not found (set $CXX)")
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob("*.tmp"):  # left by a build that was killed; a live one is minutes old at most
+        try:
+            if time.time() - stale.stat().st_mtime > 3600:
+                stale.unlink()
+        except OSError:
+            pass
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        result = subprocess.run(_command(tmp), capture_output=True, text=True, check=False)
+        try:
+            result = subprocess.run(_command(tmp), capture_output=True, text=True, check=False,
+                                    timeout=BUILD_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            raise KernelBuildError(f"compiling {', '.join(SOURCES)} took over {BUILD_TIMEOUT_S} s") from None
         if result.returncode != 0:
             errors = [line for line in result.stderr.splitlines() if "error" in line] or result.stderr.splitlines()
             raise KernelBuildError(f"compiling {', '.join(SOURCES)} failed: {(errors or ['no output'])[0].strip()}")

@@ -95,6 +95,10 @@ class LayerNormOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, rows_shape, &mean_t));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(2, rows_shape, &inv_t));
     const int64_t M = rows_shape.num_elements();
+    if (C == 0) {  // statistics of nothing, as reduce_mean gives
+      std::fill(mean_t->flat<float>().data(), mean_t->flat<float>().data() + M, NAN);
+      std::fill(inv_t->flat<float>().data(), inv_t->flat<float>().data() + M, NAN);
+    }
     if (M == 0 || C == 0) return;
     const float* x_p = x.flat<float>().data();
     float* y = y_t->flat<float>().data();
@@ -171,14 +175,15 @@ class LayerNormGradOp : public OpKernel {
         for (int64_t c = 0; c < C; ++c) out[c] = k * (dr[c] * gamma[c] - g_mean - (xr[c] - m) * k * gx_mean);
       }
     });
-    for (int64_t c = 0; c < C; ++c) {
-      double t1 = 0, t2 = 0;
-      for (int64_t b = 0; b < blocks.blocks; ++b) {
-        t1 += s1[b * C + c];
-        t2 += s2[b * C + c];
+    std::vector<double> t1(C, 0.0), t2(C, 0.0);
+    for (int64_t b = 0; b < blocks.blocks; ++b)
+      for (int64_t c = 0; c < C; ++c) {
+        t1[c] += s1[b * C + c];
+        t2[c] += s2[b * C + c];
       }
-      dbeta[c] = static_cast<float>(t1);
-      dgamma[c] = static_cast<float>(t2);
+    for (int64_t c = 0; c < C; ++c) {
+      dbeta[c] = static_cast<float>(t1[c]);
+      dgamma[c] = static_cast<float>(t2[c]);
     }
   }
 };

@@ -24,7 +24,7 @@ struct RowBlocks {
   int64_t rows, channels, block_rows, blocks;
   RowBlocks(int64_t rows, int64_t channels, int64_t block_elems = 8192)
       : rows(rows), channels(channels),
-        block_rows(std::max<int64_t>(1, block_elems / std::max<int64_t>(channels, 1))),
+        block_rows(std::max<int64_t>(16, block_elems / std::max<int64_t>(channels, 1))),  // >= 16: per-block sums stay small
         blocks((rows + block_rows - 1) / block_rows) {}
 
   // fn(block, first_row, row_count) for every block, in parallel.

@@ -5,6 +5,9 @@ a dtype other than float32 (mixed precision), a machine with a GPU or TPU (the k
 them there would copy every activation to the host), a function XLA compiles (`jit_compile`), or kernels that
 could not be built (`build.py`). Results
 match the TensorFlow-op path to float32 rounding (tests/test_kernels.py); the speed-up is in benchmarks/RESULTS.md.
+The gradient ops have no gradient of their own: for second-order derivatives (gradient penalties, Hessian-vector
+products) set KERAS_CMT_CPU_KERNELS=0. With a ParameterServerStrategy, workers import keras_cmt (which loads the
+library) before they run a step.
 """
 
 import functools
