@@ -41,15 +41,10 @@ def enabled():
 
 
 def cache_dir():
-    """`<KERAS_HOME or ~/.keras>/kernels/keras_cmt`, or under the temp folder when that is not writable."""
-    base = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
-    try:
-        os.makedirs(base, exist_ok=True)
-    except OSError:
-        pass
-    if not os.access(base, os.W_OK):
-        base = os.path.join(tempfile.gettempdir(), ".keras")
-    return pathlib.Path(base) / "kernels" / "keras_cmt"
+    """`<KERAS_HOME or ~/.keras>/kernels/keras_cmt` (the temp folder's `.keras` when that is not writable)."""
+    from keras_cmt.weights.pretrained import keras_home
+
+    return pathlib.Path(keras_home()) / "kernels" / "keras_cmt"
 
 
 def _compiler():

@@ -65,8 +65,8 @@ def weights_url(variant, base_url=None):
     return f"{base.rstrip('/')}/{variant.weights_file}"
 
 
-def default_cache_dir():
-    """`<KERAS_HOME or ~/.keras>/models/keras_cmt`, or under the temp folder when that is not writable (as Keras)."""
+def keras_home():
+    """`KERAS_HOME` or `~/.keras`, or `.keras` under the temp folder when that is not writable (as Keras)."""
     base = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
     try:
         os.makedirs(base, exist_ok=True)
@@ -74,7 +74,12 @@ def default_cache_dir():
         pass
     if not os.access(base, os.W_OK):
         base = os.path.join(tempfile.gettempdir(), ".keras")
-    return os.path.join(base, CACHE_SUBDIR)
+    return base
+
+
+def default_cache_dir():
+    """`<keras_home()>/models/keras_cmt`."""
+    return os.path.join(keras_home(), CACHE_SUBDIR)
 
 
 def _resolve_prefer(prefer):
