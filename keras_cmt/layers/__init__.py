@@ -11,9 +11,10 @@ from keras_cmt.layers.local_perception_unit import LocalPerceptionUnit
 from keras_cmt.layers.patch_embedding import PatchEmbedding
 from keras_cmt.layers.pointwise_conv import PointwiseConv2D
 from keras_cmt.layers.relative_position_bias import RelativePositionBias
+from keras_cmt.layers.residual_depthwise_conv import ResidualDepthwiseConv2D
 
 __all__ = [
     "CMTBatchNormalization", "CMTBlock", "CMTLayerNormalization", "DropPath", "ExactGELU", "InvertedResidualFFN",
     "LightweightAttention", "LocalPerceptionUnit", "PatchEmbedding", "PointwiseConv2D", "RelativePositionBias",
-    "exact_gelu",
+    "ResidualDepthwiseConv2D", "exact_gelu",
 ]

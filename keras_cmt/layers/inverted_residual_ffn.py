@@ -8,6 +8,7 @@ import keras
 
 from keras_cmt.layers.batch_norm import CMTBatchNormalization
 from keras_cmt.layers.pointwise_conv import PointwiseConv2D
+from keras_cmt.layers.residual_depthwise_conv import ResidualDepthwiseConv2D
 
 
 @keras.saving.register_keras_serializable(package="keras_cmt")
@@ -26,7 +27,7 @@ class InvertedResidualFFN(keras.layers.Layer):
 
         self.conv1 = PointwiseConv2D(self.hidden_dim, 1, name="conv1", dtype=policy)
         self.norm1 = batch_norm("norm1")
-        self.dwconv = keras.layers.DepthwiseConv2D(3, padding="same", name="dwconv", dtype=policy)
+        self.dwconv = ResidualDepthwiseConv2D(3, padding="same", name="dwconv", dtype=policy)  # x + dwconv(x)
         self.norm2 = batch_norm("norm2")
         self.conv2 = PointwiseConv2D(self.dim, 1, name="conv2", dtype=policy)
         self.norm3 = batch_norm("norm3")
@@ -42,7 +43,7 @@ class InvertedResidualFFN(keras.layers.Layer):
 
     def call(self, inputs, training=None):
         x = self.norm1(self.conv1(inputs), training=training, gelu_first=True)
-        x = self.dwconv(x) + x
+        x = self.dwconv(x)
         x = self.norm2(x, training=training, gelu_first=True)
         return self.norm3(self.conv2(x), training=training)
 

@@ -2,6 +2,8 @@
 
 import keras
 
+from keras_cmt.layers.residual_depthwise_conv import ResidualDepthwiseConv2D
+
 
 @keras.saving.register_keras_serializable(package="keras_cmt")
 class LocalPerceptionUnit(keras.layers.Layer):
@@ -9,13 +11,13 @@ class LocalPerceptionUnit(keras.layers.Layer):
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self.proj = keras.layers.DepthwiseConv2D(3, padding="same", name="proj", dtype=self.dtype_policy)
+        self.proj = ResidualDepthwiseConv2D(3, padding="same", name="proj", dtype=self.dtype_policy)  # x + dwconv(x)
 
     def build(self, input_shape):
         self.proj.build(input_shape)
 
     def call(self, inputs):
-        return inputs + self.proj(inputs)
+        return self.proj(inputs)
 
     def compute_output_shape(self, input_shape):
         return input_shape
