@@ -14,7 +14,7 @@ import keras
 import numpy as np
 
 from keras_cmt import variants
-from keras_cmt.layers import (CMTBatchNormalization, CMTBlock, ExactGELU, PatchEmbedding, PointwiseConv2D,
+from keras_cmt.layers import (CMTBatchNormalization, CMTBlock, PatchEmbedding, PointwiseConv2D,
                               RelativePositionBias)
 
 STAGE_LETTERS = ("a", "b", "c", "d")
@@ -151,8 +151,9 @@ def CMT(
         x = keras.layers.Conv2D(
             stem_channels, 3, strides=stride, padding="valid" if stride == 2 else "same", name=f"stem_conv{i}"
         )(x)
-        x = ExactGELU(name=f"stem_gelu{i}")(x)  # the erf form, as PyTorch's nn.GELU
-        x = CMTBatchNormalization(epsilon=1e-5, momentum=0.9, name=f"stem_norm{i}")(x)
+        # The erf GELU (PyTorch's nn.GELU) inside the BatchNorm's call, so that training runs the pair as one fused
+        # kernel each way, as in the IRFFN (keras_cmt.kernels); the weights and the computation are unchanged.
+        x = CMTBatchNormalization(epsilon=1e-5, momentum=0.9, name=f"stem_norm{i}")(x, gelu_first=True)
 
     rates = np.linspace(0.0, drop_path_rate, sum(depths)).tolist()
     block_index = 0
