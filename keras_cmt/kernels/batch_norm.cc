@@ -12,13 +12,6 @@
 namespace keras_cmt {
 namespace {
 
-using tensorflow::OpKernel;
-using tensorflow::OpKernelConstruction;
-using tensorflow::OpKernelContext;
-using tensorflow::Tensor;
-using tensorflow::TensorShape;
-namespace errors = tensorflow::errors;
-
 REGISTER_OP("KerasCmtBatchNorm")
     .Input("x: float")
     .Input("gamma: float")
@@ -207,12 +200,7 @@ class BatchNormGradOp : public OpKernel {
     });
     // du = a dy + k1 (u - mean) + k0, the closed form of batch-statistics BatchNorm's input gradient (centred, so
     // no cancellation when |mean| >> std).
-    std::vector<double> t1(C, 0.0), t2(C, 0.0);
-    for (int64_t b = 0; b < blocks.blocks; ++b)
-      for (int64_t c = 0; c < C; ++c) {
-        t1[c] += s1[b * C + c];
-        t2[c] += s2[b * C + c];
-      }
+    const std::vector<double> t1 = SumOverBlocks(s1, C), t2 = SumOverBlocks(s2, C);
     std::vector<float> a(C), k1(C), k0(C);
     for (int64_t c = 0; c < C; ++c) {
       const float inv = 1.0f / std::sqrt(var[c] + epsilon_);

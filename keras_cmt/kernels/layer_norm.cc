@@ -11,13 +11,6 @@
 namespace keras_cmt {
 namespace {
 
-using tensorflow::OpKernel;
-using tensorflow::OpKernelConstruction;
-using tensorflow::OpKernelContext;
-using tensorflow::Tensor;
-using tensorflow::TensorShape;
-namespace errors = tensorflow::errors;
-
 absl::Status RowShape(tensorflow::shape_inference::InferenceContext* c, tensorflow::shape_inference::ShapeHandle* out) {
   tensorflow::shape_inference::ShapeHandle x;
   TF_RETURN_IF_ERROR(c->WithRankAtLeast(c->input(0), 1, &x));
@@ -175,12 +168,7 @@ class LayerNormGradOp : public OpKernel {
         for (int64_t c = 0; c < C; ++c) out[c] = k * (dr[c] * gamma[c] - g_mean - (xr[c] - m) * k * gx_mean);
       }
     });
-    std::vector<double> t1(C, 0.0), t2(C, 0.0);
-    for (int64_t b = 0; b < blocks.blocks; ++b)
-      for (int64_t c = 0; c < C; ++c) {
-        t1[c] += s1[b * C + c];
-        t2[c] += s2[b * C + c];
-      }
+    const std::vector<double> t1 = SumOverBlocks(s1, C), t2 = SumOverBlocks(s2, C);
     for (int64_t c = 0; c < C; ++c) {
       dbeta[c] = static_cast<float>(t1[c]);
       dgamma[c] = static_cast<float>(t2[c]);

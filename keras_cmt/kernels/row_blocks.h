@@ -7,12 +7,20 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <vector>
 
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/util/work_sharder.h"
 #include "unsupported/Eigen/SpecialFunctions"
 
 namespace keras_cmt {
+
+using tensorflow::OpKernel;
+using tensorflow::OpKernelConstruction;
+using tensorflow::OpKernelContext;
+using tensorflow::Tensor;
+using tensorflow::TensorShape;
+namespace errors = tensorflow::errors;
 
 using ArrayMap = Eigen::Map<Eigen::ArrayXf>;
 using ConstArrayMap = Eigen::Map<const Eigen::ArrayXf>;
@@ -40,6 +48,15 @@ struct RowBlocks {
                       });
   }
 };
+
+// Adds per-block partial sums ([blocks, channels], row-major) in double, in block order: the total does not depend
+// on how the pool scheduled the blocks.
+inline std::vector<double> SumOverBlocks(const std::vector<float>& parts, int64_t channels) {
+  std::vector<double> total(channels, 0.0);
+  for (size_t start = 0; start < parts.size(); start += channels)
+    for (int64_t c = 0; c < channels; ++c) total[c] += parts[start + c];
+  return total;
+}
 
 // Phi(x) = 0.5 + 0.5 erf(x / sqrt(2)), vectorised by Eigen. Eigen's erf is about 20% cheaper than the erfc of
 // TensorFlow's form; the absolute error it adds to Phi for negative x (< 6e-8) is below float32 rounding of GELU.
