@@ -37,7 +37,7 @@ def exact_gelu(x, training=False):
 
 @keras.saving.register_keras_serializable(package="keras_cmt")
 class ExactGELU(keras.layers.Layer):
-    """`exact_gelu` as a layer (the stem's activations)."""
+    """`exact_gelu` as a layer: the stem's activations in models saved before they moved into its BatchNorm calls."""
 
     def call(self, inputs, training=None):
         return exact_gelu(inputs, training=training)
