@@ -42,12 +42,7 @@ REGISTER_OP("KerasCmtBatchNormGrad")
     .Output("dx: float")
     .Output("dgamma: float")
     .Output("dbeta: float")
-    .SetShapeFn([](tensorflow::shape_inference::InferenceContext* c) {
-      c->set_output(0, c->input(1));
-      c->set_output(1, c->input(2));
-      c->set_output(2, c->input(2));
-      return absl::OkStatus();
-    });
+    .SetShapeFn(GradientShapes);
 
 // x must be [..., C] and every per-channel input [C].
 absl::Status CheckShapes(OpKernelContext* ctx, const Tensor& x, int64_t channels, std::initializer_list<int> vectors) {
@@ -75,19 +70,14 @@ class BatchNormOp : public OpKernel {
     const int64_t C = ctx->input(1).NumElements();
     OP_REQUIRES_OK(ctx, CheckShapes(ctx, x, C, {1, 2}));
     const int64_t M = C == 0 ? 0 : x.NumElements() / C;
-    Tensor *y_t, *mean_t, *var_t;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &y_t));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({C}), &mean_t));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({C}), &var_t));
-    float* mean = mean_t->flat<float>().data();
-    float* var = var_t->flat<float>().data();
+    float *y, *mean, *var;
+    OP_REQUIRES_OK(ctx, AllocateOutputs(ctx, x.shape(), TensorShape({C}), &y, &mean, &var));
     if (M == 0) {  // statistics of nothing, as reduce_mean gives
       std::fill(mean, mean + C, NAN);
       std::fill(var, var + C, NAN);
       return;
     }
     const float* x_p = x.flat<float>().data();
-    float* y = y_t->flat<float>().data();
     const float* gamma = ctx->input(1).flat<float>().data();
     const float* beta = ctx->input(2).flat<float>().data();
 
@@ -162,18 +152,13 @@ class BatchNormGradOp : public OpKernel {
     const int64_t M = C == 0 ? 0 : x.NumElements() / C;
     OP_REQUIRES(ctx, dy_t.shape() == x.shape(),
                 errors::InvalidArgument("dy has shape ", dy_t.shape().DebugString(), ", x ", x.shape().DebugString()));
-    Tensor *dx_t, *dgamma_t, *dbeta_t;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &dx_t));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({C}), &dgamma_t));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({C}), &dbeta_t));
-    float* dgamma = dgamma_t->flat<float>().data();
-    float* dbeta = dbeta_t->flat<float>().data();
+    float *dx, *dgamma, *dbeta;
+    OP_REQUIRES_OK(ctx, AllocateOutputs(ctx, x.shape(), TensorShape({C}), &dx, &dgamma, &dbeta));
     std::fill(dgamma, dgamma + C, 0.f);
     std::fill(dbeta, dbeta + C, 0.f);
     if (M == 0) return;
     const float* dy = dy_t.flat<float>().data();
     const float* x_p = x.flat<float>().data();
-    float* dx = dx_t->flat<float>().data();
     const float* gamma = ctx->input(2).flat<float>().data();
     const float* mean = ctx->input(3).flat<float>().data();
     const float* var = ctx->input(4).flat<float>().data();

@@ -44,12 +44,7 @@ REGISTER_OP("KerasCmtLayerNormGrad")
     .Output("dx: float")
     .Output("dgamma: float")
     .Output("dbeta: float")
-    .SetShapeFn([](tensorflow::shape_inference::InferenceContext* c) {
-      c->set_output(0, c->input(1));
-      c->set_output(1, c->input(2));
-      c->set_output(2, c->input(2));
-      return absl::OkStatus();
-    });
+    .SetShapeFn(GradientShapes);
 
 absl::Status CheckShapes(OpKernelContext* ctx, const Tensor& x, int64_t channels, bool with_rows) {
   if (x.dims() < 1 || x.dim_size(x.dims() - 1) != channels)
@@ -83,20 +78,15 @@ class LayerNormOp : public OpKernel {
     OP_REQUIRES_OK(ctx, CheckShapes(ctx, x, C, false));
     TensorShape rows_shape = x.shape();
     rows_shape.RemoveLastDims(1);
-    Tensor *y_t, *mean_t, *inv_t;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &y_t));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, rows_shape, &mean_t));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, rows_shape, &inv_t));
+    float *y, *mean, *inv;
+    OP_REQUIRES_OK(ctx, AllocateOutputs(ctx, x.shape(), rows_shape, &y, &mean, &inv));
     const int64_t M = rows_shape.num_elements();
     if (C == 0) {  // statistics of nothing, as reduce_mean gives
-      std::fill(mean_t->flat<float>().data(), mean_t->flat<float>().data() + M, NAN);
-      std::fill(inv_t->flat<float>().data(), inv_t->flat<float>().data() + M, NAN);
+      std::fill(mean, mean + M, NAN);
+      std::fill(inv, inv + M, NAN);
     }
     if (M == 0 || C == 0) return;
     const float* x_p = x.flat<float>().data();
-    float* y = y_t->flat<float>().data();
-    float* mean = mean_t->flat<float>().data();
-    float* inv = inv_t->flat<float>().data();
     const float* gamma = ctx->input(1).flat<float>().data();
     const float* beta = ctx->input(2).flat<float>().data();
     RowBlocks(M, C).ForEach(ctx, 6, [&](int64_t, int64_t first, int64_t count) {
@@ -128,19 +118,14 @@ class LayerNormGradOp : public OpKernel {
     const Tensor& x = ctx->input(1);
     const int64_t C = ctx->input(2).NumElements();
     OP_REQUIRES_OK(ctx, CheckShapes(ctx, x, C, true));
-    Tensor *dx_t, *dgamma_t, *dbeta_t;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &dx_t));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({C}), &dgamma_t));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({C}), &dbeta_t));
-    float* dgamma = dgamma_t->flat<float>().data();
-    float* dbeta = dbeta_t->flat<float>().data();
+    float *dx, *dgamma, *dbeta;
+    OP_REQUIRES_OK(ctx, AllocateOutputs(ctx, x.shape(), TensorShape({C}), &dx, &dgamma, &dbeta));
     std::fill(dgamma, dgamma + C, 0.f);
     std::fill(dbeta, dbeta + C, 0.f);
     const int64_t M = C == 0 ? 0 : x.NumElements() / C;
     if (M == 0) return;
     const float* dy = ctx->input(0).flat<float>().data();
     const float* x_p = x.flat<float>().data();
-    float* dx = dx_t->flat<float>().data();
     const float* gamma = ctx->input(2).flat<float>().data();
     const float* mean = ctx->input(3).flat<float>().data();
     const float* inv = ctx->input(4).flat<float>().data();

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/shape_inference.h"
 #include "tensorflow/core/util/work_sharder.h"
 #include "unsupported/Eigen/SpecialFunctions"
 
@@ -48,6 +49,28 @@ struct RowBlocks {
                       });
   }
 };
+
+// Every op here returns a tensor shaped as x and two smaller ones of one shape (statistics, or dgamma and dbeta):
+// allocates them and gives their data.
+inline absl::Status AllocateOutputs(OpKernelContext* ctx, const TensorShape& x_shape, const TensorShape& small_shape,
+                                    float** full, float** small_a, float** small_b) {
+  Tensor *full_t, *a_t, *b_t;
+  TF_RETURN_IF_ERROR(ctx->allocate_output(0, x_shape, &full_t));
+  TF_RETURN_IF_ERROR(ctx->allocate_output(1, small_shape, &a_t));
+  TF_RETURN_IF_ERROR(ctx->allocate_output(2, small_shape, &b_t));
+  *full = full_t->flat<float>().data();
+  *small_a = a_t->flat<float>().data();
+  *small_b = b_t->flat<float>().data();
+  return absl::OkStatus();
+}
+
+// Shape function of the gradient ops, whose inputs start (dy, x, gamma): dx shaped as x, dgamma and dbeta as gamma.
+inline absl::Status GradientShapes(tensorflow::shape_inference::InferenceContext* c) {
+  c->set_output(0, c->input(1));
+  c->set_output(1, c->input(2));
+  c->set_output(2, c->input(2));
+  return absl::OkStatus();
+}
 
 // Adds per-block partial sums ([blocks, channels], row-major) in double, in block order: the total does not depend
 // on how the pool scheduled the blocks.
