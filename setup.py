@@ -1,4 +1,5 @@
-"""keras_cmt: CMT (Convolutional Neural Networks Meet Vision Transformers) for Keras 3 / TensorFlow."""
+"""keras_cmt: CMT (Convolutional Neural Networks Meet Vision Transformers) for Keras 3 on TensorFlow, JAX and
+PyTorch."""
 
 import pathlib
 
@@ -6,17 +7,19 @@ from setuptools import find_packages, setup
 
 HERE = pathlib.Path(__file__).parent
 
-# TensorFlow 2.21 is the release this project is tested with; Keras is pinned to the 3.15 line because
-# training/multiworker_compat.py patches two private functions of keras/src/backend/tensorflow/trainer.py
-# (keras-team/keras#20585) and checks their source: a new Keras minor release must be re-checked first.
+# The model, its weights and inference need Keras on any backend, not TensorFlow.
 CORE = [
-    "tensorflow>=2.21,<2.22",
-    "keras>=3.15,<3.16",
+    "keras>=3.15,<4",
     "numpy>=1.26,<3",
     "h5py>=3.10",
     "pillow>=10",
 ]
+# tf.distribute training. TensorFlow 2.21 is the release this project is tested with; Keras is held to the 3.15 line
+# here because training/multiworker_compat.py patches two private functions of keras/src/backend/tensorflow/
+# trainer.py (keras-team/keras#20585) and checks their source: a new Keras minor release must be re-checked first.
 TRAIN = [
+    "tensorflow>=2.21,<2.22",
+    "keras>=3.15,<3.16",
     "absl-py>=2.1",
     "tensorflow-datasets>=4.9.9,<4.10",
     "scikit-learn>=1.5",  # the bundled `digits` dataset: real images, no download
@@ -28,6 +31,7 @@ TRAIN = [
 # the metadata with the flatbuffers schema classes that MediaPipe's wheel ships. MediaPipe's OpenCV needs the system
 # libraries libgl1 and libglib2.0-0 (apt) on a bare Debian machine.
 TFLITE = [
+    "tensorflow>=2.21,<2.22",
     "ai-edge-litert>=2.3,<2.4",  # the LiteRT interpreter: tf.lite.Interpreter is deprecated in TF 2.21
     "mediapipe>=1.2.3,<1.3",
     "flatbuffers>=25.9,<26",
@@ -35,33 +39,42 @@ TFLITE = [
     "onnx>=1.23,<1.24",
     "onnxruntime>=1.32,<1.33",
 ]
-TEST = ["pytest>=8"]
+# The other two Keras backends, for the suite's JAX and PyTorch runs. torch is pinned to the release whose CPU wheel
+# the CI machines carry: PyPI's Linux wheels of torch are CUDA builds of several GB.
+BACKENDS = [
+    "jax>=0.10,<0.11",
+    "torch==2.13.0",
+]
+TEST = ["pytest>=8"] + BACKENDS
 
 setup(
     name="keras-cmt",
     version="0.1.0",
-    description="CMT (CVPR 2022) as a Keras 3 application: official weights, tf.distribute training, TFLite.",
+    description="CMT (CVPR 2022) as a Keras 3 application on every backend: official weights, tf.distribute "
+                "training, TFLite.",
     long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=find_packages(include=["keras_cmt", "keras_cmt.*", "training", "training.*", "tflite", "tflite.*"]),
-    # The CPU training kernels ship as C++ sources, compiled against the installed TensorFlow on first use.
-    package_data={"keras_cmt": ["data/*.json", "kernels/*.cc", "kernels/*.h"]},
+    # One import name: the repository's training/ and tflite/ folders install as keras_cmt.training and
+    # keras_cmt.tflite (generic top-level names would collide with users' own folders and PyPI's `tflite`).
+    packages=find_packages(include=["keras_cmt", "keras_cmt.*"]) + ["keras_cmt.training", "keras_cmt.tflite"],
+    package_dir={"keras_cmt.training": "training", "keras_cmt.tflite": "tflite"},
+    package_data={"keras_cmt": ["data/*.json"]},
     install_requires=CORE,
     extras_require={
         "train": TRAIN,
-        "tflite": TFLITE + TRAIN,  # representative data comes through training.data
+        "tflite": TFLITE + TRAIN,  # representative data comes through keras_cmt.training.data
         "test": TEST + TRAIN + TFLITE,
-        "all": TRAIN + TFLITE + TEST,
+        "all": TRAIN + TFLITE,
     },
     entry_points={
         "console_scripts": [
             "keras-cmt=keras_cmt.cli:main",
-            "keras-cmt-tflite=tflite.convert:main",
-            "cmt-train=training.train:console_main",
-            "cmt-evaluate=training.evaluate:console_main",
-            "keras-cmt-tflite-benchmark=tflite.benchmark:main",
+            "keras-cmt-tflite=keras_cmt.tflite.convert:main",
+            "cmt-train=keras_cmt.training.train:console_main",
+            "cmt-evaluate=keras_cmt.training.evaluate:console_main",
+            "keras-cmt-tflite-benchmark=keras_cmt.tflite.benchmark:main",
         ],
     },
     classifiers=[

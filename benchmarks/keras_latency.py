@@ -113,7 +113,7 @@ def run(args):
         "machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count()},
         "rows": rows,
     }
-    from training.callbacks import atomic_write_json
+    from keras_cmt.training.callbacks import atomic_write_json
 
     atomic_write_json(args.output, result)
     print(f"\nsaved {args.output}")

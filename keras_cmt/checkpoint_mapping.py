@@ -28,11 +28,29 @@ def _same(w):
     return w
 
 
+def _to_official(key, transform, value):
+    """The inverse of a layout transform: a Keras variable's value in the official layout of `key`."""
+    if transform is _conv:
+        value = np.transpose(value, (3, 2, 0, 1))
+        linear = ".attn." in key and key.endswith(".weight")  # q, k, v, proj: nn.Linear upstream
+        return value[:, :, 0, 0] if linear else value
+    if transform is _depthwise:
+        return np.transpose(value, (2, 3, 0, 1))
+    if transform is _dense:
+        return np.transpose(value)
+    return value
+
+
 def _conv_entries(layer, prefix, kernel_transform=_conv):
     entries = [(f"{prefix}.weight", layer.kernel, kernel_transform)]
     if layer.use_bias:
         entries.append((f"{prefix}.bias", layer.bias, _same))
     return entries
+
+
+def _residual_depthwise_entries(layer, prefix):
+    """A `LocalPerceptionUnit`: the official depthwise convolution, its bias held by the unit."""
+    return [(f"{prefix}.weight", layer.proj.kernel, _depthwise), (f"{prefix}.bias", layer.bias, _same)]
 
 
 def _batch_norm_entries(layer, prefix):
@@ -50,7 +68,7 @@ def _layer_norm_entries(layer, prefix):
 
 def _block_entries(block, prefix):
     attn, mlp = block.attn, block.mlp
-    entries = _conv_entries(block.lpu.proj, f"{prefix}.proj", _depthwise)
+    entries = _residual_depthwise_entries(block.lpu, f"{prefix}.proj")
     entries += _layer_norm_entries(block.norm1, f"{prefix}.norm1")
     for name in ("q", "k", "v", "proj"):
         entries += _conv_entries(getattr(attn, name), f"{prefix}.attn.{name}")
@@ -60,7 +78,7 @@ def _block_entries(block, prefix):
     entries += _layer_norm_entries(block.norm2, f"{prefix}.norm2")
     entries += _conv_entries(mlp.conv1, f"{prefix}.mlp.conv1.0")
     entries += _batch_norm_entries(mlp.norm1, f"{prefix}.mlp.conv1.2")
-    entries += _conv_entries(mlp.dwconv, f"{prefix}.mlp.proj", _depthwise)
+    entries += _residual_depthwise_entries(mlp.dwconv, f"{prefix}.mlp.proj")
     entries += _batch_norm_entries(mlp.norm2, f"{prefix}.mlp.proj_bn")
     entries += _conv_entries(mlp.conv2, f"{prefix}.mlp.conv2.0")
     entries += _batch_norm_entries(mlp.norm3, f"{prefix}.mlp.conv2.1")
@@ -92,6 +110,15 @@ def official_mapping(model):
         head = model.get_layer("head")
         entries += [("head.weight", head.kernel, _dense), ("head.bias", head.bias, _same)]
     return entries
+
+
+def export_state_dict(model):
+    """The model's weights as an official state dict (numpy arrays under the official keys and layouts), what
+    `cmt_pytorch/cmt.py`'s `load_state_dict` takes."""
+    import keras
+
+    return {key: _to_official(key, transform, np.asarray(keras.ops.convert_to_numpy(variable)))
+            for key, variable, transform in official_mapping(model)}
 
 
 def describe_state_dict(state_dict):

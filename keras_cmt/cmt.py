@@ -1,8 +1,10 @@
 """The CMT model builders: `CMT` for any configuration and `CMTTiny` / `CMTXS` / `CMTSmall` / `CMTBase`.
 
 Follows the official PyTorch code (huawei-noah/Efficient-AI-Backbones, cmt_pytorch/cmt.py) operation for
-operation, in NHWC, so official checkpoints load with a fixed key mapping (`keras_cmt.checkpoint_mapping`) and give
-the official logits to 1e-4. The constructor arguments mean what they mean in `keras.applications` (ConvNeXt).
+operation, with stock Keras layers and the paper's parts (`keras_cmt.layers`), so official checkpoints load with a
+fixed key mapping (`keras_cmt.checkpoint_mapping`) and give the official logits to 1e-4 on every backend. The model
+follows `keras.config.image_data_format()` (channels_last, or channels_first on JAX and PyTorch) with the same
+weights. The constructor arguments mean what they mean in `keras.applications` (ConvNeXt).
 
 Reference:
 - [CMT: Convolutional Neural Networks Meet Vision Transformers](https://arxiv.org/abs/2107.06263) (CVPR 2022)
@@ -14,8 +16,7 @@ import keras
 import numpy as np
 
 from keras_cmt import variants
-from keras_cmt.layers import (CMTBatchNormalization, CMTBlock, PatchEmbedding, PointwiseConv2D,
-                              RelativePositionBias)
+from keras_cmt.layers import CMTBlock, PatchEmbedding, RelativePositionBias, initializers
 
 STAGE_LETTERS = ("a", "b", "c", "d")
 
@@ -33,8 +34,9 @@ Args:
     weights: `None` (random initialisation), `"imagenet"` (the official ImageNet-1k weights, downloaded once and
         cached), or the path to a Keras `.weights.h5` file or an official PyTorch `.pth` checkpoint.
     input_tensor: optional Keras tensor (output of `keras.Input()`) to use as image input.
-    input_shape: optional shape tuple `(height, width, channels)`; defaults to
-        `({default_size}, {default_size}, 3)`. Height and width must be multiples of 32.
+    input_shape: optional shape tuple, `(height, width, 3)` (or `(3, height, width)` with the channels_first
+        image data format); defaults to a {default_size}x{default_size} RGB image. Height and width must be
+        multiples of 32.
     pooling: with `include_top=False`, `None` returns the stride-32 feature map (1280 channels), `"avg"` or
         `"max"` a pooled vector.
     classes: number of classes, with `include_top=True` (1000 for `weights="imagenet"`).
@@ -45,10 +47,6 @@ Args:
 Returns:
     A Keras `Model` instance.
 """
-
-
-def _stage_letter(index):
-    return STAGE_LETTERS[index]
 
 
 def _validate_weights_argument(weights):
@@ -64,15 +62,16 @@ def _validate_weights_argument(weights):
         )
 
 
-def _resolve_input_shape(input_shape, input_tensor, default_size):
+def _resolve_input_shape(input_shape, input_tensor, default_size, data_format):
     if input_shape is None and input_tensor is not None:
         input_shape = tuple(input_tensor.shape[1:])
     if input_shape is None:
-        input_shape = (default_size, default_size, 3)
+        input_shape = (default_size, default_size, 3) if data_format == "channels_last" else (3, default_size,
+                                                                                             default_size)
     input_shape = tuple(input_shape)
     if len(input_shape) != 3:
-        raise ValueError(f"input_shape must be (height, width, channels); got {input_shape}.")
-    height, width, _ = input_shape
+        raise ValueError(f"input_shape must have 3 entries (height, width and channels); got {input_shape}.")
+    height, width = input_shape[:2] if data_format == "channels_last" else input_shape[1:]
     if height is None or width is None:
         raise ValueError(
             f"input_shape {input_shape} has an unknown height or width: CMT needs static sizes because its "
@@ -82,7 +81,7 @@ def _resolve_input_shape(input_shape, input_tensor, default_size):
         raise ValueError(
             f"input_shape {input_shape}: height and width must be multiples of 32 (CMT downsamples by 32)."
         )
-    return input_shape
+    return input_shape, (height, width)
 
 
 def CMT(
@@ -135,31 +134,34 @@ def CMT(
     if pooling not in (None, "avg", "max"):
         raise ValueError(f"pooling must be None, 'avg' or 'max'; got {pooling!r}.")
 
-    input_shape = _resolve_input_shape(input_shape, input_tensor, default_size)
+    data_format = keras.config.image_data_format()
+    input_shape, (height, width) = _resolve_input_shape(input_shape, input_tensor, default_size, data_format)
     if input_tensor is None:
         img_input = keras.layers.Input(shape=input_shape)
     elif not keras.backend.is_keras_tensor(input_tensor):
         img_input = keras.layers.Input(tensor=input_tensor, shape=input_shape)
     else:
         img_input = input_tensor
+    bn_axis = -1 if data_format == "channels_last" else 1
 
-    x = img_input
+    def batch_norm(name):  # PyTorch's BatchNorm2d: eps 1e-5, momentum 0.1 (Keras' 0.9)
+        return keras.layers.BatchNormalization(axis=bn_axis, momentum=0.9, epsilon=1e-5, name=name)
+
     # Stem: three 3x3 convolutions, each followed by GELU then BatchNorm (the official order). PyTorch pads the
     # stride-2 convolution by one pixel on every side; Keras' "same" would pad only bottom/right.
-    x = keras.layers.ZeroPadding2D(1, name="stem_pad1")(x)
+    x = keras.layers.ZeroPadding2D(1, name="stem_pad1")(img_input)
     for i, stride in enumerate((2, 1, 1), start=1):
-        x = keras.layers.Conv2D(
-            stem_channels, 3, strides=stride, padding="valid" if stride == 2 else "same", name=f"stem_conv{i}"
-        )(x)
-        # The erf GELU (PyTorch's nn.GELU) inside the BatchNorm's call, so that training runs the pair as one fused
-        # kernel each way, as in the IRFFN (keras_cmt.kernels); the weights and the computation are unchanged.
-        x = CMTBatchNormalization(epsilon=1e-5, momentum=0.9, name=f"stem_norm{i}")(x, gelu_first=True)
+        x = keras.layers.Conv2D(stem_channels, 3, strides=stride, padding="valid" if stride == 2 else "same",
+                                kernel_initializer=initializers.conv_kernel(), name=f"stem_conv{i}")(x)
+        x = keras.layers.Activation("gelu", name=f"stem_gelu{i}")(x)  # exact (erf) GELU, as nn.GELU()
+        x = batch_norm(f"stem_norm{i}")(x)
 
+    # Four stages: patch aggregation (stride 2), the stage's relative-position bias, then its CMT blocks.
     rates = np.linspace(0.0, drop_path_rate, sum(depths)).tolist()
     block_index = 0
-    height, width = input_shape[0] // 2, input_shape[1] // 2
+    height, width = height // 2, width // 2
     for stage in range(4):
-        letter = _stage_letter(stage)
+        letter = STAGE_LETTERS[stage]
         x = PatchEmbedding(embed_dims[stage], name=f"patch_embed_{letter}")(x)
         height, width = height // 2, width // 2
         bias = RelativePositionBias(num_heads[stage], (height, width), sr_ratios[stage],
@@ -172,14 +174,14 @@ def CMT(
             block_index += 1
         x = keras.layers.Identity(name=f"stage_{stage + 1}")(x)
 
-    x = PointwiseConv2D(head_channels, 1, name="head_conv")(x)
-    x = CMTBatchNormalization(epsilon=1e-5, momentum=0.9, name="head_norm")(x)
+    # Head: 1x1 convolution to head_channels, BatchNorm, swish; then pooling, dropout and the classifier.
+    x = keras.layers.Conv2D(head_channels, 1, kernel_initializer=initializers.conv_kernel(), name="head_conv")(x)
+    x = batch_norm("head_norm")(x)
     x = keras.layers.Activation("swish", name="head_swish")(x)
-
     if include_top:
         x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
         x = keras.layers.Dropout(head_dropout, name="head_dropout")(x)
-        x = keras.layers.Dense(classes, name="head")(x)
+        x = keras.layers.Dense(classes, kernel_initializer=initializers.linear_kernel(), name="head")(x)
         # The activation runs in float32 so mixed-precision models still return float32 probabilities.
         x = keras.layers.Activation(classifier_activation or "linear", dtype="float32", name="predictions")(x)
     elif pooling == "avg":

@@ -4,6 +4,7 @@ import functools
 import json
 import os
 
+import keras
 import numpy as np
 from keras import ops
 
@@ -12,22 +13,27 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def preprocess_input(x, data_format=None):
-    """Maps RGB pixels in [0, 255] to (x / 255 - mean) / std over the last (channels) axis.
+    """Maps RGB pixels in [0, 255] to (x / 255 - mean) / std over the channel axis.
 
-    Accepts numpy arrays (returns float32 numpy) and tensors (returns a tensor). `data_format` is accepted for
-    `keras.applications` compatibility; only channels_last is supported.
+    Accepts numpy arrays (returns float32 numpy) and tensors of the current backend (returns a tensor).
+    `data_format` is "channels_last" or "channels_first" (default: Keras' image data format), as in
+    `keras.applications`.
     """
-    if data_format not in (None, "channels_last"):
-        raise ValueError(f"keras_cmt models are channels_last; got data_format={data_format!r}.")
-    mean = np.array(IMAGENET_MEAN, dtype="float32") * 255.0
-    std = np.array(IMAGENET_STD, dtype="float32") * 255.0
+    data_format = data_format or keras.config.image_data_format()
+    if data_format not in ("channels_last", "channels_first"):
+        raise ValueError(f"data_format must be 'channels_last' or 'channels_first'; got {data_format!r}.")
+    axis = -1 if data_format == "channels_last" else (1 if len(x.shape) == 4 else 0)
+    if x.shape[axis] != 3:
+        raise ValueError(f"preprocess_input expects RGB with 3 channels on axis {axis} ({data_format}); "
+                         f"got shape {tuple(x.shape)}.")
+    shape = [1] * len(x.shape)
+    shape[axis] = 3
+    mean = (np.array(IMAGENET_MEAN, dtype="float32") * 255.0).reshape(shape)
+    std = (np.array(IMAGENET_STD, dtype="float32") * 255.0).reshape(shape)
     if isinstance(x, np.ndarray) or np.isscalar(x):
-        x = np.asarray(x, dtype="float32")
-        if x.shape[-1] != 3:
-            raise ValueError(f"preprocess_input expects RGB with 3 channels last; got shape {x.shape}.")
-        return (x - mean) / std
+        return (np.asarray(x, dtype="float32") - mean) / std
     x = ops.cast(x, "float32")
-    return (x - mean) / std
+    return (x - ops.convert_to_tensor(mean)) / ops.convert_to_tensor(std)
 
 
 @functools.lru_cache(maxsize=1)

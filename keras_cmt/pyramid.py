@@ -33,7 +33,7 @@ def pyramid_model(model, min_level=2, max_level=5, name=None):
         raise ValueError(f"levels must satisfy 2 <= min_level <= max_level <= 5; got {min_level}, {max_level}.")
     features = pyramid_outputs(model)
     outputs = {f"P{level}": features[f"P{level}"] for level in range(min_level, max_level + 1)}
-    result = keras.Model(inputs=model.inputs, outputs=outputs, name=name or f"{model.name}_pyramid")
+    result = keras.Model(inputs=model.input, outputs=outputs, name=name or f"{model.name}_pyramid")
     result.pyramid_outputs = outputs
     return result
 
@@ -46,7 +46,8 @@ def CMTPyramid(variant="cmt_s", weights=None, input_shape=None, input_tensor=Non
         variant: "cmt_ti", "cmt_xs", "cmt_s", "cmt_b" (or an alias such as "CMTSmall").
         weights: None, "imagenet" (the official weights, resized to `input_shape` if it differs from the
             checkpoint's) or a `.weights.h5` / `.pth` path; the classifier is left out.
-        input_shape: (height, width, 3), multiples of 32, square or not; default the variant's default size.
+        input_shape: (height, width, 3) (or (3, height, width) channels first), multiples of 32, square or not;
+            default the variant's default size.
         input_tensor: optional Keras tensor to use as input.
         min_level, max_level: the pyramid levels to return (2..5).
         drop_path_rate: stochastic depth for fine-tuning.
@@ -54,7 +55,8 @@ def CMTPyramid(variant="cmt_s", weights=None, input_shape=None, input_tensor=Non
 
     Returns:
         A `keras.Model` mapping images (normalised by `keras_cmt.preprocess_input`) to a dict {"P2": (B, H/4, W/4,
-        C1), "P3": (B, H/8, W/8, C2), "P4": (B, H/16, W/16, C3), "P5": (B, H/32, W/32, C4)}.
+        C1), "P3": (B, H/8, W/8, C2), "P4": (B, H/16, W/16, C3), "P5": (B, H/32, W/32, C4)} (channels first
+        with the channels_first image data format).
     """
     base = cmt.build_model(variant, include_top=False, weights=weights, input_shape=input_shape,
                            input_tensor=input_tensor, drop_path_rate=drop_path_rate)

@@ -1,8 +1,8 @@
-"""training.demo, the README's main job: train on digits, convert to TFLite (fp32, dynamic, int8), report."""
+"""keras_cmt.training.demo, the README's main job: train on digits, convert to TFLite (fp32, dynamic, int8), report."""
 
 import json
 
-from training import demo
+from keras_cmt.training import demo
 
 
 def test_demo_trains_converts_and_reports(tmp_path):

@@ -1,36 +1,42 @@
-"""fuse_for_inference: the folded serving model computes the same function as the training model."""
+"""fuse_for_inference: the folded serving model computes the same function as the training model (on every
+backend), and TensorFlow's oneDNN fuses what it was written for (TensorFlow only)."""
 
 import keras
 import numpy as np
 import pytest
 
 import keras_cmt
-from conftest import MICRO_CONFIG, SHARED_FIXTURES, build_micro
+from conftest import MICRO_CONFIG, SHARED_FIXTURES, build_micro, numpy
+from keras_cmt.fused_layers import FusedCMTBlock, absorbs_projections, heads_last
 from keras_cmt.inference import fuse_for_inference
-from keras_cmt.layers.fused_inference import FusedCMTBlock, HeadsLastBias
-from keras_cmt.layers.lightweight_attention import absorbs_projections
+
+on_every_backend = pytest.mark.all_backends
 
 
+@on_every_backend
 def test_fused_micro_matches_the_official_logits(micro_checkpoint, micro_io):
     model = build_micro(weights=str(micro_checkpoint), classifier_activation=None)
     fused = fuse_for_inference(model)
     assert np.abs(fused.predict(micro_io["input_nhwc"], verbose=0) - micro_io["logits"]).max() <= 1e-4
+    assert [layer.name for layer in fused.layers[1:]] == [layer.name for layer in model.layers[1:]]
     assert not fused.trainable_weights
     # Fewer weights: every BatchNorm is gone (its statistics included).
     assert fused.count_params() < model.count_params()
     assert not [layer for layer in fused._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
 
 
+@on_every_backend
 def test_fused_cmt_tiny_matches_the_official_logits():
     checkpoint = SHARED_FIXTURES / "cmt_ti_seed0.pth"
     if not checkpoint.exists():
         pytest.skip(f"{checkpoint} is not beside this checkout (CI provides ../shared)")
     io = np.load(SHARED_FIXTURES / "cmt_ti_seed0_io.npz")
     fused = fuse_for_inference(keras_cmt.CMTTiny(weights=str(checkpoint), classifier_activation=None))
-    assert np.abs(fused.predict(io["input_nhwc"], verbose=0) - io["logits"]).max() <= 1e-4
+    assert np.abs(numpy(fused(io["input_nhwc"])) - io["logits"]).max() <= 1e-4
     keras.backend.clear_session()
 
 
+@on_every_backend
 @pytest.mark.parametrize("kwargs", [
     dict(include_top=False, pooling=None),
     dict(include_top=False, pooling="max"),
@@ -41,10 +47,11 @@ def test_fused_matches_for_other_heads_and_sizes(kwargs, micro_checkpoint):
     model = build_micro(weights=str(micro_checkpoint), **kwargs)
     fused = fuse_for_inference(model)
     x = np.random.default_rng(0).normal(size=(2,) + model.input_shape[1:]).astype("float32")
-    np.testing.assert_allclose(fused.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-4)
+    np.testing.assert_allclose(numpy(fused(x)), numpy(model(x)), atol=1e-4)
     assert fused.output_shape == model.output_shape
 
 
+@on_every_backend
 def test_zero_batchnorm_scale_is_still_exact(micro_checkpoint, micro_io):
     model = build_micro(weights=str(micro_checkpoint), classifier_activation=None)
     for name in ("stem_norm1", "blocks_b_0"):
@@ -54,26 +61,28 @@ def test_zero_batchnorm_scale_is_still_exact(micro_checkpoint, micro_io):
         gamma[:2] = 0.0  # channels whose BatchNorm output is a constant
         bn.gamma.assign(gamma)
     fused = fuse_for_inference(model)
-    np.testing.assert_allclose(fused.predict(micro_io["input_nhwc"], verbose=0),
-                               model.predict(micro_io["input_nhwc"], verbose=0), atol=1e-4)
+    np.testing.assert_allclose(numpy(fused(micro_io["input_nhwc"])), numpy(model(micro_io["input_nhwc"])),
+                               atol=1e-4)
 
 
+@on_every_backend
 @pytest.mark.parametrize("key_side", [True, False])
 def test_fused_model_saves_as_keras_file(tmp_path, micro_checkpoint, micro_io, key_side):
     fused = fuse_for_inference(build_micro(weights=str(micro_checkpoint)), key_side_projections=key_side)
     path = tmp_path / "fused.keras"
     fused.save(path)
     restored = keras.saving.load_model(path)
-    np.testing.assert_array_equal(restored.predict(micro_io["input_nhwc"], verbose=0),
-                                  fused.predict(micro_io["input_nhwc"], verbose=0))
+    np.testing.assert_array_equal(numpy(restored(micro_io["input_nhwc"])), numpy(fused(micro_io["input_nhwc"])))
 
 
+@on_every_backend
 def test_refuses_other_models():
     inputs = keras.Input((32, 32, 3))
     with pytest.raises(ValueError, match="built by keras_cmt.CMT"):
         fuse_for_inference(keras.Model(inputs, keras.layers.Conv2D(4, 3)(inputs)))
 
 
+@on_every_backend
 def test_refuses_an_already_fused_model(micro_checkpoint):
     fused = fuse_for_inference(build_micro(weights=str(micro_checkpoint)))
     with pytest.raises(ValueError, match="not yet fused"):
@@ -124,6 +133,7 @@ def test_key_side_attention_where_it_saves_multiply_adds(micro_checkpoint, micro
     np.testing.assert_allclose(key_side.predict(x, verbose=0), query_side.predict(x, verbose=0), atol=1e-4)
 
 
+@on_every_backend
 def test_key_side_attention_matches_the_query_side_form_per_head_count():
     rng = np.random.default_rng(0)
     for heads in (1, 2, 4):
@@ -132,13 +142,14 @@ def test_key_side_attention_matches_the_query_side_form_per_head_count():
         key_side = FusedCMTBlock(dim, heads, hidden, sr_ratio=2, key_side_projections=True)
         x = rng.normal(size=(2, size, size, dim)).astype("float32")
         bias = rng.normal(size=(1, heads, size * size, 4)).astype("float32")
+        key_side_bias = numpy(heads_last(bias[0]))[None]
         query_side(x, bias)
-        key_side(x, HeadsLastBias()(bias))
+        key_side(x, key_side_bias)
         values = {v.name: rng.normal(size=v.shape).astype("float32") * 0.3 for v in query_side.weights}
         for v in query_side.weights:
             v.assign(values[v.name])
         d = dim // heads
-        q, bq, wo = values["q_kernel"][0, 0], values["q_bias"], values["proj_kernel"][0, 0]
+        q, bq, wo = values["q_kernel"], values["q_bias"], values["proj_kernel"]
         key_bias = np.zeros((dim, heads), "float32")
         for h in range(heads):
             key_bias[h * d:(h + 1) * d, h] = bq[h * d:(h + 1) * d]
@@ -146,5 +157,4 @@ def test_key_side_attention_matches_the_query_side_form_per_head_count():
                    "out_heads": wo.reshape(heads, d, dim)}
         for v in key_side.weights:
             v.assign(values[v.name] if v.name in values else derived[v.name])
-        np.testing.assert_allclose(np.asarray(key_side(x, HeadsLastBias()(bias))), np.asarray(query_side(x, bias)),
-                                   atol=1e-5)
+        np.testing.assert_allclose(numpy(key_side(x, key_side_bias)), numpy(query_side(x, bias)), atol=1e-5)

@@ -6,14 +6,18 @@ import sys
 
 import numpy as np
 import pytest
-import tensorflow as tf
+from keras import ops
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "fixtures", "pretrained"))
 
 import pretrained_helpers as helpers  # noqa: E402
 
+from conftest import numpy  # noqa: E402
+
 import keras_cmt  # noqa: E402
 from keras_cmt.weights import position_bias_resize as resize  # noqa: E402
+
+pytestmark = pytest.mark.all_backends
 
 
 def test_same_size_is_returned_unchanged():
@@ -48,12 +52,14 @@ def test_resizes_query_and_key_grids_like_half_pixel_bilinear(old_q, old_k, new_
     out = resize.resize_relative_position_bias(bias, old_q, old_k, new_q, new_k)
     assert out.shape == (heads, new_q[0] * new_q[1], new_k[0] * new_k[1]) and out.dtype == np.float32
 
-    # Independent reference: tf.image.resize (bilinear, half-pixel centres, no antialias) over the query grid,
-    # then over the key grid.
+    # Independent reference: the backend's image resize (bilinear, half-pixel centres, no antialias) over the
+    # query grid, then over the key grid.
     grid = bias.reshape(heads, old_q[0], old_q[1], -1)  # (heads, qh, qw, Nk) as NHWC images
-    grid = tf.image.resize(grid, new_q, method="bilinear").numpy()
+    grid = numpy(ops.image.resize(grid, new_q, interpolation="bilinear", antialias=False,
+                                  data_format="channels_last"))
     grid = grid.reshape(heads, new_q[0] * new_q[1], old_k[0], old_k[1]).transpose(0, 2, 3, 1)
-    grid = tf.image.resize(grid.reshape(heads * 1, old_k[0], old_k[1], -1), new_k, method="bilinear").numpy()
+    grid = numpy(ops.image.resize(grid.reshape(heads * 1, old_k[0], old_k[1], -1), new_k, interpolation="bilinear",
+                                  antialias=False, data_format="channels_last"))
     reference = grid.reshape(heads, new_k[0] * new_k[1], new_q[0] * new_q[1]).transpose(0, 2, 1)
     np.testing.assert_allclose(out, reference, atol=1e-5)
 
@@ -101,7 +107,7 @@ def test_loader_resizes_from_a_weights_file_saved_at_another_size(tmp_path):
             layer.query_size, layer.key_size)
         assert layer.query_size == (128 // stride, 96 // stride)
         np.testing.assert_allclose(layer.bias.numpy(), expected, atol=1e-6)
-    out = np.asarray(bigger(np.random.default_rng(0).uniform(-1, 1, (1, 128, 96, 3)).astype("float32")))
+    out = numpy(bigger(np.random.default_rng(0).uniform(-1, 1, (1, 128, 96, 3)).astype("float32")))
     assert out.shape == (1, 10) and np.isfinite(out).all()
     np.testing.assert_allclose(out.sum(), 1.0, atol=1e-5)
 

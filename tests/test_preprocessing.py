@@ -2,9 +2,12 @@
 
 import numpy as np
 import pytest
-import tensorflow as tf
+from keras import ops
 
 import keras_cmt
+from conftest import numpy
+
+pytestmark = pytest.mark.all_backends
 
 
 def test_preprocess_input_uses_imagenet_mean_and_std():
@@ -17,7 +20,7 @@ def test_preprocess_input_uses_imagenet_mean_and_std():
 def test_preprocess_input_accepts_tensors_and_uint8():
     x = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3)).astype("uint8")
     np.testing.assert_allclose(
-        keras_cmt.preprocess_input(tf.constant(x)).numpy(), keras_cmt.preprocess_input(x), rtol=1e-6
+        numpy(keras_cmt.preprocess_input(ops.convert_to_tensor(x))), keras_cmt.preprocess_input(x), rtol=1e-6
     )
 
 

@@ -13,11 +13,15 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "fixtures", "pretrain
 
 import pretrained_helpers as helpers  # noqa: E402
 
+from conftest import numpy  # noqa: E402
+
 import keras_cmt  # noqa: E402
 from keras_cmt import checkpoint_mapping  # noqa: E402
 from keras_cmt.weights import position_bias_resize, pretrained  # noqa: E402
 
 VARIANT = helpers.MICRO_VARIANT
+
+pytestmark = pytest.mark.all_backends
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +51,7 @@ def cache_files(tmp_path):
 
 
 def logits(model, x):
-    return np.asarray(model(x, training=False))
+    return numpy(model(x, training=False))
 
 
 def assert_holds(model, state_dict):
@@ -125,7 +129,7 @@ def test_other_input_sizes_load_resized_biases(server, official, tmp_path):
             official["ema"][f"relative_pos_{letter}"], old_q, tuple(s // sr for s in old_q), new_q,
             tuple(s // sr for s in new_q))
         np.testing.assert_allclose(model.get_layer(f"relative_pos_{letter}").bias.numpy(), expected, atol=1e-6)
-    features = np.asarray(model(np.random.default_rng(0).uniform(-1, 1, (2, 96, 128, 3)).astype("float32")))
+    features = numpy(model(np.random.default_rng(0).uniform(-1, 1, (2, 96, 128, 3)).astype("float32")))
     assert features.shape == (2, 64) and np.isfinite(features).all()
     # Everything but the biases loads unchanged.
     assert_holds(model, {k: v for k, v in official["ema"].items() if not k.startswith("relative_pos_")}

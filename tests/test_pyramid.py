@@ -12,9 +12,13 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "fixtures", "pretrain
 
 import pretrained_helpers as helpers  # noqa: E402
 
+from conftest import numpy  # noqa: E402
+
 import keras_cmt  # noqa: E402
 from keras_cmt import checkpoint_mapping  # noqa: E402
 from keras_cmt.weights import position_bias_resize, pretrained  # noqa: E402
+
+pytestmark = pytest.mark.all_backends
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +40,7 @@ def test_non_square_pyramid_shapes_and_values(micro_base):
     head = features["P5"]
     for name in ("head_conv", "head_norm", "head_swish"):
         head = micro_base.get_layer(name)(head, training=False)
-    np.testing.assert_allclose(np.asarray(head), np.asarray(micro_base(x, training=False)), atol=1e-5)
+    np.testing.assert_allclose(numpy(head), numpy(micro_base(x, training=False)), atol=1e-5)
     # The pyramid shares the base model's weights (no copy): same variables.
     assert {id(v) for v in pyramid.weights} <= {id(v) for v in micro_base.weights}
 
@@ -59,7 +63,7 @@ def test_keras_round_trip(micro_base, tmp_path):
     x = np.random.default_rng(1).uniform(-1, 1, (1, 96, 160, 3)).astype("float32")
     ours, theirs = pyramid(x), restored(x)
     for level in ("P2", "P3", "P4", "P5"):
-        np.testing.assert_allclose(np.asarray(theirs[level]), np.asarray(ours[level]), atol=1e-6)
+        np.testing.assert_allclose(numpy(theirs[level]), numpy(ours[level]), atol=1e-6)
 
 
 def test_cmt_pyramid_with_imagenet_weights_at_a_non_square_size(monkeypatch, tmp_path):
@@ -96,4 +100,4 @@ def test_cmt_pyramid_with_imagenet_weights_at_a_non_square_size(monkeypatch, tmp
             state[layer.name], (side, side), (side // layer.sr_ratio,) * 2, layer.query_size, layer.key_size)
         np.testing.assert_allclose(layer.bias.numpy(), expected, atol=1e-6, err_msg=layer.name)
     features = pyramid(np.zeros((1, 64, 96, 3), "float32"))
-    assert all(np.isfinite(np.asarray(v)).all() for v in features.values())
+    assert all(np.isfinite(numpy(v)).all() for v in features.values())

@@ -5,7 +5,7 @@ import os
 
 import keras
 
-from tflite import benchmark, convert
+from keras_cmt.tflite import benchmark, convert
 
 
 def _small_model():

@@ -5,8 +5,8 @@ import pytest
 
 import keras_cmt
 from conftest import build_micro
-from tflite import compatibility, convert
-from tflite.runner import LiteRTModel
+from keras_cmt.tflite import compatibility, convert
+from keras_cmt.tflite.runner import LiteRTModel
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,7 @@ def _weight_tensors(data):
     """(op type, weight tensor type, weight values as stored, quantization scales) per CONV/FC/DEPTHWISE node."""
     from ai_edge_litert import schema_py_generated as schema
 
-    from tflite.quantization import builtin_op_names
+    from keras_cmt.tflite.quantization import builtin_op_names
 
     model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(data, 0))
     codes = builtin_op_names(schema)
@@ -98,7 +98,7 @@ def test_dynamic_range_quantization_shrinks_and_stays_close(micro_logits_model, 
 
 
 def _key_side_stages(depths, dims, heads, image_size, projection_cost):
-    from keras_cmt.layers.lightweight_attention import absorbs_projections
+    from keras_cmt.fused_layers import absorbs_projections
 
     stages = []
     for stage, sr in enumerate((8, 4, 2, 1)):
@@ -140,7 +140,7 @@ def test_attention_forms_of_float_and_dynamic_files(fp32_normalized, micro_logit
 
 
 def test_quantize_weights_for_xnnpack_rounds_each_output_channel(fp32_normalized):
-    from tflite import quantization
+    from keras_cmt.tflite import quantization
 
     original = _weight_tensors(fp32_normalized)
     quantized = _weight_tensors(quantization.quantize_weights_for_xnnpack(fp32_normalized))

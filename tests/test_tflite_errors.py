@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tflite import benchmark, convert
+from keras_cmt.tflite import benchmark, convert
 
 
 def _listing(folder):

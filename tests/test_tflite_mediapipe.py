@@ -14,8 +14,8 @@ from PIL import Image
 
 import keras_cmt
 from conftest import build_micro
-from tflite import compatibility, convert, metadata, representative_data
-from tflite.runner import LiteRTModel
+from keras_cmt.tflite import compatibility, convert, metadata, representative_data
+from keras_cmt.tflite.runner import LiteRTModel
 
 DIGITS_SIZE = 32
 

@@ -4,7 +4,7 @@ import numpy as np
 
 import keras_cmt
 from conftest import build_micro
-from tflite import convert, export_onnx
+from keras_cmt.tflite import convert, export_onnx
 
 
 def test_onnx_parity_with_official_logits_and_keras(micro_checkpoint, micro_io, tmp_path):

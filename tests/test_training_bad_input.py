@@ -1,4 +1,4 @@
-"""Bad input to training.train is a clear one-line error (exit status 2) before any work starts: an unknown
+"""Bad input to keras_cmt.training.train is a clear one-line error (exit status 2) before any work starts: an unknown
 dataset, an empty folder, a batch size the replicas cannot split, a missing TPU address, no TF_CONFIG."""
 
 import os
@@ -13,12 +13,12 @@ import helpers  # noqa: E402
 
 sys.path.insert(0, helpers.REPO)
 
-from training import flags as training_flags  # noqa: E402
-from training import train  # noqa: E402
+from keras_cmt.training import flags as training_flags  # noqa: E402
+from keras_cmt.training import train  # noqa: E402
 
 
 def _run_in_process(argv, capsys):
-    """Parses argv into the global flags and runs training.train; returns (exit status, stderr)."""
+    """Parses argv into the global flags and runs keras_cmt.training.train; returns (exit status, stderr)."""
     training_flags.define_flags()
     training_flags.FLAGS.unparse_flags()
     training_flags.FLAGS(["train"] + argv)
@@ -28,7 +28,7 @@ def _run_in_process(argv, capsys):
 
 
 def _one_line(err):
-    lines = [line for line in err.strip().splitlines() if line.startswith("training.train: error:")]
+    lines = [line for line in err.strip().splitlines() if line.startswith("keras_cmt.training.train: error:")]
     assert len(lines) == 1, err
     return lines[0]
 
@@ -67,7 +67,7 @@ def test_batch_size_the_replicas_cannot_split_fails_in_one_line(tmp_path):
                               "--batch_size=7", "--image_size=32"),
         cwd=helpers.REPO, env=helpers.env(), capture_output=True, text=True, timeout=180)
     assert result.returncode == 2, result.stderr[-2000:]
-    assert _one_line(result.stderr) == ("training.train: error: --batch_size=7 cannot be split over 2 replicas "
+    assert _one_line(result.stderr) == ("keras_cmt.training.train: error: --batch_size=7 cannot be split over 2 replicas "
                                         "(use a multiple of 2)")
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "run").exists()

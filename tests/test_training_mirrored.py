@@ -1,4 +1,4 @@
-"""MirroredStrategy over two logical CPU devices: training.train on a folder of JPEG/PNG files with a corrupt one
+"""MirroredStrategy over two logical CPU devices: keras_cmt.training.train on a folder of JPEG/PNG files with a corrupt one
 trains, the loss goes down, the bad files are skipped and counted, and model_dir holds every promised output."""
 
 import json
@@ -44,9 +44,9 @@ def test_mirrored_two_cpus_on_a_folder_with_corrupt_files(tmp_path):
     assert not (model_dir / "backup" / "train").exists()  # the backup is removed once the run has finished
     assert n_images == 32
 
-    # training.evaluate on the exported model reproduces the final validation top-1 on the same held-out split.
+    # keras_cmt.training.evaluate on the exported model reproduces the final validation top-1 on the same held-out split.
     evaluation = subprocess.run(
-        [sys.executable, "-m", "training.evaluate", f"--model_path={model_dir / 'model.keras'}",
+        [sys.executable, "-m", "keras_cmt.training.evaluate", f"--model_path={model_dir / 'model.keras'}",
          f"--dataset={folder}", "--val_fraction=0.25", f"--output={tmp_path / 'eval.json'}"],
         cwd=helpers.REPO, env=helpers.env(), capture_output=True, text=True, timeout=300)
     assert evaluation.returncode == 0, evaluation.stderr[-3000:]

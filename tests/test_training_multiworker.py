@@ -18,7 +18,7 @@ TINY_FIT = os.path.join(helpers.FIXTURES, "mw_tiny_fit.py")
 
 
 def test_keras_still_has_the_multi_worker_bug():
-    from training import multiworker_compat
+    from keras_cmt.training import multiworker_compat
 
     assert multiworker_compat.bug_present() == {"symbolic_build": True, "reduce": True}, (
         "keras/src/backend/tensorflow/trainer.py changed: re-check keras-team/keras#20585 and whether "
@@ -29,7 +29,7 @@ def test_compat_changes_nothing_for_other_strategies():
     import tensorflow as tf
     from keras.src.backend.tensorflow import trainer as tf_trainer
 
-    from training import multiworker_compat
+    from keras_cmt.training import multiworker_compat
 
     assert multiworker_compat.apply()
     try:
@@ -47,7 +47,7 @@ def test_compat_changes_nothing_for_other_strategies():
 
 
 def test_unpatched_keras_fails_multi_worker_fit():
-    """Two workers fit a tiny Dense model without the compat fix. (With it, see the training.train test below.)"""
+    """Two workers fit a tiny Dense model without the compat fix. (With it, see the keras_cmt.training.train test below.)"""
     results = helpers.run_two_workers([sys.executable, TINY_FIT, "unpatched"], timeout=240)
     assert all(rc != 0 for rc, _ in results), (
         "model.fit under MultiWorkerMirroredStrategy now works without training/multiworker_compat.py: "

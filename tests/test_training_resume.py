@@ -52,4 +52,4 @@ def test_sigkill_after_first_epoch_resumes_and_logs_each_epoch_once(tmp_path):
 
     again = helpers.run_train(*args, timeout=120)  # a finished run is not silently overwritten
     assert again.returncode == 2
-    assert again.stderr.strip().splitlines()[-1].startswith("training.train: error: --model_dir=")
+    assert again.stderr.strip().splitlines()[-1].startswith("keras_cmt.training.train: error: --model_dir=")

@@ -18,7 +18,7 @@ sys.path.insert(0, helpers.REPO)
 def test_finetune_from_a_10_class_checkpoint_on_mock_imagenet2012(tmp_path):
     import keras
 
-    from training import train
+    from keras_cmt.training import train
 
     donor = train.build_model("cmt_ti", 32, 10, 0.0, helpers.TINY_MODEL)
     checkpoint = str(tmp_path / "donor.weights.h5")

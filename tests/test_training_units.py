@@ -16,8 +16,8 @@ sys.path.insert(0, helpers.REPO)
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from training import augment, callbacks, data, presets, train  # noqa: E402
-from training import flags as training_flags  # noqa: E402
+from keras_cmt.training import augment, callbacks, data, presets, train  # noqa: E402
+from keras_cmt.training import flags as training_flags  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------ presets and flags

@@ -1,6 +1,6 @@
 """Latency, memory and delegation of `.tflite` files with the LiteRT interpreter and XNNPACK.
 
-    python -m tflite.benchmark MODEL.tflite [MODEL2.tflite ...] [--threads 1 2 4] [--runs 50]
+    python -m keras_cmt.tflite.benchmark MODEL.tflite [MODEL2.tflite ...] [--threads 1 2 4] [--runs 50]
         [--warmup 10] [--no_xnnpack] [--interleave] [--json results.json]
 
 Each (model, threads) pair runs in a fresh subprocess so that its peak memory (VmHWM) is its own:
@@ -52,7 +52,7 @@ def measure(model_path: str, threads: int, runs: int, warmup: int, use_xnnpack: 
     """Runs in the current process; `run()` calls it in a subprocess per configuration."""
     import numpy as np
 
-    from tflite.runner import LiteRTModel
+    from keras_cmt.tflite.runner import LiteRTModel
 
     baseline = _vm_hwm_mb()
     t0 = time.perf_counter()
@@ -95,7 +95,7 @@ def run(model_path: str, threads: int, runs: int, warmup: int, use_xnnpack: bool
     if not os.path.isfile(model_path):
         raise FileNotFoundError(f"TFLite model not found: {model_path}")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    cmd = [sys.executable, "-m", "tflite.benchmark", "--_worker", model_path, "--threads", str(threads),
+    cmd = [sys.executable, "-m", "keras_cmt.tflite.benchmark", "--_worker", model_path, "--threads", str(threads),
            "--runs", str(runs), "--warmup", str(warmup)] + ([] if use_xnnpack else ["--no_xnnpack"])
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -108,7 +108,7 @@ def run(model_path: str, threads: int, runs: int, warmup: int, use_xnnpack: bool
 
 def measure_interleaved(model_paths: list, threads: int, runs: int, warmup: int, use_xnnpack: bool = True) -> list:
     """Invokes the models in turn, `runs` rounds after `warmup`; one dict per model with `ratio_to_first`."""
-    from tflite.runner import LiteRTModel
+    from keras_cmt.tflite.runner import LiteRTModel
 
     for path in model_paths:
         if not os.path.isfile(path):
@@ -161,7 +161,7 @@ def format_table(results: list) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tflite.benchmark", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m keras_cmt.tflite.benchmark", description=__doc__.split("\n\n")[0])
     p.add_argument("models", nargs="+")
     p.add_argument("--threads", type=int, nargs="+", default=[2])
     p.add_argument("--runs", type=int, default=50)
@@ -194,7 +194,7 @@ def main(argv=None) -> int:
     if not args.interleave:
         print(format_table(results))
     out = args.json or "benchmark_results.json"
-    from tflite.convert import write_atomically
+    from keras_cmt.tflite.convert import write_atomically
 
     write_atomically(out, (json.dumps({"results": results}, indent=1) + "\n").encode())
     print(f"wrote {os.path.abspath(out)}")

@@ -1,6 +1,6 @@
 """Does a converted model run wholly on the delegates? GPU: TFLite's Analyzer; XNNPACK: the delegated plan.
 
-    python -m tflite.compatibility MODEL.tflite [--threads 2]
+    python -m keras_cmt.tflite.compatibility MODEL.tflite [--threads 2]
 
 prints the XNNPACK partitions, the nodes left to the default CPU kernels (by op type), the op types of
 the model and the Analyzer's GPU-compatibility verdict; exits 1 when either delegate leaves ops behind.
@@ -42,7 +42,7 @@ def op_types(model_bytes: bytes) -> dict:
 
 
 def check(model_bytes: bytes, num_threads: int = 2) -> dict:
-    from tflite.runner import LiteRTModel
+    from keras_cmt.tflite.runner import LiteRTModel
 
     report = analyzer_report(model_bytes)
     delegation = LiteRTModel(model_bytes, num_threads=num_threads).delegation()
@@ -54,7 +54,7 @@ def check(model_bytes: bytes, num_threads: int = 2) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tflite.compatibility", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m keras_cmt.tflite.compatibility", description=__doc__.split("\n\n")[0])
     p.add_argument("model")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)

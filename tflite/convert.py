@@ -1,8 +1,8 @@
 """Convert a CMT to a `.tflite` file for Android (XNNPACK / GPU delegates), with metadata.
 
-    python -m tflite.convert --model cmt_ti [--weights imagenet|PATH] [--image_size N]
+    python -m keras_cmt.tflite.convert --model cmt_ti [--weights imagenet|PATH] [--image_size N]
         [--quantize none|float16|dynamic|int8] [--representative_data DATASET] [--output PATH]
-    python -m tflite.convert --model path/to/trained.keras --quantize int8 --representative_data digits
+    python -m keras_cmt.tflite.convert --model path/to/trained.keras --quantize int8 --representative_data digits
 
 What the file holds: a static batch-1 graph of builtin TFLite ops only (no Select TF ops) whose input is
 RGB in [0, 255] (float32, or int8/uint8 with `--io_type`). The ImageNet per-channel normalisation of
@@ -22,8 +22,8 @@ import tempfile
 
 import numpy as np
 
-from tflite import metadata as metadata_lib
-from tflite import quantization
+from keras_cmt.tflite import metadata as metadata_lib
+from keras_cmt.tflite import quantization
 
 
 class ConversionError(RuntimeError):
@@ -230,7 +230,7 @@ def convert(model, output=None, *, weights=None, image_size=None, classes=None, 
     `keras_cmt.fuse_for_inference` (normalisations folded into convolutions: about 20% fewer ops, same outputs;
     the key-side attention form for float files only).
 
-    `representative_data` is a dataset name/folder/file (see `tflite.representative_data`) or an
+    `representative_data` is a dataset name/folder/file (see `keras_cmt.tflite.representative_data`) or an
     array of RGB images in [0, 255] (mapped to `input_range` here). With `output`, the file is written
     atomically.
     """
@@ -259,7 +259,7 @@ def convert(model, output=None, *, weights=None, image_size=None, classes=None, 
     images = None
     if quantize == "int8":
         if isinstance(representative_data, (str, os.PathLike)):
-            from tflite import representative_data as data_lib
+            from keras_cmt.tflite import representative_data as data_lib
 
             images, _ = data_lib.load_images(
                 os.fspath(representative_data), int(keras_model.input_shape[1]),
@@ -290,7 +290,7 @@ def default_output_path(model, quantize: str, image_size=None, fmt: str = "tflit
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m tflite.convert", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m keras_cmt.tflite.convert", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="cmt_ti | cmt_xs | cmt_s | cmt_b, or a .keras file")
     p.add_argument("--weights", default=None, help="imagenet, a .weights.h5 / .pth path, or none")
     p.add_argument("--image_size", type=int, default=None, help="square input size (multiple of 32)")
@@ -321,7 +321,7 @@ def main(argv=None) -> int:
     output = args.output or default_output_path(args.model, args.quantize, args.image_size, args.format)
     try:
         if args.format == "onnx":
-            from tflite import export_onnx
+            from keras_cmt.tflite import export_onnx
 
             if args.quantize != "none":
                 raise ValueError("--format onnx exports float32 only; drop --quantize")

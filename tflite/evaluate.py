@@ -1,10 +1,10 @@
 """Validation accuracy of `.tflite` files with LiteRT, and top-1 agreement with a reference (e.g. fp32).
 
-    python -m tflite.evaluate cmt_ti_int8.tflite [--reference cmt_ti_fp32.tflite] --dataset digits
+    python -m keras_cmt.tflite.evaluate cmt_ti_int8.tflite [--reference cmt_ti_fp32.tflite] --dataset digits
         [--limit N] [--json results.json]
 
 Images come from the training command's validation split and evaluation transform
-(`tflite.representative_data`), as RGB [0, 255] - the converted models' input.
+(`keras_cmt.tflite.representative_data`), as RGB [0, 255] - the converted models' input.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import sys
 
 
 def evaluate(models, dataset: str, reference=None, limit=None, data_dir=None, threads: int = 2) -> dict:
-    from tflite import representative_data
-    from tflite.runner import LiteRTModel
+    from keras_cmt.tflite import representative_data
+    from keras_cmt.tflite.runner import LiteRTModel
 
     paths = list(models) + ([reference] if reference and reference not in models else [])
     size = LiteRTModel(paths[0], num_threads=threads).input_shape[1]
@@ -38,7 +38,7 @@ def evaluate(models, dataset: str, reference=None, limit=None, data_dir=None, th
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tflite.evaluate", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m keras_cmt.tflite.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("models", nargs="+")
     p.add_argument("--dataset", required=True, help="digits, a folder of class sub-folders or a tfds name")
     p.add_argument("--reference", default=None, help="model whose top-1 the others are compared with")
@@ -58,7 +58,7 @@ def main(argv=None) -> int:
                      f"  drop {m['accuracy_drop_points']:+.2f} pt")
         print(f"{m['model']}: accuracy {100 * m['accuracy']:.2f}% on {results['images']} {results['dataset']} images{extra}")
     if args.json:
-        from tflite.convert import write_atomically
+        from keras_cmt.tflite.convert import write_atomically
 
         write_atomically(args.json, (json.dumps(results, indent=1) + "\n").encode())
     return 0

@@ -1,7 +1,7 @@
 """Export a CMT to ONNX through tf2onnx, checked with onnxruntime.
 
-    python -m tflite.export_onnx --model cmt_ti [--weights PATH] [--image_size N] [--output cmt_ti.onnx]
-    python -m tflite.convert --model cmt_ti --format onnx ...      (the same)
+    python -m keras_cmt.tflite.export_onnx --model cmt_ti [--weights PATH] [--image_size N] [--output cmt_ti.onnx]
+    python -m keras_cmt.tflite.convert --model cmt_ti --format onnx ...      (the same)
 
 The ONNX graph takes the same input as the `.tflite` file (batch 1 by default, RGB in [0, 255] with
 the ImageNet normalisation inside; `--input_range normalized` for already-normalised input) and is
@@ -16,7 +16,7 @@ import sys
 
 import numpy as np
 
-from tflite import convert as convert_lib
+from keras_cmt.tflite import convert as convert_lib
 
 DEFAULT_OPSET = 17
 
@@ -96,7 +96,7 @@ def export(model, output=None, *, weights=None, image_size=None, classes=None, i
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tflite.export_onnx", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m keras_cmt.tflite.export_onnx", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="cmt_ti | cmt_xs | cmt_s | cmt_b, or a .keras file")
     p.add_argument("--weights", default=None)
     p.add_argument("--image_size", type=int, default=None)

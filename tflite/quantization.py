@@ -194,7 +194,7 @@ def quantize_int8_for_xnnpack(converter, representative_images, max_rounds: int 
     # XNNPACK also declines int8 nodes whose calibrated scales it cannot represent (e.g. an ADD of a
     # near-zero LayerNorm beta: input/output scale ratio below 2**-10). Those depend on the weights and
     # the calibration data, so ask the delegate itself and keep what it declined in float.
-    from tflite.runner import LiteRTModel
+    from keras_cmt.tflite.runner import LiteRTModel
 
     for _ in range(max_rounds):
         declined = LiteRTModel(model, num_threads=1).delegation().default_kernel_outputs

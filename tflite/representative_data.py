@@ -1,7 +1,7 @@
 """Images for int8 calibration and accuracy checks: RGB float32 in [0, 255] at the model's input size.
 
 Takes every `--dataset` the training command accepts (`digits`, a folder of class sub-folders, a tfds
-name) through the training package's own sources and evaluation transform (`training.data`:
+name) through the training package's own sources and evaluation transform (`keras_cmt.training.data`:
 short side resized to size / crop_pct, bicubic, centre crop; crop_pct 1.0 for digits, as trained), so
 calibration and evaluation see exactly the images the model was validated on. A `.npz` / `.npy` file
 of images (key `images`, optional `labels`) is accepted too.
@@ -19,7 +19,7 @@ def default_crop_pct(dataset: str) -> float:
 
 
 def _from_training_pipeline(dataset, image_size, limit, split, seed, data_dir, crop_pct):
-    from training import data
+    from keras_cmt.training import data
 
     source = data.resolve_source(dataset, data_dir=data_dir, seed=seed)
     if split == "train":

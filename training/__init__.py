@@ -1,2 +1,2 @@
-"""Training and evaluation of keras_cmt models with tf.distribute: `python -m training.train`,
-`python -m training.evaluate`, `python -m training.benchmark_digits`. See training/README.md."""
+"""Training and evaluation of keras_cmt models with tf.distribute: `python -m keras_cmt.training.train`,
+`python -m keras_cmt.training.evaluate`, `python -m keras_cmt.training.benchmark_digits`. See training/README.md."""

@@ -1,12 +1,12 @@
 """Benchmark for the README: CMT-Ti on `digits` (accuracy, minutes) and CMT-Ti training throughput (images/s).
 
-    python -m training.benchmark_digits   # saves training/results/benchmark_digits.json
+    python -m keras_cmt.training.benchmark_digits   # saves training/results/benchmark_digits.json
 
 1. Runs the README's offline command in a fresh folder and reads its results.json:
-   python -m training.train --model=cmt_ti --dataset=digits --image_size=64 --epochs=15 --batch_size=64
+   python -m keras_cmt.training.train --model=cmt_ti --dataset=digits --image_size=64 --epochs=15 --batch_size=64
    (target: validation top-1 >= 0.95; the small-data preset).
 2. Times the compiled training step of CMT-Ti at 160x160, batch 32 (the same optimizer, loss and metrics as
-   training.train, synthetic in-memory data so that only the model is measured): the median over the steps after
+   keras_cmt.training.train, synthetic in-memory data so that only the model is measured): the median over the steps after
    warm-up, as images/s.
 Prints a table and saves JSON with the machine's description. Not a test: the figures depend on the machine.
 """
@@ -39,7 +39,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def digits_accuracy(model_dir):
-    command = [sys.executable, "-m", "training.train", "--model=cmt_ti", "--dataset=digits",
+    command = [sys.executable, "-m", "keras_cmt.training.train", "--model=cmt_ti", "--dataset=digits",
                f"--image_size={FLAGS.image_size}", f"--epochs={FLAGS.epochs}", f"--batch_size={FLAGS.batch_size}",
                f"--model_dir={model_dir}", "--verbose=2", "--overwrite"]
     print("$", " ".join(command[1:]), flush=True)
@@ -59,7 +59,7 @@ def training_throughput(size, batch):
     import numpy as np
     import tensorflow as tf
 
-    from training import presets, train
+    from keras_cmt.training import presets, train
 
     recipe = presets.IMAGENET_PRESETS["cmt_ti"].replace(image_size=size, batch_size=batch)
     model = train.build_model("cmt_ti", size, 1000, recipe.drop_path)
@@ -119,7 +119,7 @@ def main(argv):
         print(f"| CMT-Ti {t['image_size']}px batch {t['batch_size']} training, median of {t['timed_steps']} steps "
               f"| {t['images_per_s']:.1f} images/s ({t['median_step_s']:.3f} s/step) |")
     os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
-    from training.callbacks import atomic_write_json
+    from keras_cmt.training.callbacks import atomic_write_json
 
     atomic_write_json(FLAGS.out, report)
     print(f"\nsaved {FLAGS.out}")

@@ -1,12 +1,12 @@
 """The main job, offline: train CMT-Ti on the bundled digits, convert it to TFLite, report.
 
-    python -m training.demo [--model_dir runs/demo] [--epochs 15] [--image_size 64] [--batch_size 64]
+    python -m keras_cmt.training.demo [--model_dir runs/demo] [--epochs 15] [--image_size 64] [--batch_size 64]
                             [--overwrite]
 
-1. `python -m training.train --model=cmt_ti --dataset=digits ...` (scikit-learn's 8x8 handwritten digits, real
+1. `python -m keras_cmt.training.train --model=cmt_ti --dataset=digits ...` (scikit-learn's 8x8 handwritten digits, real
    images shipped with the package, upsampled; a stratified 20% held out for validation). A finished run in
    `--model_dir` is reused unless `--overwrite`; an interrupted one resumes from its backup.
-2. `tflite.convert`: the trained `model.keras` to an fp32 file, a `dynamic` one (int8 convolution weights, the
+2. `keras_cmt.tflite.convert`: the trained `model.keras` to an fp32 file, a `dynamic` one (int8 convolution weights, the
    fastest on CPUs) and a full-int8-where-XNNPACK-can one (calibrated on the training digits), each with Android
    metadata and the digit labels.
 3. Validation accuracy of the files with LiteRT, agreement with fp32, XNNPACK delegation and latency.
@@ -21,12 +21,12 @@ import subprocess
 import sys
 import time
 
-# tflite.convert's --quantize modes the demo converts to, and the name each file and table row gets.
+# keras_cmt.tflite.convert's --quantize modes the demo converts to, and the name each file and table row gets.
 MODES = {"none": "fp32", "dynamic": "dynamic", "int8": "int8"}
 
 
 def _parse_args(argv):
-    parser = argparse.ArgumentParser(prog="python -m training.demo", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m keras_cmt.training.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model_dir", default="runs/demo")
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--image_size", type=int, default=64)
@@ -42,7 +42,7 @@ def _train(args):
         print(f"[1/3] reusing the finished run in {args.model_dir} (--overwrite to train again)", flush=True)
     else:
         print(f"[1/3] training cmt_ti on digits for {args.epochs} epochs -> {args.model_dir}", flush=True)
-        cmd = [sys.executable, "-m", "training.train", "--model=cmt_ti", "--dataset=digits",
+        cmd = [sys.executable, "-m", "keras_cmt.training.train", "--model=cmt_ti", "--dataset=digits",
                f"--image_size={args.image_size}", f"--epochs={args.epochs}", f"--batch_size={args.batch_size}",
                f"--model_dir={args.model_dir}", "--verbose=2"] + (["--overwrite"] if args.overwrite else [])
         subprocess.run(cmd, check=True)
@@ -51,7 +51,7 @@ def _train(args):
 
 
 def _convert(args, labels):
-    from tflite import convert
+    from keras_cmt.tflite import convert
 
     keras_path = os.path.join(args.model_dir, "model.keras")
     outputs = {}
@@ -65,8 +65,8 @@ def _convert(args, labels):
 
 
 def run(args):
-    from tflite import benchmark, evaluate
-    from training import callbacks
+    from keras_cmt.tflite import benchmark, evaluate
+    from keras_cmt.training import callbacks
 
     os.makedirs(args.model_dir, exist_ok=True)
     start = time.time()

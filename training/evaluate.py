@@ -1,7 +1,7 @@
-"""Top-1 / top-5 of a CMT model on a dataset split at a chosen resolution: `python -m training.evaluate --help`.
+"""Top-1 / top-5 of a CMT model on a dataset split at a chosen resolution: `python -m keras_cmt.training.evaluate --help`.
 
-    python -m training.evaluate --model_path=/tmp/cmt_digits/model.keras --dataset=digits
-    python -m training.evaluate --model=cmt_s --weights=cmt_small.pth --dataset=imagenet2012 --image_size=224
+    python -m keras_cmt.training.evaluate --model_path=/tmp/cmt_digits/model.keras --dataset=digits
+    python -m keras_cmt.training.evaluate --model=cmt_s --weights=cmt_small.pth --dataset=imagenet2012 --image_size=224
 
 Uses the training pipeline's eval transform (resize the short side to size / crop_pct, bicubic, centre crop) and
 counts every image of the split exactly once. With `--model_path` (a .keras file) the model's own input size is
@@ -14,17 +14,17 @@ import sys
 
 from absl import app, flags, logging
 
-flags.DEFINE_string("model_path", None, "A .keras model saved by training.train.")
+flags.DEFINE_string("model_path", None, "A .keras model saved by keras_cmt.training.train.")
 flags.DEFINE_string("model", "cmt_ti", "Variant to build when --weights is given.")
-flags.DEFINE_string("model_overrides", None, "JSON of keras_cmt.CMT arguments (as in training.train).")
+flags.DEFINE_string("model_overrides", None, "JSON of keras_cmt.CMT arguments (as in keras_cmt.training.train).")
 flags.DEFINE_string("weights", None, "A .weights.h5 or official .pth to load into --model.")
 flags.DEFINE_string("dataset", "digits", "'digits', a folder of class sub-folders, or a tfds name.")
 flags.DEFINE_string("data_dir", None, "tfds data_dir.")
 flags.DEFINE_string("manual_dir", None, "tfds manual_dir.")
 flags.DEFINE_string("split", None, "tfds split to evaluate (default: validation, else test). For digits and "
                     "folders: the held-out split of --val_fraction, as in training.")
-flags.DEFINE_float("val_fraction", 0.2, "As in training.train, so that the held-out split is the same.")
-flags.DEFINE_integer("seed", 0, "As in training.train, so that the held-out split is the same.")
+flags.DEFINE_float("val_fraction", 0.2, "As in keras_cmt.training.train, so that the held-out split is the same.")
+flags.DEFINE_integer("seed", 0, "As in keras_cmt.training.train, so that the held-out split is the same.")
 flags.DEFINE_integer("image_size", None, "Evaluation resolution (default: the model's input size).")
 flags.DEFINE_float("crop_pct", None, "Centre-crop ratio (default 0.875; 1.0 for digits, as trained).")
 flags.DEFINE_integer("batch_size", 64, "Batch size.")
@@ -33,12 +33,12 @@ FLAGS = flags.FLAGS
 
 
 def _fail(message):
-    sys.stderr.write(f"training.evaluate: error: {message}\n")
+    sys.stderr.write(f"keras_cmt.training.evaluate: error: {message}\n")
     sys.exit(2)
 
 
 def evaluate():
-    from training import data
+    from keras_cmt.training import data
 
     if bool(FLAGS.model_path) == bool(FLAGS.weights):
         _fail("give either --model_path (a .keras file) or --weights (with --model)")
@@ -54,7 +54,7 @@ def evaluate():
     import keras
 
     import keras_cmt  # noqa: F401  (registers the layers for load_model)
-    from training import train
+    from keras_cmt.training import train
 
     if FLAGS.model_path:
         model = keras.saving.load_model(FLAGS.model_path, compile=False)

@@ -1,4 +1,4 @@
-"""Command-line flags of `training.train`, the `--config` file, and how they combine with the presets.
+"""Command-line flags of `keras_cmt.training.train`, the `--config` file, and how they combine with the presets.
 
 Precedence, lowest first: the preset (the variant's official ImageNet recipe, or the small-data preset for
 `digits`), then the `--config` file (JSON or YAML, keys are flag names), then flags given on the command line.
@@ -9,8 +9,8 @@ import os
 
 from absl import flags
 
-from training import presets
-from training.strategy import STRATEGIES
+from keras_cmt.training import presets
+from keras_cmt.training.strategy import STRATEGIES
 
 FLAGS = flags.FLAGS
 

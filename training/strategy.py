@@ -10,7 +10,7 @@ import os
 import tensorflow as tf
 from absl import logging
 
-from training import multiworker_compat
+from keras_cmt.training import multiworker_compat
 
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 

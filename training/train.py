@@ -1,6 +1,6 @@
-"""Train or fine-tune CMT with `model.fit` under any tf.distribute strategy: `python -m training.train --help`.
+"""Train or fine-tune CMT with `model.fit` under any tf.distribute strategy: `python -m keras_cmt.training.train --help`.
 
-    python -m training.train --model=cmt_ti --dataset=digits --image_size=64 --epochs=15 --batch_size=64 \\
+    python -m keras_cmt.training.train --model=cmt_ti --dataset=digits --image_size=64 --epochs=15 --batch_size=64 \\
         --model_dir=/tmp/cmt_digits
 
 `model_dir` receives: backup/ (BackupAndRestore: a killed run, even by SIGKILL, resumes at the epoch it reached,
@@ -16,8 +16,8 @@ import time
 
 from absl import app, logging
 
-from training import flags as training_flags
-from training import multiworker_compat
+from keras_cmt.training import flags as training_flags
+from keras_cmt.training import multiworker_compat
 
 FLAGS = training_flags.FLAGS
 
@@ -27,7 +27,7 @@ class RunError(ValueError):
 
 
 def _fail(message):
-    sys.stderr.write(f"training.train: error: {message}\n")
+    sys.stderr.write(f"keras_cmt.training.train: error: {message}\n")
     sys.stderr.flush()
     sys.exit(2)
 
@@ -136,9 +136,9 @@ def _verbosity():
 
 def run(argv=None):
     """Everything after flag parsing. Returns the results dict (chief) or None."""
-    from training import callbacks as cb
-    from training import data
-    from training import strategy as strategy_lib
+    from keras_cmt.training import callbacks as cb
+    from keras_cmt.training import data
+    from keras_cmt.training import strategy as strategy_lib
 
     t_start = time.time()
     # ---- checks that need no TensorFlow runtime: bad input fails here, before any work.

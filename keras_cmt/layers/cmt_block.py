@@ -1,27 +1,29 @@
-"""One CMT block: LPU, then pre-norm lightweight attention and pre-norm IRFFN, each a residual with drop path."""
+"""One CMT block: x = LPU(x); x = x + LMHSA(LN(x)); x = x + IRFFN(LN(x)), both residuals with drop path."""
 
 import keras
 
+from keras_cmt.layers.data_format import standardize_data_format
 from keras_cmt.layers.drop_path import DropPath
 from keras_cmt.layers.inverted_residual_ffn import InvertedResidualFFN
-from keras_cmt.layers.layer_norm import CMTLayerNormalization
+from keras_cmt.layers.layer_norm import channel_layer_norm
 from keras_cmt.layers.lightweight_attention import LightweightAttention
 from keras_cmt.layers.local_perception_unit import LocalPerceptionUnit
 
 
 @keras.saving.register_keras_serializable(package="keras_cmt")
 class CMTBlock(keras.layers.Layer):
-    """Called as `block(x, relative_position_bias)`; x is NHWC.
+    """Called as `block(x, relative_position_bias)` on a feature map.
 
     Args:
         dim, num_heads, sr_ratio, qkv_bias: as in `LightweightAttention`.
         mlp_ratio: IRFFN expansion; hidden width int(dim * mlp_ratio).
         drop_path_rate: stochastic depth of both residual branches.
         ln_epsilon: LayerNorm epsilon (1e-6 in the official blocks).
+        data_format: "channels_last" or "channels_first" (default: Keras' image data format).
     """
 
     def __init__(self, dim, num_heads, mlp_ratio, sr_ratio=1, qkv_bias=True, drop_path_rate=0.0,
-                 ln_epsilon=1e-6, **kwargs):
+                 ln_epsilon=1e-6, data_format=None, **kwargs):
         super().__init__(**kwargs)
         self.dim = int(dim)
         self.num_heads = int(num_heads)
@@ -30,25 +32,27 @@ class CMTBlock(keras.layers.Layer):
         self.qkv_bias = bool(qkv_bias)
         self.drop_path_rate = float(drop_path_rate)
         self.ln_epsilon = float(ln_epsilon)
-        policy = self.dtype_policy
-        self.lpu = LocalPerceptionUnit(name="lpu", dtype=policy)
-        self.norm1 = CMTLayerNormalization(epsilon=self.ln_epsilon, name="norm1", dtype=policy)
-        self.attn = LightweightAttention(
-            self.dim, self.num_heads, self.sr_ratio, self.qkv_bias, name="attn", dtype=policy
-        )
-        self.norm2 = CMTLayerNormalization(epsilon=self.ln_epsilon, name="norm2", dtype=policy)
-        self.mlp = InvertedResidualFFN(self.dim, int(self.dim * self.mlp_ratio), name="mlp", dtype=policy)
+        self.data_format = standardize_data_format(data_format)
+        policy, data_format = self.dtype_policy, self.data_format
+        self.lpu = LocalPerceptionUnit(self.dim, data_format=data_format, name="lpu", dtype=policy)
+        self.norm1 = channel_layer_norm(self.ln_epsilon, data_format, name="norm1", dtype=policy)
+        self.attn = LightweightAttention(self.dim, self.num_heads, self.sr_ratio, self.qkv_bias,
+                                         data_format=data_format, name="attn", dtype=policy)
+        self.norm2 = channel_layer_norm(self.ln_epsilon, data_format, name="norm2", dtype=policy)
+        self.mlp = InvertedResidualFFN(self.dim, int(self.dim * self.mlp_ratio), data_format=data_format,
+                                       name="mlp", dtype=policy)
         self.drop_path = DropPath(self.drop_path_rate, name="drop_path", dtype=policy)
 
     def build(self, inputs_shape, relative_position_bias_shape=None):
-        input_shape = inputs_shape
-        for layer in (self.lpu, self.norm1, self.attn, self.norm2, self.mlp):
-            layer.build(input_shape)
+        for layer in (self.lpu, self.norm1, self.norm2, self.mlp):
+            layer.build(inputs_shape)
+        self.attn.build(inputs_shape, relative_position_bias_shape)
 
     def call(self, inputs, relative_position_bias, training=None):
         x = self.lpu(inputs)
-        x = x + self.drop_path(self.attn(self.norm1(x, training=training), relative_position_bias, training=training), training=training)
-        return x + self.drop_path(self.mlp(self.norm2(x, training=training), training=training), training=training)
+        x = x + self.drop_path(self.attn(self.norm1(x), relative_position_bias, training=training),
+                               training=training)
+        return x + self.drop_path(self.mlp(self.norm2(x), training=training), training=training)
 
     def compute_output_shape(self, inputs_shape, relative_position_bias_shape=None):
         return inputs_shape
@@ -63,4 +67,5 @@ class CMTBlock(keras.layers.Layer):
             "qkv_bias": self.qkv_bias,
             "drop_path_rate": self.drop_path_rate,
             "ln_epsilon": self.ln_epsilon,
+            "data_format": self.data_format,
         }

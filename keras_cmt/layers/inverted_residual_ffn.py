@@ -1,54 +1,58 @@
 """CMT's inverted residual feed-forward network (IRFFN).
 
-1x1 expand (GELU, BN) -> 3x3 depthwise with a shortcut (GELU, BN) -> 1x1 project (BN). The hidden width is
-`int(dim * mlp_ratio)`, truncated as the official code does (CMT-Ti: int(46 * 3.6) = 165, not 166).
+1x1 expand -> GELU -> BN, then a 3x3 depthwise convolution with a shortcut, DWConv(x) + x (the LPU's
+computation, `LocalPerceptionUnit`) -> GELU -> BN, then 1x1 project -> BN (the official `Mlp`). The hidden width is `int(dim * mlp_ratio)`, truncated as the official code does
+(CMT-Ti: int(46 * 3.6) = 165, not 166). GELU is the exact (erf) one, as PyTorch's nn.GELU().
 """
 
 import keras
 
-from keras_cmt.layers.batch_norm import CMTBatchNormalization
-from keras_cmt.layers.pointwise_conv import PointwiseConv2D
-from keras_cmt.layers.residual_depthwise_conv import ResidualDepthwiseConv2D
+from keras_cmt.layers import initializers
+from keras_cmt.layers.data_format import channel_axis, standardize_data_format
+from keras_cmt.layers.local_perception_unit import LocalPerceptionUnit
 
 
 @keras.saving.register_keras_serializable(package="keras_cmt")
 class InvertedResidualFFN(keras.layers.Layer):
-    """NHWC in and out; `hidden_dim` is the expanded width."""
+    """`dim` channels in and out, `hidden_dim` in between."""
 
-    def __init__(self, dim, hidden_dim, bn_epsilon=1e-5, **kwargs):
+    def __init__(self, dim, hidden_dim, bn_epsilon=1e-5, data_format=None, **kwargs):
         super().__init__(**kwargs)
         self.dim = int(dim)
         self.hidden_dim = int(hidden_dim)
         self.bn_epsilon = float(bn_epsilon)
-        policy = self.dtype_policy
+        self.data_format = standardize_data_format(data_format)
+        policy, data_format = self.dtype_policy, self.data_format
 
-        def batch_norm(name):
-            return CMTBatchNormalization(epsilon=self.bn_epsilon, momentum=0.9, name=name, dtype=policy)
+        def pointwise(filters, name):
+            return keras.layers.Conv2D(filters, 1, data_format=data_format,
+                                       kernel_initializer=initializers.conv_kernel(), name=name, dtype=policy)
 
-        self.conv1 = PointwiseConv2D(self.hidden_dim, 1, name="conv1", dtype=policy)
+        def batch_norm(name):  # PyTorch's momentum 0.1 is Keras' 0.9
+            return keras.layers.BatchNormalization(axis=channel_axis(data_format), momentum=0.9,
+                                                   epsilon=self.bn_epsilon, name=name, dtype=policy)
+
+        self.conv1 = pointwise(self.hidden_dim, "conv1")
         self.norm1 = batch_norm("norm1")
-        self.dwconv = ResidualDepthwiseConv2D(3, padding="same", name="dwconv", dtype=policy)  # x + dwconv(x)
+        self.dwconv = LocalPerceptionUnit(self.hidden_dim, data_format=data_format, name="dwconv", dtype=policy)
         self.norm2 = batch_norm("norm2")
-        self.conv2 = PointwiseConv2D(self.dim, 1, name="conv2", dtype=policy)
+        self.conv2 = pointwise(self.dim, "conv2")
         self.norm3 = batch_norm("norm3")
 
     def build(self, input_shape):
-        hidden_shape = tuple(input_shape[:-1]) + (self.hidden_dim,)
         self.conv1.build(input_shape)
-        self.norm1.build(hidden_shape)
-        self.dwconv.build(hidden_shape)
-        self.norm2.build(hidden_shape)
-        self.conv2.build(hidden_shape)
-        self.norm3.build(tuple(input_shape[:-1]) + (self.dim,))
+        hidden_shape = self.conv1.compute_output_shape(input_shape)
+        for layer in (self.norm1, self.dwconv, self.norm2, self.conv2):
+            layer.build(hidden_shape)
+        self.norm3.build(input_shape)
 
     def call(self, inputs, training=None):
-        x = self.norm1(self.conv1(inputs), training=training, gelu_first=True)
-        x = self.dwconv(x)
-        x = self.norm2(x, training=training, gelu_first=True)
+        x = self.norm1(keras.activations.gelu(self.conv1(inputs), approximate=False), training=training)
+        x = self.norm2(keras.activations.gelu(self.dwconv(x), approximate=False), training=training)
         return self.norm3(self.conv2(x), training=training)
 
     def compute_output_shape(self, input_shape):
-        return tuple(input_shape[:-1]) + (self.dim,)
+        return input_shape
 
     def get_config(self):
         return {
@@ -56,4 +60,5 @@ class InvertedResidualFFN(keras.layers.Layer):
             "dim": self.dim,
             "hidden_dim": self.hidden_dim,
             "bn_epsilon": self.bn_epsilon,
+            "data_format": self.data_format,
         }

@@ -1,58 +1,38 @@
-"""LayerNormalization whose training step takes fewer passes over the activations on TensorFlow.
+"""LayerNorm over the channels of a feature map, in either data format.
 
-Same reasoning as `batch_norm.py`, over the channel axis: with xhat = (x - mean) * inv and g = dy * gamma,
-
-    dx = inv * (g - mean(g) - xhat * mean(g * xhat)),  dgamma = sum(dy * xhat),  dbeta = sum(dy),
-
-instead of TensorFlow differentiating Keras' moments-and-affine chain op by op. CMT-Ti@160, batch 32, interleaved
-in one process: 0.97x the training step time. Used only when training: inference graphs (and the TFLite/ONNX
-converters reading them) stay Keras' own. On a CPU-only machine the fused C++ kernel (`keras_cmt.kernels`) replaces
-both directions when it is available.
+CMT normalises each position over its channels (nn.LayerNorm on tokens). In channels_last that is
+`keras.layers.LayerNormalization()` as it stands. In channels_first the channel axis is not the last one, and Keras
+3.15's torch backend hands any single axis to `F.layer_norm`, which normalises the *trailing* axis instead (an error,
+or silently the wrong axis when width equals channels; keras-team/keras#23510, fixed after 3.15). That layout gets
+the same layer with the moments written out in `keras.ops`, the composed path Keras takes on its other backends.
 """
 
 import keras
 from keras import ops
 
-from keras_cmt import kernels
-
-
-def _train_layer_norm(x, gamma, beta, epsilon):
-    import tensorflow as tf
-
-    @tf.custom_gradient
-    def forward(x, gamma, beta):
-        centred = x - tf.reduce_mean(x, -1, keepdims=True)
-        inv = tf.math.rsqrt(tf.reduce_mean(tf.square(centred), -1, keepdims=True) + epsilon)
-        normed = centred * inv
-
-        def grad(dy):
-            outer_axes = list(range(len(x.shape) - 1))
-            g = dy * gamma
-            dx = inv * (g - tf.reduce_mean(g, -1, keepdims=True)
-                        - normed * tf.reduce_mean(g * normed, -1, keepdims=True))
-            return dx, tf.reduce_sum(dy * normed, outer_axes), tf.reduce_sum(dy, outer_axes)
-
-        return normed * gamma + beta, grad
-
-    return forward(x, gamma, beta)
+from keras_cmt.layers.data_format import channel_axis
 
 
 @keras.saving.register_keras_serializable(package="keras_cmt")
-class CMTLayerNormalization(keras.layers.LayerNormalization):
-    """`keras.layers.LayerNormalization` (same arguments and variables) with a cheaper training step on TF."""
+class ChannelsFirstLayerNormalization(keras.layers.LayerNormalization):
+    """`keras.layers.LayerNormalization(axis=1)` computed with `keras.ops.moments` on every backend."""
 
-    def build(self, input_shape):
-        super().build(input_shape)
-        axes = self.axis if isinstance(self.axis, (list, tuple)) else [self.axis]
-        self._last_axis_only = [a % len(input_shape) for a in axes] == [len(input_shape) - 1]
+    def call(self, inputs):
+        x = ops.cast(inputs, keras.backend.result_type(inputs.dtype, "float32"))
+        mean, variance = ops.moments(x, axes=self.axis, keepdims=True)
+        shape = [1] * len(x.shape)
+        for axis in self.axis:
+            shape[axis] = x.shape[axis]
+        outputs = (x - mean) * ops.rsqrt(variance + self.epsilon)
+        if self.scale:
+            outputs = outputs * ops.reshape(ops.cast(self.gamma, x.dtype), shape)
+        if self.center:
+            outputs = outputs + ops.reshape(ops.cast(self.beta, x.dtype), shape)
+        return ops.cast(outputs, self.compute_dtype)
 
-    def call(self, inputs, training=None):
-        if not (training and self._last_axis_only and self.scale and self.center and not self.rms_scaling
-                and keras.backend.backend() == "tensorflow"):
-            return super().call(inputs)
-        x = ops.cast(inputs, keras.backend.result_type(inputs.dtype, "float32"))  # as Keras: float32 at least
-        gamma, beta = ops.cast(self.gamma, x.dtype), ops.cast(self.beta, x.dtype)
-        y = kernels.layer_norm(x, gamma, beta, self.epsilon)
-        if y is None:
-            y = _train_layer_norm(x, gamma, beta, self.epsilon)
-        return ops.cast(y, self.compute_dtype)
+
+def channel_layer_norm(epsilon, data_format, **kwargs):
+    """A LayerNormalization over the channel axis: Keras' own in channels_last."""
+    if data_format == "channels_last":
+        return keras.layers.LayerNormalization(axis=-1, epsilon=epsilon, **kwargs)
+    return ChannelsFirstLayerNormalization(axis=channel_axis(data_format), epsilon=epsilon, **kwargs)

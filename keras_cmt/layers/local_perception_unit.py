@@ -1,23 +1,41 @@
-"""CMT's Local Perception Unit: x + DWConv3x3(x), a translation-invariant local term ahead of attention."""
+"""CMT's Local Perception Unit, LPU(x) = DWConv3x3(x) + x: a translation-invariant local term ahead of attention.
+
+The IRFFN's middle step, F(x) = DWConv3x3(x) + x, is the same residual depthwise convolution and uses this layer
+too. The convolution's bias is added after the shortcut, (W * x + x) + b, the same function: TensorFlow 2.21's
+oneDNN remapper turns DepthwiseConv2D + BiasAdd + Add into a node that Grappler then cannot import, and drops every
+graph optimization of the function (with an error on the console) whenever `x + DepthwiseConv2D(x)` is traced.
+"""
 
 import keras
+from keras import ops
 
-from keras_cmt.layers.residual_depthwise_conv import ResidualDepthwiseConv2D
+from keras_cmt.layers import initializers
+from keras_cmt.layers.data_format import standardize_data_format
 
 
 @keras.saving.register_keras_serializable(package="keras_cmt")
 class LocalPerceptionUnit(keras.layers.Layer):
-    """Residual 3x3 depthwise convolution (with bias), NHWC in and out."""
+    """x + (a 3x3 depthwise convolution with bias) over `dim` channels (the official block's `proj`)."""
 
-    def __init__(self, **kwargs):
+    def __init__(self, dim, data_format=None, **kwargs):
         super().__init__(**kwargs)
-        self.proj = ResidualDepthwiseConv2D(3, padding="same", name="proj", dtype=self.dtype_policy)  # x + dwconv(x)
+        self.dim = int(dim)
+        self.data_format = standardize_data_format(data_format)
+        self.proj = keras.layers.DepthwiseConv2D(
+            3, padding="same", use_bias=False, data_format=self.data_format,
+            depthwise_initializer=initializers.depthwise_kernel(self.dim), name="proj", dtype=self.dtype_policy,
+        )
 
     def build(self, input_shape):
         self.proj.build(input_shape)
+        self.bias = self.add_weight(name="bias", shape=(self.dim,), initializer="zeros")
 
     def call(self, inputs):
-        return self.proj(inputs)
+        bias = self.bias if self.data_format == "channels_last" else ops.reshape(self.bias, (self.dim, 1, 1))
+        return ops.add(inputs + self.proj(inputs), bias)
 
     def compute_output_shape(self, input_shape):
         return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "dim": self.dim, "data_format": self.data_format}

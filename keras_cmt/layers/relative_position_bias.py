@@ -2,16 +2,24 @@
 
 CMT adds a (heads, queries, keys) bias to the attention logits of every block of a stage; all blocks of the stage
 share one tensor. Owning it in its own layer lets the functional model share it by graph wiring, and gives the
-checkpoint converter and the resolution resizer one variable to address (`relative_pos_a` ... `relative_pos_d`).
+checkpoint converter one variable to address (`relative_pos_a` ... `relative_pos_d`).
+
+Its size follows the input size, so weights saved at one resolution load at another: the layer saves its query
+grid beside the bias, and on loading (`model.load_weights`, `.keras` files) resizes a bias of another grid
+bilinearly over the query and key grids (`keras_cmt.weights.position_bias_resize`).
 """
 
 import keras
+import numpy as np
 from keras import ops
+
+from keras_cmt.weights import position_bias_resize
 
 
 @keras.saving.register_keras_serializable(package="keras_cmt")
 class RelativePositionBias(keras.layers.Layer):
-    """Holds a (num_heads, query_hw, key_hw) bias; called on the stage's feature map, returns it with a batch axis.
+    """Holds a (num_heads, query_h*query_w, key_h*key_w) bias; called on the stage's feature map, returns it with a
+    batch axis of 1.
 
     Args:
         num_heads: attention heads of the stage.
@@ -35,19 +43,35 @@ class RelativePositionBias(keras.layers.Layer):
     def build(self, input_shape=None):
         n_q = self.query_size[0] * self.query_size[1]
         n_k = self.key_size[0] * self.key_size[1]
-        self.bias = self.add_weight(
-            name="bias",
-            shape=(self.num_heads, n_q, n_k),
-            # The official code draws it from N(0, 1) (torch.randn).
-            initializer=keras.initializers.RandomNormal(stddev=1.0),
-            trainable=True,
-        )
+        # The official code draws it from N(0, 1) (torch.randn).
+        self.bias = self.add_weight(name="bias", shape=(self.num_heads, n_q, n_k),
+                                    initializer=keras.initializers.RandomNormal(stddev=1.0))
 
     def call(self, inputs):
         return ops.expand_dims(ops.cast(self.bias, self.compute_dtype), 0)
 
     def compute_output_shape(self, input_shape):
         return (1,) + tuple(self.bias.shape)
+
+    def save_own_variables(self, store):
+        store["0"] = self.bias
+        store["query_size"] = np.asarray(self.query_size, dtype="int64")
+
+    def load_own_variables(self, store):
+        """Loads the bias, resized when it was saved at another query grid (or, without a recorded grid, at a
+        square one or one of this layer's aspect ratio)."""
+        keys = set(store.keys())
+        if not {"0"} <= keys <= {"0", "query_size"}:
+            raise ValueError(f"{self.name}: expected a bias and its query grid; the file holds {sorted(keys)}.")
+        value = np.asarray(store["0"])
+        if value.ndim != 3:
+            raise ValueError(f"{self.name}: the stored bias has shape {value.shape}, not (heads, queries, keys).")
+        source_grid = None
+        if "query_size" in keys:
+            source_grid = tuple(int(s) for s in np.asarray(store["query_size"]).reshape(-1))
+            if len(source_grid) != 2 or min(source_grid) <= 0:
+                raise ValueError(f"{self.name}: the stored query grid {source_grid} is not a (height, width).")
+        self.bias.assign(position_bias_resize.resize_for_layer(value, self, source_grid).astype(self.bias.dtype))
 
     def get_config(self):
         return {

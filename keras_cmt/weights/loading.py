@@ -1,18 +1,27 @@
 """Loads weights into a CMT model from an official PyTorch `.pth` checkpoint or a Keras `.weights.h5` file.
 
-Everything is checked before anything is assigned: missing, unexpected or mis-shaped tensors raise one error that
-lists them, never a silent partial load. Relative-position biases of another input size are resized.
+A `.pth` goes through the official key mapping (`keras_cmt.checkpoint_mapping`); a `.weights.h5` through Keras' own
+`load_weights`, after its layout has been compared with the one the model saves, so that a file of another model
+is refused with a list of what differs instead of loading into the wrong layers. Either way everything is checked
+before anything is assigned, and a failed load leaves the model as it was. Relative-position biases of another
+input size are resized (`RelativePositionBias.load_own_variables` for Keras files).
 """
 
 import os
+import tempfile
 
+import h5py
+import keras
 import numpy as np
 
 from keras_cmt import checkpoint_mapping
-from keras_cmt.weights import keras_weights_file, position_bias_resize
+from keras_cmt.layers import RelativePositionBias
+from keras_cmt.weights import position_bias_resize
 from keras_cmt.weights.torch_checkpoint import read_torch_checkpoint, select_state_dict
 
 _IGNORED_SUFFIXES = ("num_batches_tracked",)
+# Keras files address a functional model's layers by class name: the classifier is the model's one Dense layer.
+_KERAS_HEAD_GROUP = "layers/dense/"
 
 
 def _list(items, limit=8):
@@ -25,20 +34,20 @@ def _shape_text(shape):
     return "x".join(str(int(s)) for s in shape)
 
 
-def assign_state_dict(model, state_dict, source="checkpoint", exclude_head=False, source_input_shape=None):
-    """Assigns an official-layout state dict (numpy arrays) to `model`, all or nothing.
+def _has_head(model):
+    return any(layer.name == "head" for layer in model.layers)
 
-    `source_input_shape`: the (height, width, ...) the weights were saved at, to resize the relative-position
-    biases exactly; without it their grids are inferred (square, or the model's aspect ratio)."""
+
+def assign_state_dict(model, state_dict, source="checkpoint", exclude_head=False):
+    """Assigns an official-layout state dict (numpy arrays) to `model`, all or nothing."""
     state_dict = {
         (k[len("module."):] if k.startswith("module.") else k): v for k, v in state_dict.items()
     }
     entries = checkpoint_mapping.official_mapping(model)
-    model_has_head = any(key == "head.weight" for key, _, _ in entries)
     if exclude_head:
         entries = [e for e in entries if not e[0].startswith("head.")]
     expected = {key for key, _, _ in entries}
-    skipped_head = exclude_head or not model_has_head
+    skipped_head = exclude_head or not _has_head(model)
     unexpected = [
         k for k in state_dict
         if k not in expected and not k.endswith(_IGNORED_SUFFIXES) and not (skipped_head and k.startswith("head."))
@@ -51,16 +60,9 @@ def assign_state_dict(model, state_dict, source="checkpoint", exclude_head=False
             continue
         value = transform(np.asarray(state_dict[key]))
         target = tuple(variable.shape)
-        is_bias = key.startswith("relative_pos_") and value.ndim == 3
-        # With a known source size the bias is always regridded: 64x96 -> 96x64 keeps its shape but not its grid.
-        if is_bias and (value.shape != target or source_input_shape is not None):
-            layer = model.get_layer(key)
-            source_query_size = None
-            if source_input_shape is not None:
-                stride = 4 * 2 ** "abcd".index(key[-1])
-                source_query_size = (source_input_shape[0] // stride, source_input_shape[1] // stride)
+        if key.startswith("relative_pos_") and value.ndim == 3 and value.shape != target:
             try:
-                value = position_bias_resize.resize_for_layer(value, layer, source_query_size)
+                value = position_bias_resize.resize_for_layer(value, model.get_layer(key))
             except ValueError as e:
                 resize_errors.append(str(e))
                 mismatched.append((key, value.shape, target))
@@ -69,40 +71,129 @@ def assign_state_dict(model, state_dict, source="checkpoint", exclude_head=False
             mismatched.append((key, value.shape, target))
             continue
         values.append((variable, value))
-    if resize_errors and len(mismatched) == len(resize_errors) and all(
-            m[0].startswith("relative_pos_") for m in mismatched):
+    if resize_errors and len(mismatched) == len(resize_errors):
         raise ValueError(f"{source}: {resize_errors[0]}")
 
     head_mismatch = [m for m in mismatched if m[0].startswith("head.")]
     if head_mismatch and len(mismatched) == len(head_mismatch) and not missing and not unexpected:
-        ckpt_classes = state_dict["head.weight"].shape[0]
-        model_classes = model.get_layer("head").units
-        raise ValueError(
-            f"{source}: its classifier has {ckpt_classes} classes but the model has classes={model_classes}; "
-            f"build with classes={ckpt_classes}, or with include_top=False, or load with exclude_head=True "
-            "to fine-tune a new head."
-        )
+        raise _classes_error(source, state_dict["head.weight"].shape[0], model)
     if missing or unexpected or mismatched:
-        parts = []
-        if mismatched:
-            parts.append("mis-shaped: " + _list(
-                f"{k} (checkpoint {_shape_text(a)} vs model {_shape_text(b)})" for k, a, b in mismatched))
-        if missing:
-            parts.append(f"missing {len(missing)}: " + _list(missing))
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)}: " + _list(unexpected))
         found = checkpoint_mapping.describe_state_dict(state_dict)
         raise ValueError(
             f"{source} does not match this model (checkpoint config: embed_dims {found['embed_dims']}, "
             f"depths {found['depths']}, stem {found['stem_channels']}; a different CMT variant?): "
-            + "; ".join(parts)
+            + _differences(missing, unexpected, mismatched)
         )
     for variable, value in values:
         variable.assign(value.astype(variable.dtype))
     return model
 
 
-def load_weights(model, path, exclude_head=False, prefer="auto", source_input_shape=None):
+def _classes_error(source, file_classes, model):
+    model_classes = model.get_layer("head").units
+    return ValueError(
+        f"{source}: its classifier has {file_classes} classes but the model has classes={model_classes}; "
+        f"build with classes={file_classes}, or with include_top=False, or load with exclude_head=True "
+        "to fine-tune a new head."
+    )
+
+
+def _differences(missing, unexpected, mismatched):
+    parts = []
+    if mismatched:
+        parts.append("mis-shaped: " + _list(
+            f"{k} (file {_shape_text(a)} vs model {_shape_text(b)})" for k, a, b in mismatched))
+    if missing:
+        parts.append(f"missing {len(missing)}: " + _list(missing))
+    if unexpected:
+        parts.append(f"unexpected {len(unexpected)}: " + _list(unexpected))
+    return "; ".join(parts)
+
+
+def _h5_layout(path):
+    """({dataset path: shape}, {top-level group: layer name}) of a `.weights.h5` file."""
+    shapes, names = {}, {}
+    try:
+        with h5py.File(path, "r") as f:
+
+            def visit(name, item):
+                if isinstance(item, h5py.Dataset):
+                    shapes[name] = tuple(item.shape)
+                    group = "/".join(name.split("/")[:2])
+                    if group not in names:
+                        attrs = f[group + "/vars"].attrs if group + "/vars" in f else {}
+                        names[group] = str(attrs.get("name", group))
+
+            f.visititems(visit)
+    except (OSError, KeyError, ValueError, RuntimeError) as e:
+        raise ValueError(f"{path}: not a readable Keras .weights.h5 file ({' '.join(str(e).split())}).") from None
+    if not shapes:
+        raise ValueError(f"{path}: no weights found (not a Keras .weights.h5 file?).")
+    return shapes, names
+
+
+def _saved_layout(model):
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "model.weights.h5")
+        model.save_weights(path)
+        return _h5_layout(path)
+
+
+def _group(dataset_path):
+    return "/".join(dataset_path.split("/")[:2])
+
+
+def load_keras_weights(model, path, exclude_head=False):
+    """Loads a Keras `.weights.h5` of a CMT into `model` with Keras, after checking that it fits: the same layers
+    (by position, as Keras addresses them, and by name) holding tensors of the same shapes, the relative-position
+    biases excepted (they are resized)."""
+    found, found_names = _h5_layout(path)
+    target = model
+    if _has_head(model) and exclude_head:
+        target = keras.Model(model.inputs, model.get_layer("head").input)
+    expected, expected_names = _saved_layout(target)
+    skip_head = exclude_head or not _has_head(model)
+    biases = {layer.name for layer in model.layers if isinstance(layer, RelativePositionBias)}
+
+    def fits(dataset):
+        a, b = found[dataset], expected[dataset]
+        return a == b or (expected_names[_group(dataset)] in biases and len(a) == 3 and a[0] == b[0])
+
+    missing = [expected_names[g] for g in expected_names if g not in found_names]
+    unexpected = [found_names[g] for g in found_names
+                  if g not in expected_names and not (skip_head and g + "/" == _KERAS_HEAD_GROUP)]
+    mismatched = {}
+    for group, name in expected_names.items():
+        if group not in found_names:
+            continue
+        ours = [p for p in expected if _group(p) == group]
+        theirs = {p for p in found if _group(p) == group}
+        if found_names[group] != name or theirs != set(ours) or not all(fits(p) for p in ours):
+            mismatched[group] = name
+    if list(mismatched.values()) == ["head"] and not missing and not unexpected:
+        kernel = f"{_KERAS_HEAD_GROUP}vars/0"
+        raise _classes_error(path, found[kernel][-1] if kernel in found else "other", model)
+    if missing or unexpected or mismatched:
+        parts = []
+        if mismatched:
+            parts.append("different: " + _list(f"{name} (the file's {found_names[group]})" if found_names[group] != name
+                                               else name for group, name in mismatched.items()))
+        if missing:
+            parts.append(f"missing {len(missing)}: " + _list(missing))
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)}: " + _list(unexpected))
+        raise ValueError(f"{path} does not fit this model (a different CMT configuration?): " + "; ".join(parts))
+    before = [np.array(keras.ops.convert_to_numpy(v)) for v in model.weights]
+    try:
+        target.load_weights(path)
+    except Exception as e:  # noqa: BLE001 - whatever Keras raised, the model goes back to where it was
+        for variable, value in zip(model.weights, before):
+            variable.assign(value)
+        raise ValueError(f"{path}: {' '.join(str(e).split())[:300]}") from None
+    return model
+
+
+def load_weights(model, path, exclude_head=False, prefer="auto"):
     """Loads `path` into a CMT `model` built by `keras_cmt.CMT` or a variant builder.
 
     Args:
@@ -111,16 +202,11 @@ def load_weights(model, path, exclude_head=False, prefer="auto", source_input_sh
         exclude_head: leave the classifier layer ("head") as initialised, to fine-tune to other classes.
         prefer: for DeiT-style training checkpoints, which weights: "auto" (model_ema when present, as the
             official evaluation does), "ema" or "model".
-        source_input_shape: (height, width, 3) of the model the weights were saved from, needed only for files
-            saved from a non-square model into a model of another aspect ratio (a file does not record it; square
-            or same-aspect sources are inferred).
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ValueError(f"{path}: no such weights file.")
     if path.endswith(".h5"):
-        state = keras_weights_file.read_as_state_dict(path, model)
-    else:
-        state = select_state_dict(read_torch_checkpoint(path), prefer=prefer, source=path)
-    return assign_state_dict(model, state, source=path, exclude_head=exclude_head,
-                             source_input_shape=source_input_shape)
+        return load_keras_weights(model, path, exclude_head=exclude_head)
+    state = select_state_dict(read_torch_checkpoint(path), prefer=prefer, source=path)
+    return assign_state_dict(model, state, source=path, exclude_head=exclude_head)

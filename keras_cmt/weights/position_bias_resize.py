@@ -14,7 +14,7 @@ def infer_grid(num_positions, like):
     """Guesses the (h, w) grid that held `num_positions` positions in the checkpoint.
 
     A perfect square is taken as square (every official checkpoint is square); otherwise the grid is assumed to
-    have the aspect ratio of `like` (a Keras file saved from a non-square model of the same shape ratio).
+    have the aspect ratio of `like`. Keras files record their grid (`RelativePositionBias.save_own_variables`).
     """
     side = int(round(math.sqrt(num_positions)))
     if side * side == num_positions:
@@ -23,9 +23,8 @@ def infer_grid(num_positions, like):
     h = int(round(math.sqrt(num_positions * like_h / like_w)))
     if h <= 0 or num_positions % h or h * like_w != (num_positions // h) * like_h:
         raise ValueError(
-            f"cannot infer a {like_h}:{like_w} grid holding {num_positions} positions (weights saved from a "
-            "model of another aspect ratio?): pass source_input_shape=(height, width, 3) of the model that saved "
-            "them."
+            f"cannot infer a {like_h}:{like_w} grid holding {num_positions} positions (weights saved at another "
+            "aspect ratio without a recorded grid)."
         )
     return h, num_positions // h
 
@@ -71,7 +70,7 @@ def resize_relative_position_bias(bias, old_query_grid, old_key_grid, new_query_
 def resize_for_layer(bias, layer, source_query_size=None):
     """Resizes a checkpoint bias to fit a `RelativePositionBias` layer.
 
-    The checkpoint's grids are `source_query_size` (and it divided by the layer's reduction ratio) when given,
+    The stored grids are `source_query_size` (and it divided by the layer's reduction ratio) when given,
     else inferred by `infer_grid` (square, or the layer's aspect ratio). Raises ValueError if the number of heads
     differs or the grids do not hold the bias."""
     heads, n_q, n_k = bias.shape
@@ -81,8 +80,8 @@ def resize_for_layer(bias, layer, source_query_size=None):
         old_q = tuple(int(s) for s in source_query_size)
         old_k = (old_q[0] // layer.sr_ratio, old_q[1] // layer.sr_ratio)
         if old_q[0] * old_q[1] != n_q or old_k[0] * old_k[1] != n_k:
-            raise ValueError(f"{layer.name}: a {old_q[0]}x{old_q[1]} query grid does not hold the checkpoint's "
-                             f"{n_q} x {n_k} bias (wrong source_input_shape?).")
+            raise ValueError(f"{layer.name}: a {old_q[0]}x{old_q[1]} query grid does not hold the stored "
+                             f"{n_q} x {n_k} bias.")
     else:
         old_q = infer_grid(n_q, layer.query_size)
         old_k = infer_grid(n_k, layer.key_size)
