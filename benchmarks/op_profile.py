@@ -92,9 +92,9 @@ def main(argv=None):
     for row in result["ops"][:20]:
         print(f"| {row['op']} | {row['ms_per_run']:.2f} | {row['share'] * 100:.1f}% |")
     output = args.output or f"benchmarks/results/op_profile_{result['variant']}_{args.form}_b{result['batch']}.json"
-    from keras_cmt.training.callbacks import atomic_write_json
+    from keras_cmt import atomic_files
 
-    atomic_write_json(output, result)
+    atomic_files.write_json(output, result)
 
 
 if __name__ == "__main__":

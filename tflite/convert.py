@@ -18,10 +18,10 @@ import json
 import os
 import re
 import sys
-import tempfile
 
 import numpy as np
 
+from keras_cmt import atomic_files
 from keras_cmt.tflite import metadata as metadata_lib
 from keras_cmt.tflite import quantization
 
@@ -53,20 +53,7 @@ def check_output_path(path: str) -> str:
 
 def write_atomically(path: str, data: bytes) -> str:
     """Writes to a temporary file beside `path`, then renames: readers never see half a model."""
-    path = check_output_path(path)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=os.path.dirname(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_files.write_bytes(check_output_path(path), data)
 
 
 def load_model(model, *, weights=None, image_size=None, classes=None, logits=False):

@@ -119,9 +119,9 @@ def main(argv):
         print(f"| CMT-Ti {t['image_size']}px batch {t['batch_size']} training, median of {t['timed_steps']} steps "
               f"| {t['images_per_s']:.1f} images/s ({t['median_step_s']:.3f} s/step) |")
     os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
-    from keras_cmt.training.callbacks import atomic_write_json
+    from keras_cmt import atomic_files
 
-    atomic_write_json(FLAGS.out, report)
+    atomic_files.write_json(FLAGS.out, report)
     print(f"\nsaved {FLAGS.out}")
 
 

@@ -9,48 +9,19 @@ names its weights file inside its metadata so that the pair changes in one renam
 import csv
 import json
 import os
-import tempfile
 
 import keras
 from absl import logging
 
-
-def _temp_path(path, suffix):
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=directory)
-    os.close(fd)
-    return tmp
-
-
-def atomic_write_text(path, text):
-    tmp = _temp_path(path, ".txt")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_json(path, obj):
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+from keras_cmt import atomic_files
 
 
 def atomic_save(model, path, weights_only=None):
     """model.save / model.save_weights to a temporary file in the same folder, then rename over `path`."""
     if weights_only is None:
         weights_only = path.endswith(".weights.h5")
-    suffix = ".weights.h5" if weights_only else (".keras" if path.endswith(".keras") else ".h5")
-    tmp = _temp_path(path, suffix)
-    try:
-        if weights_only:
-            model.save_weights(tmp, overwrite=True)
-        else:
-            model.save(tmp, overwrite=True)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    save = model.save_weights if weights_only else model.save
+    atomic_files.write_atomically(path, lambda tmp: save(tmp, overwrite=True))
 
 
 class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
@@ -94,7 +65,7 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         os.makedirs(self.backup_dir, exist_ok=True)
         name = f"epoch-{self._current_epoch:06d}-batch-{self._last_batch_seen:09d}.weights.h5"
         atomic_save(self.model, os.path.join(self.backup_dir, name), weights_only=True)
-        atomic_write_json(self._training_metadata_path,
+        atomic_files.write_json(self._training_metadata_path,
                           {"epoch": self._current_epoch, "batch": self._last_batch_seen, "weights": name})
         for old in os.listdir(self.backup_dir):
             if old.endswith(".weights.h5") and old != name:
@@ -145,7 +116,7 @@ def trim_metrics_csv(path, before_epoch):
                 and int(fields[epoch_col]) < before_epoch:
             kept.append(line)
     if kept != lines:
-        atomic_write_text(path, "\n".join(kept) + "\n")
+        atomic_files.write_text(path, "\n".join(kept) + "\n")
 
 
 class PlotCurves(keras.callbacks.Callback):
@@ -181,10 +152,8 @@ def plot_curves(csv_path, png_path):
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    tmp = _temp_path(png_path, ".png")
-    fig.savefig(tmp, dpi=100)
+    atomic_files.write_atomically(png_path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)
-    os.replace(tmp, png_path)
 
 
 class SyncBatchNormStatistics(keras.callbacks.Callback):

@@ -66,7 +66,7 @@ def _convert(args, labels):
 
 def run(args):
     from keras_cmt.tflite import benchmark, evaluate
-    from keras_cmt.training import callbacks
+    from keras_cmt import atomic_files
 
     os.makedirs(args.model_dir, exist_ok=True)
     start = time.time()
@@ -102,7 +102,7 @@ def run(args):
         print(f"| {r['format']} | {r['file_mb']} | {r['val_accuracy'] * 100:.2f}% | {agreement} | "
               f"{r['median_ms']} | {r['xnnpack_partitions']} | {r['nodes_on_default_kernels']} |")
     path = os.path.join(args.model_dir, "report.json")
-    callbacks.atomic_write_json(path, report)
+    atomic_files.write_json(path, report)
     print(f"\nwrote {path}")
     return report
 

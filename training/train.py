@@ -16,6 +16,7 @@ import time
 
 from absl import app, logging
 
+from keras_cmt import atomic_files
 from keras_cmt.training import flags as training_flags
 from keras_cmt.training import multiworker_compat
 
@@ -288,7 +289,7 @@ def run(argv=None):
     cb.atomic_save(model, paths.final_weights, weights_only=True)
     cb.atomic_save(model, paths.final_keras)
     cb.plot_curves(paths.metrics_csv, paths.curves_png)
-    cb.atomic_write_json(paths.results_json, results)  # last: its presence means the run finished
+    atomic_files.write_json(paths.results_json, results)  # last: its presence means the run finished
     logging.info("val top-1 %.4f, top-5 %.4f; wrote %s", results["val_accuracy"], results["val_top5"],
                  paths.results_json)
     return results
