@@ -20,10 +20,12 @@ import statistics
 import sys
 import time
 
+from keras_cmt.variants import VARIANTS
+
 
 def _parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--variants", nargs="+", default=["cmt_ti", "cmt_xs", "cmt_s", "cmt_b"])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
     parser.add_argument("--batch_sizes", nargs="+", type=int, default=[1, 32])
     parser.add_argument("--threads", type=int, default=2, help="TensorFlow intra-op threads")
     parser.add_argument("--warmup", type=int, default=3)
@@ -113,9 +115,9 @@ def run(args):
         "machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count()},
         "rows": rows,
     }
-    from keras_cmt.training.callbacks import atomic_write_json
+    from keras_cmt import atomic_files
 
-    atomic_write_json(args.output, result)
+    atomic_files.write_json(args.output, result)
     print(f"\nsaved {args.output}")
     return result
 

@@ -7,7 +7,7 @@ and (I, O). q/k/v/proj are nn.Linear upstream and 1x1 Conv2D here (the same numb
 
 import numpy as np
 
-from keras_cmt.cmt import STAGE_LETTERS
+from keras_cmt.variants import STAGE_LETTERS
 
 
 def _conv(w):

@@ -16,9 +16,8 @@ import keras
 import numpy as np
 
 from keras_cmt import variants
+from keras_cmt.weights import loading, pretrained
 from keras_cmt.layers import CMTBlock, PatchEmbedding, RelativePositionBias, initializers
-
-STAGE_LETTERS = ("a", "b", "c", "d")
 
 BASE_DOCSTRING = """Instantiates the {name} architecture.
 
@@ -161,7 +160,7 @@ def CMT(
     block_index = 0
     height, width = height // 2, width // 2
     for stage in range(4):
-        letter = STAGE_LETTERS[stage]
+        letter = variants.STAGE_LETTERS[stage]
         x = PatchEmbedding(embed_dims[stage], name=f"patch_embed_{letter}")(x)
         height, width = height // 2, width // 2
         bias = RelativePositionBias(num_heads[stage], (height, width), sr_ratios[stage],
@@ -193,13 +192,9 @@ def CMT(
     model = keras.Model(inputs=inputs, outputs=x, name=name)
 
     if weights == "imagenet":
-        from keras_cmt.weights import pretrained
-
-        pretrained.load_imagenet_weights(model, weights_variant)
+        pretrained.load_imagenet_weights(model, weights_variant, builder=CMT)
     elif weights is not None:
-        from keras_cmt.weights.loading import load_weights
-
-        load_weights(model, weights)
+        loading.load_weights(model, weights)
     return model
 
 

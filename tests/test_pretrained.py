@@ -64,7 +64,7 @@ def test_download_converts_caches_and_then_works_offline(server, official, tmp_p
     body = helpers.serve_checkpoint(server, "cmt_micro.pth",
                                     helpers.release_checkpoint(official["model"], official["ema"]))
     model = helpers.micro_model(classifier_activation=None)
-    pretrained.load_imagenet_weights(model, VARIANT)
+    pretrained.load_imagenet_weights(model, VARIANT, keras_cmt.CMT)
 
     # auto = model_ema, as the official evaluation: the official logits come out.
     np.testing.assert_allclose(logits(model, official["x"]), official["logits"], atol=1e-4)
@@ -80,7 +80,7 @@ def test_download_converts_caches_and_then_works_offline(server, official, tmp_p
     # Offline: the release host is gone, the cache serves.
     monkeypatch.setenv(pretrained.BASE_URL_ENV, "http://127.0.0.1:9/nowhere")
     again = helpers.micro_model(classifier_activation=None)
-    pretrained.load_imagenet_weights(again, VARIANT)
+    pretrained.load_imagenet_weights(again, VARIANT, keras_cmt.CMT)
     np.testing.assert_allclose(logits(again, official["x"]), official["logits"], atol=1e-4)
     assert len(server.requests) == 1
 
@@ -88,15 +88,15 @@ def test_download_converts_caches_and_then_works_offline(server, official, tmp_p
 def test_prefer_model_takes_the_raw_weights_and_has_its_own_cache(server, official, tmp_path, monkeypatch):
     helpers.serve_checkpoint(server, "cmt_micro.pth", helpers.release_checkpoint(official["model"], official["ema"]))
     model = helpers.micro_model(classifier_activation=None)
-    pretrained.load_imagenet_weights(model, VARIANT, prefer="model")
-    path = pretrained.imagenet_weights_path(VARIANT, prefer="model")  # cached: no second request
+    pretrained.load_imagenet_weights(model, VARIANT, keras_cmt.CMT, prefer="model")
+    path = pretrained.imagenet_weights_path(VARIANT, keras_cmt.CMT, prefer="model")  # cached: no second request
     assert_holds(model, official["model"])
     assert os.path.basename(path) == "cmt_micro_imagenet_model.weights.h5"
     assert json.loads(open(path + ".json").read())["weights"] == "model"
 
     # The documented override for the builders: the environment variable.
     monkeypatch.setenv(pretrained.PREFER_ENV, "model")
-    assert pretrained.imagenet_weights_path(VARIANT) == path
+    assert pretrained.imagenet_weights_path(VARIANT, keras_cmt.CMT) == path
     assert len(server.requests) == 1
 
 
@@ -104,7 +104,7 @@ def test_checkpoint_without_ema_loads_model(server, official, tmp_path):
     # CMT-Ti trained with --no-model-ema: model_ema is None in the checkpoint.
     helpers.serve_checkpoint(server, "cmt_micro.pth", helpers.release_checkpoint(official["ema"], None))
     model = helpers.micro_model(classifier_activation=None)
-    pretrained.load_imagenet_weights(model, VARIANT)
+    pretrained.load_imagenet_weights(model, VARIANT, keras_cmt.CMT)
     assert_holds(model, official["ema"])
     record = json.loads((cache_dir(tmp_path) / "cmt_micro_imagenet.weights.h5.json").read_text())
     assert record["weights"] == "model"
@@ -113,14 +113,14 @@ def test_checkpoint_without_ema_loads_model(server, official, tmp_path):
 def test_prefer_ema_without_ema_fails_cleanly(server, official, tmp_path):
     helpers.serve_checkpoint(server, "cmt_micro.pth", helpers.release_checkpoint(official["ema"], None))
     with pytest.raises(ValueError, match=r"cmt_micro\.pth: has no model_ema weights\. Nothing was cached"):
-        pretrained.imagenet_weights_path(VARIANT, prefer="ema")
+        pretrained.imagenet_weights_path(VARIANT, keras_cmt.CMT, prefer="ema")
     assert cache_files(tmp_path) == []
 
 
 def test_other_input_sizes_load_resized_biases(server, official, tmp_path):
     helpers.serve_checkpoint(server, "cmt_micro.pth", helpers.release_checkpoint(official["model"], official["ema"]))
     model = helpers.micro_model(input_shape=(96, 128, 3), include_top=False, pooling="avg")
-    pretrained.load_imagenet_weights(model, VARIANT)
+    pretrained.load_imagenet_weights(model, VARIANT, keras_cmt.CMT)
     # Each stage's bias is the checkpoint's, resized over the query grid and over the key grid.
     for letter, sr, stride in (("a", 8, 4), ("b", 4, 8), ("c", 2, 16), ("d", 1, 32)):
         old_q = (64 // stride,) * 2
@@ -142,26 +142,26 @@ def test_sha256_pinning(server, official, tmp_path, monkeypatch):
     right = hashlib.sha256(body).hexdigest()
     wrong = "0" * 64
     with pytest.raises(ValueError, match=f"has sha256 {right}, not the pinned {wrong}; nothing was cached"):
-        pretrained.imagenet_weights_path(VARIANT, sha256=wrong)
+        pretrained.imagenet_weights_path(VARIANT, keras_cmt.CMT, sha256=wrong)
     assert cache_files(tmp_path) == []
 
     monkeypatch.setenv(pretrained.SHA256_ENV_PREFIX + "CMT_MICRO", right)
-    path = pretrained.imagenet_weights_path(VARIANT)
+    path = pretrained.imagenet_weights_path(VARIANT, keras_cmt.CMT)
     assert json.loads(open(path + ".json").read())["source_sha256"] == right
     # A cache converted from another file than the one now pinned is rebuilt, not trusted.
     with pytest.raises(ValueError, match="not the pinned"):
-        pretrained.imagenet_weights_path(VARIANT, sha256="f" * 64)
+        pretrained.imagenet_weights_path(VARIANT, keras_cmt.CMT, sha256="f" * 64)
     assert len(server.requests) == 3
     with pytest.raises(ValueError, match="not 64 hex digits"):
-        pretrained.imagenet_weights_path(VARIANT, sha256="abc")
+        pretrained.imagenet_weights_path(VARIANT, keras_cmt.CMT, sha256="abc")
 
 
 def test_a_damaged_cache_is_rebuilt(server, official, tmp_path):
     helpers.serve_checkpoint(server, "cmt_micro.pth", helpers.release_checkpoint(official["model"], official["ema"]))
-    path = pretrained.imagenet_weights_path(VARIANT)
+    path = pretrained.imagenet_weights_path(VARIANT, keras_cmt.CMT)
     with open(path, "r+b") as f:
         f.truncate(os.path.getsize(path) // 2)
-    assert pretrained.imagenet_weights_path(VARIANT) == path
+    assert pretrained.imagenet_weights_path(VARIANT, keras_cmt.CMT) == path
     assert len(server.requests) == 2
     model = helpers.micro_model(classifier_activation=None)
     keras_cmt.load_weights(model, path)
@@ -173,7 +173,7 @@ def test_failed_download_names_url_and_where_to_put_the_file(server, official, t
     url = server.base_url + "/cmt_micro.pth"
     hand_placed = cache_dir(tmp_path) / "cmt_micro.pth"
     with pytest.raises(ValueError) as error:
-        pretrained.imagenet_weights_path(VARIANT)
+        pretrained.imagenet_weights_path(VARIANT, keras_cmt.CMT)
     message = str(error.value)
     assert "\n" not in message and url in message and str(hand_placed) in message and "404" in message
     assert cache_files(tmp_path) == []
@@ -182,7 +182,7 @@ def test_failed_download_names_url_and_where_to_put_the_file(server, official, t
     helpers.torch_zip.write_checkpoint(hand_placed, helpers.release_checkpoint(official["model"], official["ema"]))
     monkeypatch.setenv(pretrained.BASE_URL_ENV, "http://127.0.0.1:9/nowhere")
     model = helpers.micro_model(classifier_activation=None)
-    pretrained.load_imagenet_weights(model, VARIANT)
+    pretrained.load_imagenet_weights(model, VARIANT, keras_cmt.CMT)
     assert_holds(model, official["ema"])
     assert hand_placed.exists() and len(server.requests) == 1
 
@@ -196,7 +196,7 @@ def test_bad_download_leaves_nothing(server, official, tmp_path, case):
         body, expected = good[: len(good) // 2], "not a PyTorch checkpoint"
     helpers.serve_checkpoint(server, "cmt_micro.pth", body)
     with pytest.raises(ValueError) as error:
-        pretrained.imagenet_weights_path(VARIANT)
+        pretrained.imagenet_weights_path(VARIANT, keras_cmt.CMT)
     message = str(error.value)
     assert expected in message and server.base_url + "/cmt_micro.pth" in message and "\n" not in message
     assert "Nothing was cached" in message
@@ -208,7 +208,7 @@ def test_interrupted_download_leaves_nothing(server, official, tmp_path):
     # The server announces the whole file and stops after half of it (a dropped connection).
     helpers.serve_checkpoint(server, "cmt_micro.pth", good[: len(good) // 2], declared_length=len(good))
     with pytest.raises(ValueError) as error:
-        pretrained.imagenet_weights_path(VARIANT)
+        pretrained.imagenet_weights_path(VARIANT, keras_cmt.CMT)
     message = str(error.value)
     assert "could not download " + server.base_url + "/cmt_micro.pth" in message and "\n" not in message
     assert "retrieval incomplete" in message and str(cache_dir(tmp_path) / "cmt_micro.pth") in message
@@ -230,7 +230,7 @@ def test_truncated_storage_is_reported(server, official, tmp_path):
             dst.writestr(name, data[: len(data) // 2] if name == storages[0] else data)
     helpers.serve_checkpoint(server, "cmt_micro.pth", out.getvalue())
     with pytest.raises(ValueError, match="runs past its storage"):
-        pretrained.imagenet_weights_path(VARIANT)
+        pretrained.imagenet_weights_path(VARIANT, keras_cmt.CMT)
     assert cache_files(tmp_path) == []
 
 
@@ -249,7 +249,7 @@ def test_checkpoint_of_another_variant(server, tmp_path):
     small = _shape_only_state_dict(keras_cmt.VARIANTS["cmt_s"])
     helpers.serve_checkpoint(server, "cmt_xs.pth", {"model": small, "model_ema": small})
     with pytest.raises(ValueError) as error:
-        pretrained.imagenet_weights_path("cmt_xs")
+        pretrained.imagenet_weights_path("cmt_xs", keras_cmt.CMT)
     message = str(error.value)
     assert "holds cmt_s weights" in message and "not cmt_xs" in message and "copy of cmt_small.pth" in message
     assert "cmt_xs.pth" in message and "\n" not in message
@@ -264,7 +264,7 @@ def test_classes_other_than_1000_with_imagenet_fail_before_any_download(server, 
 
 def test_bad_prefer_value(server):
     with pytest.raises(ValueError, match="must be 'auto', 'ema' or 'model'; got 'best'"):
-        pretrained.imagenet_weights_path(VARIANT, prefer="best")
+        pretrained.imagenet_weights_path(VARIANT, keras_cmt.CMT, prefer="best")
 
 
 def test_default_url_and_cache_location(monkeypatch, tmp_path):

@@ -11,10 +11,9 @@ from absl import flags
 
 from keras_cmt.training import presets
 from keras_cmt.training.strategy import STRATEGIES
+from keras_cmt.variants import VARIANTS
 
 FLAGS = flags.FLAGS
-
-VARIANT_NAMES = ("cmt_ti", "cmt_xs", "cmt_s", "cmt_b")
 
 
 class ConfigError(ValueError):
@@ -24,7 +23,7 @@ class ConfigError(ValueError):
 def define_flags():
     if "model" in FLAGS:
         return
-    flags.DEFINE_enum("model", "cmt_ti", VARIANT_NAMES, "CMT variant.")
+    flags.DEFINE_enum("model", "cmt_ti", list(VARIANTS), "CMT variant.")
     flags.DEFINE_string("dataset", "digits", "'digits' (bundled, offline), a folder of class sub-folders, or a tfds "
                         "name such as imagenet2012 or imagenette.")
     flags.DEFINE_string("model_dir", None, "Where checkpoints, logs, metrics.csv, results.json and exports go.")

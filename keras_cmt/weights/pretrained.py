@@ -34,7 +34,7 @@ import uuid
 
 import keras
 
-from keras_cmt import checkpoint_mapping, variants
+from keras_cmt import atomic_files, checkpoint_mapping, variants
 from keras_cmt.weights import loading
 from keras_cmt.weights.torch_checkpoint import CheckpointError, read_torch_checkpoint, select_state_dict
 
@@ -137,18 +137,6 @@ def _cache_is_valid(weights_path, record_path, pinned):
     return pinned is None or record.get("source_sha256") == pinned
 
 
-def _write_atomically(path, write):
-    """Calls write(tmp_path) on a temporary file beside `path`, then renames it over `path` (atomic on POSIX)."""
-    folder, name = os.path.split(path)
-    tmp = os.path.join(folder, f".{uuid.uuid4().hex}.tmp.{name}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 _DOWNLOAD_SUFFIX = ".download.pth"
 
 
@@ -202,22 +190,22 @@ def _check_variant(state_dict, variant, source):
     )
 
 
-def _reference_model(variant, state_dict):
-    """A model of `variant` shaped exactly like the checkpoint (its input size, head width and classes), to write
-    the cache from."""
-    from keras_cmt.cmt import CMT
-
+def _reference_model(variant, state_dict, builder):
+    """A model of `variant` shaped exactly like the checkpoint (its input size, head width and classes), built by
+    `builder` (`keras_cmt.CMT`), to write the cache from."""
     queries = state_dict["relative_pos_a"].shape[1]
     side = int(round(queries ** 0.5))
     if side * side != queries:
         raise PretrainedWeightsError(f"relative_pos_a of {queries} query positions is not a square grid.")
     found = checkpoint_mapping.describe_state_dict(state_dict)
-    return CMT(
+    size = 4 * side
+    return builder(
         depths=variant.depths, embed_dims=variant.embed_dims, num_heads=variant.num_heads,
         mlp_ratios=variant.mlp_ratios, stem_channels=variant.stem_channels,
         head_channels=int(state_dict["_fc.weight"].shape[0]), head_dropout=variant.head_dropout,
         include_top=found["classes"] is not None, classes=found["classes"] or 1000,
-        input_shape=(4 * side, 4 * side, 3), name=variant.name,
+        input_shape=(size, size, 3) if keras.config.image_data_format() == "channels_last" else (3, size, size),
+        name=variant.name,
     )
 
 
@@ -239,7 +227,7 @@ def _matches_exactly(model, state_dict):
     return all(transform(state_dict[key]).shape == tuple(variable.shape) for key, variable, transform in entries)
 
 
-def _convert(checkpoint_path, source, variant, prefer, weights_path, record_path, record, model=None):
+def _convert(checkpoint_path, source, variant, prefer, weights_path, record_path, record, builder, model=None):
     """Reads, checks and converts a release checkpoint into the cache (weights file, then its record).
 
     Returns True when it filled `model` on the way (a model shaped exactly like the checkpoint)."""
@@ -253,18 +241,13 @@ def _convert(checkpoint_path, source, variant, prefer, weights_path, record_path
     has_ema = isinstance(checkpoint, dict) and isinstance(checkpoint.get("model_ema"), dict)
     taken = "model_ema" if prefer != "model" and has_ema else ("model" if "model" in checkpoint else "state_dict")
     filled = _matches_exactly(model, state)
-    reference = model if filled else _reference_model(variant, state)
+    reference = model if filled else _reference_model(variant, state, builder)
     loading.assign_state_dict(reference, state, source=source)
-    _write_atomically(weights_path, reference.save_weights)
+    atomic_files.write_atomically(weights_path, reference.save_weights)
     record = dict(record, weights=taken, epoch=_plain(checkpoint.get("epoch")),
                   weights_sha256=sha256_of(weights_path),
                   converted_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
-
-    def write_record(tmp):
-        with open(tmp, "w") as f:
-            json.dump(record, f, indent=1, sort_keys=True)
-
-    _write_atomically(record_path, write_record)
+    atomic_files.write_json(record_path, record)
     return filled
 
 
@@ -272,22 +255,24 @@ def _plain(value):
     return value if isinstance(value, (int, float, str, type(None))) else None
 
 
-def imagenet_weights_path(variant, prefer=None, sha256=None, cache_dir=None, base_url=None):
+def imagenet_weights_path(variant, builder, prefer=None, sha256=None, cache_dir=None, base_url=None):
     """Returns the cached `.weights.h5` of a variant's official ImageNet weights, fetching and converting the
     release checkpoint first when there is no valid cache.
 
     Args:
         variant: a name ("cmt_s", "CMTSmall", ...) or a `keras_cmt.variants.Variant`.
+        builder: `keras_cmt.CMT`, which builds the model the cache is written from (passed in because the builder
+            itself loads weights through this module).
         prefer: "auto" (model_ema when the checkpoint has one, as the official evaluation), "ema" or "model";
             default `$KERAS_CMT_WEIGHTS_PREFER` or "auto".
         sha256: pin the sha256 of the release file (default `$KERAS_CMT_WEIGHTS_SHA256_<VARIANT>`).
         cache_dir: the cache folder (default `<KERAS_HOME>/models/keras_cmt`).
         base_url: the release base URL (default `$KERAS_CMT_WEIGHTS_URL` or the official release).
     """
-    return _ensure_cache(variant, prefer, sha256, cache_dir, base_url)[0]
+    return _ensure_cache(variant, builder, prefer, sha256, cache_dir, base_url)[0]
 
 
-def _ensure_cache(variant, prefer, sha256, cache_dir, base_url, model=None):
+def _ensure_cache(variant, builder, prefer, sha256, cache_dir, base_url, model=None):
     """Returns (weights path, whether `model` was filled while converting)."""
     variant = _variant(variant)
     prefer = _resolve_prefer(prefer)
@@ -312,15 +297,16 @@ def _ensure_cache(variant, prefer, sha256, cache_dir, base_url, model=None):
             )
         record = {"variant": variant.name, "url": url, "source": source, "source_sha256": fetched_sha256,
                   "prefer": prefer}
-        filled = _convert(checkpoint_path, source, variant, prefer, weights_path, record_path, record, model)
+        filled = _convert(checkpoint_path, source, variant, prefer, weights_path, record_path, record, builder,
+                          model)
     finally:
         if downloaded and os.path.exists(checkpoint_path):
             os.remove(checkpoint_path)
     return weights_path, filled
 
 
-def load_imagenet_weights(model, variant, prefer=None, sha256=None, cache_dir=None, base_url=None):
+def load_imagenet_weights(model, variant, builder, prefer=None, sha256=None, cache_dir=None, base_url=None):
     """Loads a variant's official ImageNet weights into `model` (any input size; without the classifier when the
     model has none). The arguments are those of `imagenet_weights_path`."""
-    path, filled = _ensure_cache(variant, prefer, sha256, cache_dir, base_url, model=model)
+    path, filled = _ensure_cache(variant, builder, prefer, sha256, cache_dir, base_url, model=model)
     return model if filled else loading.load_weights(model, path)
