@@ -6,7 +6,8 @@
 `predict` decodes each image (JPEG/PNG/GIF/BMP), applies the official evaluation transform
 (`keras_cmt.eval_transform`) at the model's input size and prints the top-k classes with their probabilities.
 `--model` takes a variant name or a saved `.keras` model (a fine-tuned one, with `--labels` for its class names).
-`info` prints the variant table; params and GMACs are counted from the built models (a few seconds per variant).
+`info` prints the variant table: params counted from the built models (a few seconds per variant), GMACs from
+`keras_cmt.VARIANTS` (counted from each variant's TensorFlow graph by the tests). Any Keras backend.
 Errors are one line on stderr and exit status 1.
 """
 
@@ -107,6 +108,8 @@ def _probabilities(outputs):
 
 def predict(args, out=None):
     out = out or sys.stdout
+    import keras
+
     from keras_cmt.image_transforms import eval_transform, load_image
 
     images = [load_image(path) for path in args.images]  # every file checked before the model is built
@@ -114,16 +117,20 @@ def predict(args, out=None):
     shape = tuple(model.inputs[0].shape[1:])
     if len(model.outputs) != 1 or len(model.outputs[0].shape) != 2:
         raise ValueError(f"--model {args.model}: predict needs a classifier (one (batch, classes) output).")
-    if shape[0] != shape[1] or shape[0] is None:
+    channels_first = len(shape) == 3 and shape[0] == 3 and shape[-1] != 3
+    height, width = shape[1:] if channels_first else shape[:2]
+    if height != width or height is None:
         raise ValueError(f"--model {args.model}: predict needs a square input size; the model takes {shape}.")
-    size = int(shape[0])
+    size = int(height)
     classes = int(model.outputs[0].shape[-1])
     labels = _labels(args, classes)
     top = min(args.top, classes)
     for start in range(0, len(images), args.batch_size):
         paths = args.images[start:start + args.batch_size]
         batch = np.stack([eval_transform(image, size) for image in images[start:start + args.batch_size]])
-        probabilities = _probabilities(model(batch, training=False))
+        if channels_first:
+            batch = np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
+        probabilities = _probabilities(keras.ops.convert_to_numpy(model(batch, training=False)))
         for path, row in zip(paths, probabilities):
             print(path, file=out)
             for rank, index in enumerate(np.argsort(-row, kind="stable")[:top], start=1):
@@ -134,7 +141,6 @@ def predict(args, out=None):
 def info(args, out=None):
     out = out or sys.stdout
     import keras_cmt
-    from keras_cmt.flops import count_macs
 
     names = [keras_cmt.get_variant(name).name for name in (args.model or keras_cmt.VARIANTS)]
     header = f"{'variant':<8} {'builder':<9} {'params':>12} {'GMACs':>7} {'input':>7} {'top-1':>6}  weights"
@@ -143,7 +149,7 @@ def info(args, out=None):
     for name in dict.fromkeys(names):
         variant = keras_cmt.VARIANTS[name]
         model = keras_cmt.build_model(name)
-        gmacs = count_macs(model) / 1e9
+        gmacs = variant.macs / 1e9
         size = f"{variant.default_size}^2"
         print(f"{name:<8} {variant.builder_name:<9} {model.count_params():>12,} {gmacs:>7.3f} {size:>7} "
               f"{variant.top1:>6.1f}  {variant.weights_file}", file=out, flush=True)

@@ -1,5 +1,6 @@
-"""The command line: predict (official transform, top-k, saved models, checkpoint weights, labels), info (params and
-GMACs counted from the built model), `python -m keras_cmt`, and one-line errors."""
+"""The command line: predict (official transform, top-k, saved models, checkpoint weights, labels), info (params
+counted from the built model, GMACs from the variant table), `python -m keras_cmt`, and one-line errors. On every
+backend."""
 
 import os
 import re
@@ -14,7 +15,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "fixtures", "pretrain
 import pretrained_helpers as helpers  # noqa: E402
 
 import keras_cmt  # noqa: E402
+from conftest import numpy  # noqa: E402
 from keras_cmt import cli  # noqa: E402
+
+pytestmark = pytest.mark.all_backends
 
 IMAGES = [os.path.join(os.path.dirname(__file__), "fixtures", "pretrained", name)
           for name in ("eval_transform_input.png", "eval_transform_input_portrait.png")]
@@ -36,7 +40,7 @@ def parse(text):
 
 def expected_top(model, top, labels):
     batch = np.stack([keras_cmt.eval_transform(keras_cmt.load_image(p), 64) for p in IMAGES])
-    probabilities = np.asarray(model(batch, training=False))
+    probabilities = numpy(model(batch, training=False))
     return {path: [(round(float(row[i]), 4), labels[i]) for i in np.argsort(-row)[:top]]
             for path, row in zip(IMAGES, probabilities)}
 
@@ -112,7 +116,7 @@ def test_usage_errors(capsys):
     assert exit_info.value.code == 2
 
 
-def test_info_counts_params_and_gmacs_from_the_model(capsys):
+def test_info_counts_params_and_reads_gmacs_from_the_table(capsys):
     assert cli.main(["info", "--model", "CMTTiny"]) == 0
     out = capsys.readouterr().out
     row = next(line for line in out.splitlines() if line.startswith("cmt_ti "))
@@ -121,7 +125,7 @@ def test_info_counts_params_and_gmacs_from_the_model(capsys):
 
 
 def test_python_dash_m(tmp_path):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")  # KERAS_BACKEND is inherited: the same backend
     missing = str(tmp_path / "missing.png")
     result = subprocess.run([sys.executable, "-m", "keras_cmt", "predict", missing], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=300)
@@ -136,3 +140,21 @@ def test_default_labels():
     assert imagenet[0] == "tench (n01440764)" and imagenet[999] == "toilet_tissue (n15075141)"
     assert cli._labels(args, 3) == ["class_0", "class_1", "class_2"]
     assert (args.model, args.weights, args.top) == ("cmt_small", None, 5)
+
+
+@pytest.mark.channels_first
+def test_predict_with_a_channels_first_model(official_micro, channels_first_format, tmp_path, capsys):
+    """A model saved channels-first gets its images transposed: the same predictions as channels-last."""
+    import keras
+
+    first = helpers.micro_model(input_shape=(3, 64, 64))
+    first.set_weights(official_micro.get_weights())
+    path = str(tmp_path / "first.keras")
+    first.save(path)
+    assert cli.main(["predict", *IMAGES, "--model", path, "--top", "3"]) == 0
+    printed = parse(capsys.readouterr().out)
+    keras.config.set_image_data_format("channels_last")
+    expected = expected_top(official_micro, 3, [f"class_{i}" for i in range(10)])
+    for path_ in IMAGES:
+        assert [label for _, label in printed[path_]] == [label for _, label in expected[path_]]
+        np.testing.assert_allclose([p for p, _ in printed[path_]], [p for p, _ in expected[path_]], atol=2e-4)

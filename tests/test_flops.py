@@ -81,3 +81,12 @@ def test_needs_a_static_single_input():
     with pytest.raises(ValueError, match=r"needs a static input shape; the model's is \(None, None, 3\)"):
         count_macs(dynamic)
     assert count_macs(dynamic, input_shape=(4, 10, 3)) == 4 * 10 * 2 * 3
+
+
+@pytest.mark.parametrize("name", ["cmt_ti", "cmt_xs", "cmt_s", "cmt_b"])
+def test_variant_table_macs_are_counted_from_the_built_models(name):
+    """The table `keras-cmt info` prints on any backend is what the TensorFlow graph of each variant executes."""
+    from keras_cmt import build_model, variants
+
+    assert count_macs(build_model(name)) == variants.VARIANTS[name].macs
+    keras.backend.clear_session()
