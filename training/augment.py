@@ -8,10 +8,10 @@ normalisation with the ImageNet mean/std, then Mixup or CutMix (one per batch, s
 is the loss's job (CategoricalCrossentropy(label_smoothing=...)) and commutes with Mixup/CutMix.
 """
 
-import math
-
 import keras
 import tensorflow as tf
+
+from keras_cmt import image_transforms
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -73,20 +73,9 @@ def decode_random_resized_crop(encoded, size, scale_min=0.08):
 
 
 def center_crop(image, size, crop_pct=0.875):
-    """The official eval transform: resize the short side to int(size / crop_pct) (bicubic), centre-crop size."""
-    image = tf.cast(image, tf.float32)
-    shape = tf.shape(image)
-    h, w = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
-    short = float(int(math.floor(size / crop_pct)))
-    scale = short / tf.minimum(h, w)
-    new_h = tf.maximum(tf.cast(tf.round(h * scale), tf.int32), size)
-    new_w = tf.maximum(tf.cast(tf.round(w * scale), tf.int32), size)
-    image = _resize_bicubic(image, new_h, new_w)
-    oy = (new_h - size) // 2
-    ox = (new_w - size) // 2
-    image = tf.slice(image, tf.stack([oy, ox, 0]), [size, size, 3])
-    image.set_shape([size, size, 3])
-    return image
+    """The official eval transform (`keras_cmt.image_transforms.eval_transform`): resize the short side to
+    int(size / crop_pct) (bicubic, as PIL), centre-crop size; float32 (size, size, 3) in [0, 255], whole numbers."""
+    return image_transforms.eval_transform(tf.convert_to_tensor(image), size, normalize=False, crop_pct=crop_pct)
 
 
 def normalize(images):
