@@ -8,11 +8,12 @@ counts every image of the split exactly once. With `--model_path` (a .keras file
 used; with `--model` and `--weights` the model is built at `--image_size` and the weights loaded into it.
 """
 
-import json
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
+
+from keras_cmt import atomic_files
 
 flags.DEFINE_string("model_path", None, "A .keras model saved by keras_cmt.training.train.")
 flags.DEFINE_string("model", "cmt_ti", "Variant to build when --weights is given.")
@@ -82,8 +83,7 @@ def evaluate():
     print(f"{results['model']} on {source.name} ({source.num_val} images, {size}x{size}, crop {crop_pct}): "
           f"top-1 {results['top1']:.4f}  top-5 {results['top5']:.4f}")
     if FLAGS.output:
-        with open(FLAGS.output, "w") as f:
-            json.dump(results, f, indent=2)
+        atomic_files.write_json(FLAGS.output, results)
     return results
 
 
@@ -95,7 +95,9 @@ def main(argv):
 
 
 def console_main():
-    app.run(main)
+    from keras_cmt.training.flags import run_with_help
+
+    run_with_help(main, sys.modules[__name__], __doc__)
 
 
 if __name__ == "__main__":

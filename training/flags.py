@@ -6,8 +6,9 @@ Precedence, lowest first: the preset (the variant's official ImageNet recipe, or
 
 import json
 import os
+import sys
 
-from absl import flags
+from absl import app, flags
 
 from keras_cmt.training import presets
 from keras_cmt.training.strategy import STRATEGIES
@@ -18,6 +19,21 @@ FLAGS = flags.FLAGS
 
 class ConfigError(ValueError):
     """A bad `--config` file; the message is one line naming the file and key."""
+
+
+def run_with_help(main, flags_module, doc):
+    """`absl.app.run(main)`, with `--help` printing `doc` and the flags `flags_module` defines, then exiting 0.
+
+    absl's own `--help` lists the flags of `sys.argv[0]`'s module (for a console script, its wrapper: none) and
+    exits with status 1."""
+
+    def parse(argv):
+        if any(arg in ("-h", "-?", "--help", "--helpshort") for arg in argv[1:]):
+            print(f"{(doc or '').strip()}\n\nflags:\n{FLAGS.module_help(flags_module)}")
+            sys.exit(0)
+        return app.parse_flags_with_usage(argv)
+
+    app.run(main, flags_parser=parse)
 
 
 def define_flags():

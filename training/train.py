@@ -14,7 +14,7 @@ import os
 import sys
 import time
 
-from absl import app, logging
+from absl import logging
 
 from keras_cmt import atomic_files
 from keras_cmt.training import flags as training_flags
@@ -305,7 +305,7 @@ def main(argv):
 def console_main():
     """Entry point of the `cmt-train` console script."""
     training_flags.define_flags()
-    app.run(main)
+    training_flags.run_with_help(main, training_flags, __doc__)
 
 
 if __name__ == "__main__":
