@@ -16,3 +16,9 @@ from keras_cmt.variants import VARIANTS, get_variant
 from keras_cmt.weights.loading import load_weights
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "CMT", "CMTBase", "CMTPyramid", "CMTSmall", "CMTTiny", "CMTXS", "IMAGENET_MEAN", "IMAGENET_STD", "VARIANTS",
+    "build_model", "count_macs", "decode_predictions", "eval_transform", "fuse_for_inference", "get_variant",
+    "imagenet_labels", "load_image", "load_weights", "preprocess_input", "pyramid_model", "pyramid_outputs",
+]
