@@ -123,17 +123,19 @@ def export_state_dict(model):
 
 def describe_state_dict(state_dict):
     """Guesses the configuration a state dict was trained with: embed dims, depths, stem width, classes."""
+    def leading(key):  # a tensor's first dimension, None when absent or 0-d
+        w = state_dict.get(key)
+        shape = getattr(w, "shape", ())
+        return int(shape[0]) if len(shape) else None
+
     embed_dims, depths = [], []
     for letter in STAGE_LETTERS:
-        w = state_dict.get(f"patch_embed_{letter}.proj.weight")
-        embed_dims.append(int(w.shape[0]) if w is not None else None)
+        embed_dims.append(leading(f"patch_embed_{letter}.proj.weight"))
         prefix = f"blocks_{letter}."
         depths.append(len({k.split(".")[1] for k in state_dict if k.startswith(prefix)}))
-    stem = state_dict.get("stem_conv1.weight")
-    head = state_dict.get("head.weight")
     return {
         "embed_dims": embed_dims,
         "depths": depths,
-        "stem_channels": int(stem.shape[0]) if stem is not None else None,
-        "classes": int(head.shape[0]) if head is not None else None,
+        "stem_channels": leading("stem_conv1.weight"),
+        "classes": leading("head.weight"),
     }

@@ -7,6 +7,7 @@ before anything is assigned, and a failed load leaves the model as it was. Relat
 input size are resized (`RelativePositionBias.load_own_variables` for Keras files).
 """
 
+import math
 import os
 import tempfile
 
@@ -54,12 +55,20 @@ def assign_state_dict(model, state_dict, source="checkpoint", exclude_head=False
     ]
     missing = [k for k in expected if k not in state_dict]
 
-    values, mismatched, resize_errors = [], [], []
+    values, mismatched, resize_errors, wrong_type = [], [], [], []
     for key, variable, transform in entries:
         if key not in state_dict:
             continue
-        value = transform(np.asarray(state_dict[key]))
+        raw = np.asarray(state_dict[key])
         target = tuple(variable.shape)
+        if raw.dtype.kind != "f":  # an integer or boolean tensor is not a weight: never cast it into one
+            wrong_type.append(f"{key} ({raw.dtype})")
+            continue
+        try:
+            value = transform(raw)
+        except (ValueError, IndexError):  # another rank than the layout transform takes
+            mismatched.append((key, raw.shape, target))
+            continue
         if key.startswith("relative_pos_") and value.ndim == 3 and value.shape != target:
             try:
                 value = position_bias_resize.resize_for_layer(value, model.get_layer(key))
@@ -74,9 +83,14 @@ def assign_state_dict(model, state_dict, source="checkpoint", exclude_head=False
     if resize_errors and len(mismatched) == len(resize_errors):
         raise ValueError(f"{source}: {resize_errors[0]}")
 
+    if wrong_type:
+        raise ValueError(f"{source}: tensors that are not floating point (not weights of this model?): "
+                         + _list(wrong_type))
     head_mismatch = [m for m in mismatched if m[0].startswith("head.")]
-    if head_mismatch and len(mismatched) == len(head_mismatch) and not missing and not unexpected:
-        raise _classes_error(source, state_dict["head.weight"].shape[0], model)
+    head = np.asarray(state_dict.get("head.weight", ()))
+    if (head_mismatch and len(mismatched) == len(head_mismatch) and not missing and not unexpected
+            and head.ndim == 2):
+        raise _classes_error(source, head.shape[0], model)
     if missing or unexpected or mismatched:
         found = checkpoint_mapping.describe_state_dict(state_dict)
         raise ValueError(
@@ -110,29 +124,87 @@ def _differences(missing, unexpected, mismatched):
     return "; ".join(parts)
 
 
+# A `.weights.h5` holds at most this many bytes of tensors (as the PyTorch reader's limit): the relative-position
+# biases may be of another input size, everything else has the model's own shapes.
+MAX_H5_BYTES = 4 << 30
+
+
+def _clean(text, limit=80):
+    """A name or message from a file, on one short line."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _h5_layout(path):
-    """({dataset path: shape}, {top-level group: layer name}) of a `.weights.h5` file."""
-    shapes, names = {}, {}
+    """({dataset path: shape}, {top-level group: layer name}, {dataset path: dtype}) of a `.weights.h5` file: its
+    structure only, no tensor data is read."""
+    shapes, names, dtypes = {}, {}, {}
     try:
         with h5py.File(path, "r") as f:
 
             def visit(name, item):
                 if isinstance(item, h5py.Dataset):
-                    shapes[name] = tuple(item.shape)
+                    shapes[name] = tuple(int(s) for s in item.shape)
+                    dtypes[name] = item.dtype
                     group = "/".join(name.split("/")[:2])
                     if group not in names:
                         attrs = f[group + "/vars"].attrs if group + "/vars" in f else {}
-                        names[group] = str(attrs.get("name", group))
+                        names[group] = _clean(attrs.get("name", group))
 
             f.visititems(visit)
-    except (OSError, KeyError, ValueError, RuntimeError) as e:
-        raise ValueError(f"{path}: not a readable Keras .weights.h5 file ({' '.join(str(e).split())}).") from None
+    except Exception as e:  # noqa: BLE001 - h5py raises OSError, KeyError, RuntimeError, TypeError... on bad files
+        raise ValueError(f"{path}: not a readable Keras .weights.h5 file ({_clean(e, 300)}).") from None
     if not shapes:
         raise ValueError(f"{path}: no weights found (not a Keras .weights.h5 file?).")
-    return shapes, names
+    return shapes, names, dtypes
+
+
+def _dtype_fits(found, expected):
+    """Whether a dataset of dtype `found` may fill a variable saved as `expected`: the same dtype; a float16 or
+    float32 dataset for a float variable (exact in float32, and how a float32 file fills a float16 model); any
+    integer for an integer variable. Not float64 into float32 (not a file of this model: its values would be
+    rounded, large ones to inf), nor integers, booleans, strings or compound data for floats."""
+    found, expected = np.dtype(found), np.dtype(expected)
+    if found == expected:
+        return True
+    if expected.kind == "f":
+        return found.kind == "f" and found.itemsize <= 4
+    if expected.kind in "iu":
+        return found.kind in "iu"
+    return False
+
+
+def _check_dtypes(path, found, expected, expected_names):
+    wrong = []
+    for dataset, dtype in expected.items():
+        if dataset in found and not _dtype_fits(found[dataset], dtype):
+            layer = expected_names.get(_group(dataset), _group(dataset))
+            wrong.append(f"{layer} ({dataset} is {_clean(found[dataset], 24)}, the model holds {np.dtype(dtype).name})")
+    if wrong:
+        raise ValueError(f"{path}: datasets of the wrong type (not weights of this model?): " + _list(wrong))
+
+
+def _check_data(path, datasets, shapes, dtypes):
+    """Reads every dataset Keras is about to load, so that a corrupt or truncated file fails here, before any
+    variable is assigned, and not half-way through Keras' load."""
+    total = sum(math.prod(shapes[d]) * np.dtype(dtypes[d]).itemsize for d in datasets)
+    if total > MAX_H5_BYTES:
+        raise ValueError(f"{path}: its tensors declare {total} bytes, more than a CMT's weights take "
+                         f"(at most {MAX_H5_BYTES >> 30} GiB); refused before reading them.")
+    current = None
+    try:
+        with h5py.File(path, "r") as f:
+            for current in datasets:
+                values = np.asarray(f[current][()])
+                if values.shape != shapes[current]:
+                    raise ValueError(f"unexpected data for shape {shapes[current]}")
+    except Exception as e:  # noqa: BLE001 - whatever h5py raises while reading data
+        where = f" (reading {current})" if current else ""
+        raise ValueError(f"{path}: corrupt or truncated .weights.h5 file{where}: {_clean(e, 300)}.") from None
 
 
 def _saved_layout(model):
+    """The layout (shapes, names, dtypes) of the `.weights.h5` file `model` saves."""
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "model.weights.h5")
         model.save_weights(path)
@@ -146,12 +218,13 @@ def _group(dataset_path):
 def load_keras_weights(model, path, exclude_head=False):
     """Loads a Keras `.weights.h5` of a CMT into `model` with Keras, after checking that it fits: the same layers
     (by position, as Keras addresses them, and by name) holding tensors of the same shapes, the relative-position
-    biases excepted (they are resized)."""
-    found, found_names = _h5_layout(path)
+    biases excepted (they are resized), of dtypes that fit (`_dtype_fits`), and readable to the last byte. Each
+    check fails with one ValueError line naming the file, before any variable is assigned."""
+    found, found_names, found_dtypes = _h5_layout(path)
     target = model
     if _has_head(model) and exclude_head:
         target = keras.Model(model.inputs, model.get_layer("head").input)
-    expected, expected_names = _saved_layout(target)
+    expected, expected_names, expected_dtypes = _saved_layout(target)
     skip_head = exclude_head or not _has_head(model)
     biases = {layer.name for layer in model.layers if isinstance(layer, RelativePositionBias)}
 
@@ -170,9 +243,9 @@ def load_keras_weights(model, path, exclude_head=False):
         theirs = {p for p in found if _group(p) == group}
         if found_names[group] != name or theirs != set(ours) or not all(fits(p) for p in ours):
             mismatched[group] = name
-    if list(mismatched.values()) == ["head"] and not missing and not unexpected:
-        kernel = f"{_KERAS_HEAD_GROUP}vars/0"
-        raise _classes_error(path, found[kernel][-1] if kernel in found else "other", model)
+    kernel = f"{_KERAS_HEAD_GROUP}vars/0"
+    if list(mismatched.values()) == ["head"] and not missing and not unexpected and len(found.get(kernel, ())) == 2:
+        raise _classes_error(path, found[kernel][-1], model)
     if missing or unexpected or mismatched:
         parts = []
         if mismatched:
@@ -183,6 +256,8 @@ def load_keras_weights(model, path, exclude_head=False):
         if unexpected:
             parts.append(f"unexpected {len(unexpected)}: " + _list(unexpected))
         raise ValueError(f"{path} does not fit this model (a different CMT configuration?): " + "; ".join(parts))
+    _check_dtypes(path, found_dtypes, expected_dtypes, expected_names)
+    _check_data(path, sorted(expected), found, found_dtypes)
     before = [np.array(keras.ops.convert_to_numpy(v)) for v in model.weights]
     try:
         target.load_weights(path)
