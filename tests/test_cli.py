@@ -1,6 +1,6 @@
 """The command line: predict (official transform, top-k, saved models, checkpoint weights, labels), info (params
-counted from the built model, GMACs from the variant table), `python -m keras_cmt`, and one-line errors. On every
-backend."""
+counted from the built model, GMACs from the variant table), `python -m keras_cmt`, and one-line errors. Prediction
+and info also on JAX and PyTorch (`all_backends`)."""
 
 import os
 import re
@@ -18,7 +18,6 @@ import keras_cmt  # noqa: E402
 from conftest import numpy  # noqa: E402
 from keras_cmt import cli  # noqa: E402
 
-pytestmark = pytest.mark.all_backends
 
 IMAGES = [os.path.join(os.path.dirname(__file__), "fixtures", "pretrained", name)
           for name in ("eval_transform_input.png", "eval_transform_input_portrait.png")]
@@ -59,6 +58,7 @@ def saved_micro(official_micro, tmp_path_factory):
     return path
 
 
+@pytest.mark.all_backends
 def test_predict_with_a_saved_model_and_checkpoint_weights(official_micro, saved_micro, tmp_path, capsys):
     labels = [f"thing {i}" for i in range(10)]
     labels_file = tmp_path / "labels.txt"
@@ -116,6 +116,7 @@ def test_usage_errors(capsys):
     assert exit_info.value.code == 2
 
 
+@pytest.mark.all_backends
 def test_info_counts_params_and_reads_gmacs_from_the_table(capsys):
     assert cli.main(["info", "--model", "CMTTiny"]) == 0
     out = capsys.readouterr().out

@@ -1,8 +1,8 @@
 """The official evaluation transform (against crops made by torchvision's recipe with PIL, committed as a fixture),
 its TensorFlow path in tf.data, and image decoding with clear errors.
 
-The numpy path (Pillow) runs on every backend (`all_backends`); the tests of the TensorFlow path import TensorFlow
-inside the test and carry no mark, so they run only in the TensorFlow process (tests/run.py).
+NumPy and Pillow only, whatever the Keras backend (tests/test_packaging.py runs them without TensorFlow), so these
+tests run once, in the TensorFlow process of tests/run.py.
 """
 
 import io
@@ -63,7 +63,6 @@ def _png_declaring(width, height):
 # ------------------------------------------------------------------------------------ the numpy (Pillow) path
 
 
-@pytest.mark.all_backends
 def test_resize_size_is_the_official_expression():
     assert [image_transforms.resize_size(s) for s in (160, 192, 224, 256, 64)] == [182, 219, 256, 292, 73]
     assert [image_transforms.short_side(s) for s in (160, 192, 224, 256, 64)] == [182, 219, 256, 292, 73]
@@ -71,7 +70,6 @@ def test_resize_size_is_the_official_expression():
     assert [image_transforms.short_side(s, 0.9) for s in (160, 224, 64)] == [177, 248, 71]
 
 
-@pytest.mark.all_backends
 def test_shared_arithmetic_is_torchvisions():
     for extra in range(0, 40):
         assert image_transforms._crop_offset(extra) == int(round(extra / 2.0))
@@ -83,7 +81,6 @@ def test_shared_arithmetic_is_torchvisions():
             assert (new_w, new_h) == (int(short * width / height), short)
 
 
-@pytest.mark.all_backends
 @pytest.mark.parametrize("name", ["landscape", "portrait"])
 @pytest.mark.parametrize("size", [64, 96])
 def test_matches_the_official_pil_transform_exactly(reference, name, size):
@@ -99,7 +96,6 @@ def test_matches_the_official_pil_transform_exactly(reference, name, size):
     np.testing.assert_allclose(normalised, (expected / 255.0 - mean) / std, atol=1e-5)
 
 
-@pytest.mark.all_backends
 @pytest.mark.parametrize("crop_pct", [1.0, 0.9, 0.5])
 @pytest.mark.parametrize("name", ["landscape", "portrait"])
 def test_other_crop_pct_matches_pil(name, crop_pct):
@@ -109,7 +105,6 @@ def test_other_crop_pct_matches_pil(name, crop_pct):
         np.testing.assert_array_equal(crop, official_crop(image, size, crop_pct).astype(np.float32))
 
 
-@pytest.mark.all_backends
 def test_width_pass_first_on_every_pillow_version():
     # A tall image: Pillow >= 12.2 resizes some of these height first inside one `.resize` (rounding in between
     # differently); the official transform of its day, and this one, resample the width first.
@@ -122,7 +117,6 @@ def test_width_pass_first_on_every_pillow_version():
     np.testing.assert_array_equal(crop, np.asarray(im)[top:top + 16, left:left + 16].astype(np.float32))
 
 
-@pytest.mark.all_backends
 def test_float_and_other_array_input():
     image = image_transforms.load_image(IMAGES["portrait"])
     expected = image_transforms.eval_transform(image, 64)
@@ -133,7 +127,6 @@ def test_float_and_other_array_input():
     np.testing.assert_array_equal(square, np.full((64, 64, 3), 7.0, np.float32))  # nothing to resize or crop
 
 
-@pytest.mark.all_backends
 def test_decodes_jpeg_and_png_kinds_as_pil_convert_rgb(tmp_path):
     yy, xx = np.mgrid[0:40, 0:50]
     rgb = np.stack([xx * 5, yy * 6, 255 - xx * 2 - yy * 3], -1).astype(np.uint8)
@@ -158,7 +151,6 @@ def test_decodes_jpeg_and_png_kinds_as_pil_convert_rgb(tmp_path):
     np.testing.assert_array_equal(image_transforms.load_image(tmp_path / "image.bmp"), rgb)
 
 
-@pytest.mark.all_backends
 def test_decodes_the_first_gif_frame_and_16_bit_grey(tmp_path):
     first, second = np.full((8, 9, 3), 40, np.uint8), np.full((8, 9, 3), 200, np.uint8)
     Image.fromarray(first).save(tmp_path / "anim.gif", save_all=True, append_images=[Image.fromarray(second)])
@@ -169,7 +161,6 @@ def test_decodes_the_first_gif_frame_and_16_bit_grey(tmp_path):
     np.testing.assert_array_equal(decoded, np.repeat((wide >> 8).astype(np.uint8)[..., None], 3, axis=-1))
 
 
-@pytest.mark.all_backends
 def test_decoding_errors_are_one_line_naming_the_file(tmp_path):
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
@@ -193,7 +184,6 @@ def test_decoding_errors_are_one_line_naming_the_file(tmp_path):
     _one_line_error(error, truncated)
 
 
-@pytest.mark.all_backends
 def test_refuses_a_decompression_bomb(tmp_path, monkeypatch):
     bomb = tmp_path / "bomb.png"
     bomb.write_bytes(_png_declaring(20000, 20000))  # 400 million pixels declared in a 70-byte file
@@ -212,7 +202,6 @@ def test_refuses_a_decompression_bomb(tmp_path, monkeypatch):
     assert image_transforms.load_image(small).shape == (40, 50, 3)
 
 
-@pytest.mark.all_backends
 def test_eval_transform_argument_errors():
     with pytest.raises(ValueError, match=r"one RGB image \(height, width, 3\); got shape \(2, 8, 8, 3\)"):
         image_transforms.eval_transform(np.zeros((2, 8, 8, 3), np.uint8), 64)

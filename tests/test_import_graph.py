@@ -8,7 +8,6 @@ import pytest
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "keras_cmt"
 
-pytestmark = pytest.mark.all_backends
 
 
 def _modules():

@@ -11,8 +11,8 @@ environment, and the core install (`pip install keras-cmt`) needs Keras, NumPy, 
   gets a `sitecustomize.py` (run after every .pth) that removes `__editable__` finders and sys.path entries inside
   the checkout: the venv then sees what a user's fresh venv sees. The commands run from a folder outside the
   checkout, without PYTHONPATH.
-* The core test runs keras_cmt on JAX (PyTorch on the PyTorch run) in a subprocess where `import tensorflow`
-  fails as if it were not installed (tests/fixtures/packaging/core_without_tensorflow.py).
+* The core test runs keras_cmt on JAX and on PyTorch, each in a subprocess where `import tensorflow` fails as if
+  it were not installed (tests/fixtures/packaging/core_without_tensorflow.py).
 """
 
 import email.parser
@@ -317,27 +317,28 @@ def test_installed_distribution_metadata():
     assert scripts == CONSOLE_SCRIPTS, f"the installed {DIST_NAME} declares the console scripts {scripts}"
 
 
-@pytest.mark.all_backends
 def test_core_works_without_tensorflow(tmp_path):
-    import keras
-
-    # On the TensorFlow run the core is exercised on JAX; on the JAX and PyTorch runs, on that backend.
-    backend = keras.backend.backend()
-    backend = "jax" if backend == "tensorflow" else backend
-    env = _clean_env(KERAS_BACKEND=backend)
-    if backend == "jax":  # as tests/run.py: the tests time nothing, XLA's optimising passes dominate
-        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
-                            " --xla_llvm_disable_expensive_passes=true").strip()
-    env["PYTHONPATH"] = str(REPO)  # the checkout's keras_cmt (it is also what the editable install maps to)
+    """The core on JAX and on PyTorch (one subprocess each, side by side) with `import tensorflow` failing."""
     script = FIXTURES / "packaging" / "core_without_tensorflow.py"
-    result = subprocess.run([sys.executable, str(script), str(tmp_path)], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, (f"exit {result.returncode}\n{result.stdout[-3000:]}\n"
-                                    f"{_without_log_noise(result.stderr)[-5000:]}")
-    report = _result(result.stdout)
-    assert report["backend"] == backend
-    assert report["passed"] and report["passed"][0].startswith("the TensorFlow blocker"), report["passed"]
-    failures = "\n\n".join(f"== {f['step']}: {f['error']}\n{f['traceback']}" for f in report["failures"])
-    assert not report["failures"], f"on {backend} without TensorFlow:\n{failures}"
-    assert not report["tensorflow_modules"], report["tensorflow_modules"]
-    assert len(report["passed"]) == 12, report["passed"]
+    processes = {}
+    for backend in ("jax", "torch"):
+        env = _clean_env(KERAS_BACKEND=backend)
+        if backend == "jax":  # as tests/run.py: the tests time nothing, XLA's optimising passes dominate
+            env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
+                                " --xla_llvm_disable_expensive_passes=true").strip()
+        env["PYTHONPATH"] = str(REPO)  # the checkout's keras_cmt (it is also what the editable install maps to)
+        folder = tmp_path / backend
+        folder.mkdir()
+        processes[backend] = subprocess.Popen([sys.executable, str(script), str(folder)], cwd=folder, env=env,
+                                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for backend, process in processes.items():
+        stdout, stderr = process.communicate(timeout=600)
+        assert process.returncode == 0, (f"{backend}: exit {process.returncode}\n{stdout[-3000:]}\n"
+                                         f"{_without_log_noise(stderr)[-5000:]}")
+        report = _result(stdout)
+        assert report["backend"] == backend
+        assert report["passed"] and report["passed"][0].startswith("the TensorFlow blocker"), report["passed"]
+        failures = "\n\n".join(f"== {f['step']}: {f['error']}\n{f['traceback']}" for f in report["failures"])
+        assert not report["failures"], f"on {backend} without TensorFlow:\n{failures}"
+        assert not report["tensorflow_modules"], report["tensorflow_modules"]
+        assert len(report["passed"]) == 12, report["passed"]

@@ -21,7 +21,6 @@ from keras_cmt.weights import position_bias_resize, pretrained  # noqa: E402
 
 VARIANT = helpers.MICRO_VARIANT
 
-pytestmark = pytest.mark.all_backends
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +59,7 @@ def assert_holds(model, state_dict):
         np.testing.assert_array_equal(variable.numpy(), transform(state_dict[key]), err_msg=key)
 
 
+@pytest.mark.all_backends
 def test_download_converts_caches_and_then_works_offline(server, official, tmp_path, monkeypatch):
     body = helpers.serve_checkpoint(server, "cmt_micro.pth",
                                     helpers.release_checkpoint(official["model"], official["ema"]))
@@ -117,6 +117,7 @@ def test_prefer_ema_without_ema_fails_cleanly(server, official, tmp_path):
     assert cache_files(tmp_path) == []
 
 
+@pytest.mark.all_backends
 def test_other_input_sizes_load_resized_biases(server, official, tmp_path):
     helpers.serve_checkpoint(server, "cmt_micro.pth", helpers.release_checkpoint(official["model"], official["ema"]))
     model = helpers.micro_model(input_shape=(96, 128, 3), include_top=False, pooling="avg")

@@ -10,7 +10,6 @@ import pytest
 from keras_cmt.weights import torch_checkpoint
 from keras_cmt.weights.torch_checkpoint import CheckpointError, read_torch_checkpoint, select_state_dict
 
-pytestmark = pytest.mark.all_backends
 
 
 def test_reads_the_official_fixture(micro_checkpoint):

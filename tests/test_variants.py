@@ -7,7 +7,6 @@ import pytest
 import keras_cmt
 from keras_cmt import variants
 
-pytestmark = pytest.mark.all_backends
 
 
 def test_aliases_resolve_to_official_names():
