@@ -68,16 +68,24 @@ def absorbs_projections(query_count, key_count, dim, num_heads, projection_cost=
 
 
 def key_side_weights(q_kernel, q_bias, proj_kernel, num_heads):
-    """The query and output projections in the layout `key_side_attention` reads: (Wq_h^T per head, a (C, heads)
-    kernel whose column h holds bq_h on head h's channels, Wo_h per head), from q_kernel, proj_kernel (C, C) and
-    q_bias (C,)."""
+    """The query and output projections in the layout `key_side_attention` reads: (Wq_h^T of every head as one
+    grouped 1x1 kernel, a (C, heads) kernel whose column h holds bq_h on head h's channels, Wo_h of every head as
+    one grouped 1x1 kernel), from q_kernel, proj_kernel (C, C) and q_bias (C,)."""
     dim = q_kernel.shape[-1]
     head_dim = dim // num_heads
     query_heads = ops.transpose(ops.reshape(q_kernel, (dim, num_heads, head_dim)), (1, 2, 0))
     per_head_bias = ops.reshape(q_bias, (num_heads, head_dim, 1))
     key_bias_kernel = ops.reshape(per_head_bias * ops.expand_dims(ops.eye(num_heads, dtype=q_bias.dtype), 1),
                                   (dim, num_heads))
-    return query_heads, key_bias_kernel, ops.reshape(proj_kernel, (num_heads, head_dim, dim))
+    out_heads = ops.reshape(proj_kernel, (num_heads, head_dim, dim))
+    return grouped_kernel(query_heads), key_bias_kernel, grouped_kernel(out_heads)
+
+
+def grouped_kernel(per_head_matrices):
+    """(heads, d, C) matrices as the (1, 1, d, heads * C) kernel of a grouped 1x1 convolution: group h maps head h's
+    d channels to output channels h*C .. (h+1)*C - 1 with matrix h."""
+    heads, head_dim, dim = per_head_matrices.shape
+    return ops.reshape(ops.transpose(per_head_matrices, (1, 0, 2)), (1, 1, head_dim, heads * dim))
 
 
 def heads_last(relative_position_bias):
@@ -93,23 +101,21 @@ def key_side_attention(queries, k, v, query_heads, key_bias_kernel, out_heads, o
     instead of N.
 
     queries: (B, H, W, C), the normalised input; k, v: (B, h, w, C), projected; query_heads, out_heads:
-    (heads, C / heads, C), Wq_h^T and Wo_h; key_bias_kernel: (C, heads); out_bias: (C,), bo; heads_last_bias:
-    (1, H*W, heads * h*w).
+    (1, 1, C / heads, heads * C), Wq_h^T and Wo_h as grouped 1x1 kernels (`grouped_kernel`); key_bias_kernel:
+    (C, heads); out_bias: (C,), bo; heads_last_bias: (1, H*W, heads * h*w).
     """
     height, width, dim = queries.shape[1], queries.shape[2], queries.shape[3]
-    head_dim = dim // num_heads
     n_q, n_k = height * width, k.shape[1] * k.shape[2]
 
-    def per_head(t, weights):  # (B, h, w, C) -> (B, heads * h*w, C): head j's keys times its (d, C) matrix
+    def per_head(t, kernel):  # (B, h, w, C) -> (B, heads * h*w, C): head j's keys times its (d, C) matrix
+        # One grouped 1x1 convolution for all heads: a CONV_2D with constant weights, which TFLite's XNNPACK
+        # delegate also runs in fp16 (a BATCH_MATMUL with a constant operand it cannot: the fp16 path of a
+        # `float16` file, on phones, would then fail to prepare).
+        t = ops.conv(t, kernel)
         if num_heads == 1:
-            return ops.reshape(ops.matmul(ops.reshape(t, (-1, dim)), weights[0]), (-1, n_k, dim))
-        # Heads first and the batch folded into the rows, so both operands have the same batch rank: TensorFlow
-        # 2.21's oneDNN BatchMatMul gives wrong results (and corrupts the heap) when it has to broadcast a
-        # (heads, d, C) operand over a batch of 2 or more.
-        t = ops.reshape(ops.transpose(ops.reshape(t, (-1, n_k, num_heads, head_dim)), (2, 0, 1, 3)),
-                        (num_heads, -1, head_dim))
-        t = ops.reshape(ops.matmul(t, weights), (num_heads, -1, n_k, dim))
-        return ops.reshape(ops.transpose(t, (1, 0, 2, 3)), (-1, num_heads * n_k, dim))
+            return ops.reshape(t, (-1, n_k, dim))
+        t = ops.transpose(ops.reshape(t, (-1, n_k, num_heads, dim)), (0, 2, 1, 3))
+        return ops.reshape(t, (-1, num_heads * n_k, dim))
 
     key_bias = ops.reshape(ops.matmul(ops.reshape(k, (-1, dim)), key_bias_kernel), (-1, n_k, num_heads))
     if num_heads > 1:  # B, M, heads -> B, heads, M: bq_h . k_h per head and key
@@ -194,9 +200,9 @@ class FusedCMTBlock(keras.layers.Layer):
             self.sr_bias = weight("sr_bias", (c,))
         if self.key_side_projections:
             d = c // self.num_heads
-            self.query_heads = weight("query_heads", (self.num_heads, d, c))
+            self.query_heads = weight("query_heads", (1, 1, d, self.num_heads * c))
             self.key_bias_kernel = weight("key_bias_kernel", (c, self.num_heads))
-            self.out_heads = weight("out_heads", (self.num_heads, d, c))
+            self.out_heads = weight("out_heads", (1, 1, d, self.num_heads * c))
         else:
             self.q_kernel = weight("q_kernel", (c, c))
             self.q_bias = weight("q_bias", (c,))

@@ -7,7 +7,7 @@ import pytest
 
 import keras_cmt
 from conftest import MICRO_CONFIG, SHARED_FIXTURES, build_micro, numpy
-from keras_cmt.fused_layers import FusedCMTBlock, absorbs_projections, heads_last
+from keras_cmt.fused_layers import FusedCMTBlock, absorbs_projections, grouped_kernel, heads_last
 from keras_cmt.inference import fuse_for_inference
 
 on_every_backend = pytest.mark.all_backends
@@ -153,8 +153,8 @@ def test_key_side_attention_matches_the_query_side_form_per_head_count():
         key_bias = np.zeros((dim, heads), "float32")
         for h in range(heads):
             key_bias[h * d:(h + 1) * d, h] = bq[h * d:(h + 1) * d]
-        derived = {"query_heads": q.reshape(dim, heads, d).transpose(1, 2, 0), "key_bias_kernel": key_bias,
-                   "out_heads": wo.reshape(heads, d, dim)}
+        derived = {"query_heads": numpy(grouped_kernel(q.reshape(dim, heads, d).transpose(1, 2, 0))),
+                   "key_bias_kernel": key_bias, "out_heads": numpy(grouped_kernel(wo.reshape(heads, d, dim)))}
         for v in key_side.weights:
             v.assign(values[v.name] if v.name in values else derived[v.name])
         np.testing.assert_allclose(numpy(key_side(x, key_side_bias)), numpy(query_side(x, bias)), atol=1e-5)
