@@ -93,6 +93,15 @@ def test_benchmark_of_a_missing_model(capsys, tmp_path):
     assert _listing(tmp_path) == []
 
 
+def test_benchmark_runtime_without_xnnpack(capsys, tmp_path):
+    model = tmp_path / "m.tflite"
+    model.write_bytes(b"not read")
+    assert benchmark.main([str(model), "--runtime", "compiled_fp16", "--no_xnnpack",
+                           "--json", str(tmp_path / "r.json")]) == 2
+    assert "--no_xnnpack applies to the interpreter runtime only" in capsys.readouterr().err
+    assert _listing(tmp_path) == ["m.tflite"]
+
+
 def test_unknown_representative_dataset(capsys, tmp_path):
     line = _cli_error(capsys, ["--model", "cmt_ti", "--image_size", "64", "--classes", "10", "--quantize", "int8",
                                "--representative_data", "no_such_dataset", "--output", str(tmp_path / "m.tflite")])

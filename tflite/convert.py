@@ -8,7 +8,9 @@ What the file holds: a static batch-1 graph of builtin TFLite ops only (no Selec
 RGB in [0, 255] (float32, or int8/uint8 with `--io_type`). The ImageNet per-channel normalisation of
 `keras_cmt.preprocess_input` is folded into the graph, because MediaPipe's ImageClassifier refuses
 per-channel normalisation in the metadata; the metadata then declares mean 0 / std 1, the label file
-and the image size, so the Task Library and MediaPipe load the file with no extra code.
+and the image size, so MediaPipe's ImageClassifier loads the file with no extra code and a LiteRT
+`CompiledModel` app knows what to feed. `--quantize float16` files are also marked for fp16 inference
+(flatbuffer metadata "reduced_precision_support" = "fp16accfp16"; see `quantization.mark_fp16_inference`).
 """
 
 from __future__ import annotations
@@ -135,6 +137,8 @@ def to_tflite(model, *, quantize: str = "none", representative_images=None, io_t
         data = converter.convert()
         if quantize == "dynamic":
             data = quantization.quantize_weights_for_xnnpack(data)
+        elif quantize == "float16":
+            data = quantization.mark_fp16_inference(data)
         return data
     except Exception as e:
         unsupported = sorted(set(re.findall(r"'(tf\.\w+)' op is neither a custom op nor a flex op", str(e))))
@@ -167,6 +171,15 @@ def read_labels(path: str):
     return labels
 
 
+def precision_description(marker: str) -> str:
+    """The sentence of the metadata description that says what a "reduced_precision_support" marker does."""
+    if marker == quantization.FP16_INFERENCE_MARKER:
+        return ("Float16 weights; marked for fp16 inference (reduced_precision_support=fp16accfp16): XNNPACK "
+                "computes in fp16 on CPUs with ARMv8.2 FP16 arithmetic and in fp32 elsewhere.")
+    return (f"Marked reduced_precision_support={marker}: XNNPACK computes in fp32 (it takes fp16 only with "
+            f"{quantization.FP16_INFERENCE_MARKER}).")
+
+
 def add_metadata(tflite_bytes: bytes, model, *, labels=None, input_range: str = "0-255",
                  name=None, description=None, version="1", author="keras_cmt", license="Apache-2.0") -> bytes:
     """Embeds image-classifier metadata and the label file into a converted model."""
@@ -181,13 +194,17 @@ def add_metadata(tflite_bytes: bytes, model, *, labels=None, input_range: str = 
     )
     height, width = model.input_shape[1:3]
     probability = _output_is_probability(model)
-    meta = metadata_lib.build_image_classifier_metadata(
-        name=name or f"{model.name} image classifier",
-        description=description
-        or (
+    if not description:
+        description = (
             f"CMT image classifier ({model.name}), {height}x{width} RGB input, {num_classes} classes; "
             f"outputs {'softmax probabilities' if probability else 'logits'}."
-        ),
+        )
+        precision = quantization.reduced_precision_support(tflite_bytes)
+        if precision is not None:
+            description += " " + precision_description(precision)
+    meta = metadata_lib.build_image_classifier_metadata(
+        name=name or f"{model.name} image classifier",
+        description=description,
         version=str(version),
         author=author,
         license=license,

@@ -1,7 +1,10 @@
 """Quantization modes of the converter and how each one configures `tf.lite.TFLiteConverter`.
 
 - none:    float32 weights and activations.
-- float16: float16 weights (half the file); XNNPACK and the GPU delegate compute in fp32/fp16.
+- float16: float16 weights (half the file), and the model marked for fp16 inference (the flatbuffer metadata
+           entry "reduced_precision_support" = "fp16accfp16", `mark_fp16_inference`): XNNPACK then computes in
+           fp16 on CPUs with native fp16 arithmetic (ARMv8.2-A FP16: phones since about 2018) and in fp32
+           elsewhere (weights dequantized at load); the GPU delegates compute in fp16 by default anyway.
 - dynamic: int8 weights of the convolutions and fully-connected layers, float activations that XNNPACK
            quantizes per image at run time (dynamic-range quantization). The fastest mode on CPUs:
            XNNPACK runs these layers as int8 GEMMs (VNNI/dot-product kernels) with float everything else,
@@ -64,6 +67,10 @@ def configure(converter, mode: str, representative_images=None, io_type: str = "
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if mode == "float16":
         converter.target_spec.supported_types = [tf.float16]
+        # The XNNPACK delegate README's "FP16 inference" route: with fp16 accumulation declared, the converter
+        # writes "reduced_precision_support" = "fp16accfp16" (without it, "fp16accfp32", which XNNPACK ignores).
+        # `mark_fp16_inference` checks the result and writes the entry itself if a converter does not.
+        converter.target_spec._experimental_supported_accumulation_type = tf.float16
     elif mode == "int8":
         images = np.asarray(representative_images, dtype=np.float32)
 
@@ -76,6 +83,74 @@ def configure(converter, mode: str, representative_images=None, io_type: str = "
         if io_type != "float32":
             converter.inference_input_type = getattr(tf, io_type)
             converter.inference_output_type = getattr(tf, io_type)
+
+
+# The model-level flatbuffer metadata entry that marks a model for reduced-precision inference, as TensorFlow Lite
+# defines it in tensorflow/lite/tools/optimize/reduced_precision_support.h (also
+# tensorflow/compiler/mlir/lite/tools/optimize/reduced_precision_metadata.h):
+#     static constexpr char kTfLiteReducedPrecisionKey[] = "reduced_precision_support";
+#     static constexpr char kTfLiteFloat16String[] = "fp16";  ... kTfLiteAccumulationString[] = "acc";
+#     // A valid string is: >= 1 valid inference types + accumulation token + 1 valid accumulation type.
+#     // Valid examples would be: "fp16accfp16", "bf16accfp32"
+# The value is raw ASCII in the buffer that `Model.metadata[i].buffer` points to (no terminator). The XNNPACK
+# delegate (tflite/delegates/xnnpack/xnnpack_delegate.cc, LiteRT) reads it and asks XNNPACK for fp16 only when
+# the model allows fp16 inference *and* fp16 accumulation:
+#     if (optimize::SupportsFP16Inference(precision_mask) &&
+#         optimize::SupportsFP16Accumulation(precision_mask)) {
+#       flags |= XNN_FLAG_HINT_FP16_INFERENCE;
+# and XNNPACK (src/subgraph.c, xnn_subgraph_optimize) acts on that hint only where fp16 arithmetic is native:
+#     const bool try_native_fp16 =
+#       (flags & XNN_FLAG_HINT_FP16_INFERENCE) && xnn_is_f16_supported_natively(hardware_config);
+# (ARM NEON FP16 arithmetic, i.e. ARMv8.2-A FP16). So "fp16accfp32", which the converter writes for float16
+# weights by default, never enables fp16, and x86 CPUs run a marked file in fp32. Forcing fp16 regardless
+# (TFLITE_XNNPACK_DELEGATE_FLAG_FORCE_FP16, `keras_cmt.tflite.runner.CompiledModelRunner(force_fp16=True)`) also
+# works on x86 CPUs with AVX2, where XNNPACK emulates fp16 (fp32 arithmetic, results rounded to fp16).
+REDUCED_PRECISION_KEY = "reduced_precision_support"
+FP16_INFERENCE_MARKER = "fp16accfp16"
+
+
+def reduced_precision_support(model_bytes: bytes):
+    """The value of the model's "reduced_precision_support" metadata entry (e.g. "fp16accfp16"), or None."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.Model.GetRootAsModel(model_bytes, 0)
+    for i in range(model.MetadataLength()):
+        entry = model.Metadata(i)
+        if entry.Name() is not None and entry.Name().decode() == REDUCED_PRECISION_KEY:
+            return model.Buffers(entry.Buffer()).DataAsNumpy().tobytes().decode("ascii", "replace")
+    return None
+
+
+def mark_fp16_inference(model_bytes: bytes, value: str = FP16_INFERENCE_MARKER) -> bytes:
+    """`model_bytes` with its "reduced_precision_support" metadata entry set to `value` (added or replaced).
+
+    Apply it before `metadata.populate` (the TFLite Model Metadata's associated files are appended behind the
+    flatbuffer, and re-serialising here would drop them). A model that already carries `value` is returned as is.
+    """
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    if reduced_precision_support(model_bytes) == value:
+        return bytes(model_bytes)
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(model_bytes, 0))
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(value.encode("ascii"), dtype=np.uint8)
+    model.buffers = model.buffers or []
+    model.metadata = model.metadata or []
+    for entry in model.metadata:
+        name = entry.name.decode() if isinstance(entry.name, bytes) else entry.name
+        if name == REDUCED_PRECISION_KEY:
+            model.buffers[entry.buffer] = buffer
+            break
+    else:
+        model.buffers.append(buffer)
+        entry = schema.MetadataT()
+        entry.name = REDUCED_PRECISION_KEY
+        entry.buffer = len(model.buffers) - 1
+        model.metadata.append(entry)
+    builder = flatbuffers.Builder(len(model_bytes) + 1024)
+    builder.Finish(model.Pack(builder), b"TFL3")
+    return bytes(builder.Output())
 
 
 def builtin_op_names(schema) -> dict:

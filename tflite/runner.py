@@ -1,8 +1,11 @@
-"""Run a converted model with the LiteRT interpreter (`ai-edge-litert`).
+"""Run a converted model with LiteRT (`ai-edge-litert`): its `Interpreter`, or its `CompiledModel` API.
 
 `tf.lite.Interpreter` is deprecated in TensorFlow 2.21, so everything in this package that executes a
-`.tflite` file goes through `ai_edge_litert.interpreter.Interpreter`. The runner hides quantized I/O
-(int8/uint8 inputs are quantized, outputs dequantized) and tells which nodes XNNPACK took.
+`.tflite` file goes through `ai-edge-litert`. `LiteRTModel` (the `Interpreter`, which LiteRT 2.x keeps for
+backward compatibility) hides quantized I/O (int8/uint8 inputs are quantized, outputs dequantized) and tells which
+nodes XNNPACK took. `CompiledModelRunner` is the runtime Android apps use now (`CompiledModel` on the CPU
+accelerator); it is here because it hands XNNPACK's flags through, which can force fp16 inference (the
+`Interpreter` has no delegate options and the wheel ships no XNNPACK delegate library to load).
 """
 
 from __future__ import annotations
@@ -187,3 +190,106 @@ class LiteRTModel:
             default_kernel_ops=default_ops,
             default_kernel_outputs=default_outputs,
         )
+
+
+# TfLiteXNNPackDelegateOptions.flags bits (tflite/delegates/xnnpack/xnnpack_delegate.h):
+#     #define TFLITE_XNNPACK_DELEGATE_FLAG_QS8 0x00000001
+#     #define TFLITE_XNNPACK_DELEGATE_FLAG_QU8 0x00000002
+#     #define TFLITE_XNNPACK_DELEGATE_FLAG_FORCE_FP16 0x00000004
+XNNPACK_FLAG_QS8 = 0x1
+XNNPACK_FLAG_QU8 = 0x2
+XNNPACK_FLAG_FORCE_FP16 = 0x4
+
+
+class CompiledModelRunner:
+    """A `.tflite` model compiled by LiteRT's `CompiledModel` API on its CPU accelerator (XNNPACK).
+
+    The runtime Android apps use (`com.google.ai.edge.litert.CompiledModel`), here through the Python API of the
+    same `ai-edge-litert` wheel. Unlike `Interpreter`, it passes XNNPACK's delegate flags through
+    (`CpuOptions.xnnpack_flags`, which replace the delegate's defaults), so `force_fp16=True` sets
+    TFLITE_XNNPACK_DELEGATE_FLAG_FORCE_FP16: every float operator runs in fp16, natively on ARMv8.2-FP16 CPUs and
+    emulated on x86 CPUs with AVX2 (fp32 arithmetic, every result rounded to fp16); XNNPACK refuses the model
+    where neither is available. Float32 input and output only (the fp16 question does not arise for int8 I/O).
+
+    Args:
+      model: path to a `.tflite` file or its bytes.
+      num_threads: XNNPACK threads.
+      force_fp16: run every float operator in fp16 regardless of the model's reduced-precision marker.
+    """
+
+    def __init__(self, model, num_threads: int = 2, force_fp16: bool = False):
+        try:
+            from ai_edge_litert import compiled_model as cm
+        except ImportError as e:  # pragma: no cover - exercised only without the extra
+            raise ImportError("ai-edge-litert is not installed: pip install 'keras_cmt[tflite]'") from e
+        if isinstance(model, (bytes, bytearray)):
+            self._data = bytes(model)
+        else:
+            path = os.fspath(model)
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"TFLite model not found: {path}")
+            with open(path, "rb") as f:
+                self._data = f.read()
+        self.force_fp16 = bool(force_fp16)
+        flags = (XNNPACK_FLAG_QS8 | XNNPACK_FLAG_QU8 | XNNPACK_FLAG_FORCE_FP16) if force_fp16 else None
+        options = cm.Options(hardware_accelerators=cm.HardwareAccelerator.CPU,
+                             cpu_options=cm.CpuOptions(num_threads=num_threads, xnnpack_flags=flags))
+        try:
+            self._model = cm.CompiledModel.from_buffer(self._data, options=options)
+        except Exception as e:
+            detail = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+            raise RuntimeError(
+                f"LiteRT could not compile the model{' with fp16 forced' if force_fp16 else ''}: {detail}") from e
+        signature = next(iter(self._model.get_signature_list()))
+        inputs = list(self._model.get_input_tensor_details(signature).values())
+        outputs = list(self._model.get_output_tensor_details(signature).values())
+        if len(inputs) != 1:
+            raise ValueError(f"expected a model with one input, got {len(inputs)}")
+        if inputs[0]["dtype"] != "float32" or outputs[0]["dtype"] != "float32":
+            raise ValueError("CompiledModelRunner runs float32-input, float32-output models only")
+        self._input, self._output = inputs[0], outputs[0]
+        self._output_size = int(np.prod(self._output["shape"]))
+        self._input_buffers = self._model.create_input_buffers(0)
+        self._output_buffers = self._model.create_output_buffers(0)
+
+    @property
+    def input_shape(self) -> tuple:
+        return tuple(int(d) for d in self._input["shape"])
+
+    @property
+    def input_dtype(self):
+        return np.float32
+
+    @property
+    def output_dtype(self):
+        return np.float32
+
+    def is_fully_accelerated(self) -> bool:
+        """LiteRT's own answer: whether the accelerator (XNNPACK here) took every op."""
+        return self._model.is_fully_accelerated()
+
+    def _quantize_input(self, x: np.ndarray) -> np.ndarray:
+        return x.astype(np.float32)
+
+    def invoke_raw(self, x: np.ndarray) -> np.ndarray:
+        """One run with a float32 input of the model's shape; the output with its batch dimension."""
+        self._input_buffers[0].write(np.ascontiguousarray(x, dtype=np.float32))
+        self._model.run_by_index(0, self._input_buffers, self._output_buffers)
+        return self._output_buffers[0].read(self._output_size, np.float32).reshape(self._output["shape"])
+
+    def predict(self, images) -> np.ndarray:
+        """Runs a batch image by image through the batch-1 model; returns float32 outputs."""
+        images = np.asarray(images, dtype=np.float32)
+        expected = self.input_shape[1:]
+        if images.ndim != 4 or tuple(images.shape[1:]) != expected:
+            raise ValueError(
+                f"input shape {images.shape} does not match the model's (N, {', '.join(map(str, expected))})"
+            )
+        return np.stack([self.invoke_raw(image[None])[0] for image in images])
+
+
+def fp16_rounded(values: np.ndarray) -> bool:
+    """Whether every value is exactly a float16 number: the outputs of a graph XNNPACK really ran in fp16
+    (its last operator writes fp16, converted to fp32 at the output), which an fp32 graph's are not."""
+    values = np.asarray(values, dtype=np.float32)
+    return bool(np.array_equal(values, values.astype(np.float16).astype(np.float32)))
