@@ -8,6 +8,7 @@ tests run once, in the TensorFlow process of tests/run.py.
 import io
 import os
 import struct
+import sys
 import zlib
 
 import numpy as np
@@ -18,6 +19,10 @@ import keras_cmt
 from keras_cmt import image_transforms
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "pretrained")
+sys.path.insert(0, FIXTURES)
+
+from make_eval_transform_fixture import official_crop  # noqa: E402  (the recipe that made the fixture)
+
 IMAGES = {"landscape": os.path.join(FIXTURES, "eval_transform_input.png"),
           "portrait": os.path.join(FIXTURES, "eval_transform_input_portrait.png")}
 
@@ -25,21 +30,6 @@ IMAGES = {"landscape": os.path.join(FIXTURES, "eval_transform_input.png"),
 @pytest.fixture(scope="module")
 def reference():
     return dict(np.load(os.path.join(FIXTURES, "eval_transform_pil.npz")))
-
-
-def official_crop(image, size, crop_pct):
-    """torchvision Resize(int(size / crop_pct), BICUBIC) then CenterCrop(size) on a PIL image, written out as in
-    tests/fixtures/pretrained/make_eval_transform_fixture.py; uint8 out."""
-    im = Image.fromarray(image)
-    width, height = im.size
-    short = int((256 / 224) * size) if crop_pct == 0.875 else int(size / crop_pct)
-    if width < height:
-        new_w, new_h = short, int(short * height / width)
-    else:
-        new_w, new_h = int(short * width / height), short
-    im = im.resize((new_w, new_h), Image.BICUBIC)
-    top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
-    return np.asarray(im.crop((left, top, left + size, top + size)))
 
 
 def _one_line_error(excinfo, name):

@@ -276,3 +276,47 @@ def test_atomic_save_leaves_only_the_target(tmp_path):
     callbacks.atomic_save(model, str(tmp_path / "m.keras"))
     assert sorted(os.listdir(tmp_path)) == ["m.keras", "m.weights.h5"]
     assert keras.saving.load_model(str(tmp_path / "m.keras")).count_params() == model.count_params()
+
+
+# ------------------------------------------------------------------------------------------ decompression bombs
+
+
+def _encoded(image, fmt):
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def _png_declaring(width, height):
+    """A real 2x2 PNG whose IHDR (and its CRC) declares width x height pixels."""
+    import struct
+    import zlib
+
+    data = bytearray(_encoded(np.zeros((2, 2, 3), np.uint8), "PNG"))
+    chunk = bytes(data[12:16]) + struct.pack(">II", width, height) + bytes(data[24:29])
+    data[12:29] = chunk
+    data[29:33] = struct.pack(">I", zlib.crc32(chunk))
+    return bytes(data)
+
+
+def test_declared_pixels_reads_each_format_header():
+    image = np.random.default_rng(0).integers(0, 255, (37, 53, 3), dtype=np.uint8)
+    for fmt in ("JPEG", "PNG", "GIF", "BMP"):
+        assert int(augment.declared_pixels(tf.constant(_encoded(image, fmt)))) == 37 * 53, fmt
+    assert int(augment.declared_pixels(tf.constant(b"not an image at all"))) == 0
+    assert int(augment.declared_pixels(tf.constant(_png_declaring(40000, 30000)))) == 40000 * 30000
+
+
+def test_pipelines_skip_a_decompression_bomb_before_decoding_it():
+    good = _encoded(np.full((48, 64, 3), 100, np.uint8), "PNG")
+    encoded = tf.data.Dataset.from_tensor_slices([good, _png_declaring(40000, 30000), good])
+    for transform in (lambda e: augment.decode_random_resized_crop(e, 32),
+                      lambda e: augment.center_crop(augment.decode(e), 32, 1.0)):
+        images = list(encoded.map(transform).ignore_errors())
+        assert len(images) == 2 and all(tuple(i.shape) == (32, 32, 3) for i in images)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="decompression-bomb limit"):
+        augment.decode(tf.constant(_png_declaring(40000, 30000)))

@@ -10,11 +10,11 @@ is the loss's job (CategoricalCrossentropy(label_smoothing=...)) and commutes wi
 
 import keras
 import tensorflow as tf
+from PIL import Image
 
 from keras_cmt import image_transforms
+from keras_cmt.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 _RATIO = (3.0 / 4.0, 4.0 / 3.0)
 
 
@@ -39,9 +39,57 @@ def _crop_window(shape, scale_min, seed=None):
     return begin[0], begin[1], size[0], size[1]
 
 
+def _unsigned(encoded, start, length, little_endian):
+    """The unsigned integer stored in bytes [start, start + length) of a string tensor (0 if it is shorter)."""
+    raw = tf.io.decode_raw(tf.strings.substr(encoded, start, length), tf.uint8)
+    raw = tf.cast(tf.pad(raw, [[0, length - tf.shape(raw)[0]]]), tf.int64)
+    weights = tf.constant([256 ** (i if little_endian else length - 1 - i) for i in range(length)], tf.int64)
+    return tf.reduce_sum(raw * weights)
+
+
+def declared_pixels(encoded):
+    """Width x height as the image's header declares them, read without decoding: JPEG (its frame header), PNG
+    (IHDR), GIF (logical screen), BMP (info header); 0 for anything else."""
+    magic = tf.strings.substr(encoded, 0, 4)
+
+    def png():
+        return _unsigned(encoded, 16, 4, False) * _unsigned(encoded, 20, 4, False)
+
+    def gif():
+        return _unsigned(encoded, 6, 2, True) * _unsigned(encoded, 8, 2, True)
+
+    def bmp():
+        height = _unsigned(encoded, 22, 4, True)
+        height = tf.where(height >= 2 ** 31, 2 ** 32 - height, height)  # negative: a top-down bitmap
+        return _unsigned(encoded, 18, 4, True) * height
+
+    def jpeg():
+        return tf.reduce_prod(tf.cast(tf.image.extract_jpeg_shape(encoded)[:2], tf.int64))
+
+    return tf.case([(tf.io.is_jpeg(encoded), jpeg),
+                    (tf.equal(magic, b"\x89PNG"), png),
+                    (tf.equal(tf.strings.substr(encoded, 0, 3), b"GIF"), gif),
+                    (tf.equal(tf.strings.substr(encoded, 0, 2), b"BM"), bmp)],
+                   default=lambda: tf.constant(0, tf.int64))
+
+
+def check_declared_size(encoded):
+    """`encoded`, after refusing an image that declares more pixels than Pillow's decompression-bomb limit (what
+    `keras_cmt.load_image` refuses too): a tf.data error, which the pipelines skip and log like a corrupt file,
+    before TensorFlow allocates the decoded image."""
+    if Image.MAX_IMAGE_PIXELS is None:  # the user switched Pillow's limit off: so do we
+        return encoded
+    pixels = declared_pixels(encoded)
+    with tf.control_dependencies([tf.debugging.assert_less_equal(
+            pixels, tf.constant(Image.MAX_IMAGE_PIXELS, tf.int64),
+            message="image declares more pixels than Pillow's decompression-bomb limit")]):
+        return tf.identity(encoded)
+
+
 def decode(encoded):
-    """Decodes JPEG/PNG/GIF/BMP bytes to a uint8 RGB (H, W, 3) tensor (grey and RGBA converted)."""
-    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    """Decodes JPEG/PNG/GIF/BMP bytes to a uint8 RGB (H, W, 3) tensor (grey and RGBA converted); refuses
+    decompression bombs first (`check_declared_size`)."""
+    image = tf.io.decode_image(check_declared_size(encoded), channels=3, expand_animations=False)
     image.set_shape([None, None, 3])
     return image
 
@@ -56,7 +104,9 @@ def random_resized_crop(image, size, scale_min=0.08):
 
 
 def decode_random_resized_crop(encoded, size, scale_min=0.08):
-    """Random resized crop from encoded bytes; JPEGs decode only the cropped window."""
+    """Random resized crop from encoded bytes; JPEGs decode only the cropped window. Decompression bombs are
+    refused first (`check_declared_size`)."""
+    encoded = check_declared_size(encoded)
 
     def from_jpeg():
         shape = tf.image.extract_jpeg_shape(encoded)
