@@ -37,7 +37,6 @@ Expected duration with the defaults (three forms, four variants, batch 1 and 32,
 
 import argparse
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -47,6 +46,7 @@ from benchmarks.training_backends import (
     REPO,
     child_environment,
     load_atomic_files,
+    machine_description,
     peak_rss_mib,
     pin_to_cpus,
     set_framework_threads,
@@ -255,9 +255,7 @@ def main(argv=None):
     atomic_files = load_atomic_files()
     report = {"benchmark": "side_by_side_pytorch", "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
               "settings": {k: v for k, v in vars(args).items() if k != "child"},
-              "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                          "cpus": os.cpu_count(), "python": platform.python_version(),
-                          "load_average_at_start": os.getloadavg()},
+              "machine": machine_description(),
               "results": []}
     for round_index in range(1, args.rounds + 1):
         for variant in args.variants:

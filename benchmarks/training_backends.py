@@ -20,10 +20,17 @@ round by round (ABCABC...), so that a slow phase of a shared machine hits all of
 | torch | channels_last (Keras' default for the torch backend: eager) |
 | torch-channels_first | channels_first |
 | official | the official `cmt_pytorch/cmt.py` (from `--official`, not part of this project), eager, NCHW |
+| tensorflow-bf16, torch-bf16 | `keras.config.set_dtype_policy("mixed_bfloat16")`: bf16 compute, float32 variables |
+| official-bf16 | the official model under `torch.autocast("cpu", dtype=torch.bfloat16)` |
+
+The bf16 configurations are not in the default set (`--configs ... tensorflow-bf16 torch-bf16 official-bf16`);
+they are for CPUs with native bf16 arithmetic (AVX512_BF16 / AMX), where oneDNN runs bf16 convolutions and matrix
+products; their ratios are also given against `official-bf16`.
 
 Every configuration trains the same thing: random weights with non-zero biases and BatchNorm statistics
 (`benchmarks.trained_like_weights` / `benchmarks.official_pytorch`), AdamW (learning rate 1e-3, weight decay 0.05),
-cross-entropy on logits with random integer labels over 1000 classes, one synthetic normalised batch held in
+cross-entropy on logits with random integer labels over 1000 classes (`loss_first` is the first step's loss, `loss_mean` the mean over all
+steps: what Keras' `logs["loss"]` holds at the end of an epoch), one synthetic normalised batch held in
 memory (a repeating `tf.data` dataset on TensorFlow, a generator of backend tensors on JAX and PyTorch), no metrics.
 The step time is the interval between consecutive `on_train_batch_end` callbacks (the loss is read there, which
 waits for JAX's asynchronous dispatch), divided by `steps_per_execution`; the first `--warmup` steps (tracing,
@@ -61,13 +68,20 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULT_MARKER = "TRAINING_BACKENDS_RESULT "
 CONFIGS = {
     "tensorflow": dict(backend="tensorflow", data_format="channels_last", jit_compile=False),
+    "tensorflow-bf16": dict(backend="tensorflow", data_format="channels_last", jit_compile=False,
+                            policy="mixed_bfloat16"),
     "tensorflow-xla": dict(backend="tensorflow", data_format="channels_last", jit_compile=True),
     "jax": dict(backend="jax", data_format="channels_last", jit_compile="auto"),
     "jax-channels_first": dict(backend="jax", data_format="channels_first", jit_compile="auto"),
     "torch": dict(backend="torch", data_format="channels_last", jit_compile="auto"),
     "torch-channels_first": dict(backend="torch", data_format="channels_first", jit_compile="auto"),
+    "torch-bf16": dict(backend="torch", data_format="channels_last", jit_compile="auto", policy="mixed_bfloat16"),
     "official": dict(backend="official", data_format="channels_first", jit_compile=False),
+    "official-bf16": dict(backend="official", data_format="channels_first", jit_compile=False,
+                          policy="mixed_bfloat16"),
 }
+DEFAULT_CONFIGS = ["tensorflow", "tensorflow-xla", "jax", "jax-channels_first", "torch", "torch-channels_first",
+                   "official"]
 NUM_CLASSES = 1000
 
 
@@ -75,7 +89,7 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="\n\n".join(__doc__.split("\n\n")[1:]))
-    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS, choices=list(CONFIGS))
     parser.add_argument("--variant", default="cmt_ti", choices=["cmt_ti", "cmt_xs", "cmt_s", "cmt_b"])
     parser.add_argument("--image_size", type=int, default=160)
     parser.add_argument("--batch", type=int, default=32)
@@ -90,7 +104,7 @@ def parse_args(argv):
     parser.add_argument("--output", default=f"benchmarks/results/training_backends_{time.strftime('%Y-%m-%d')}.json")
     parser.add_argument("--child", choices=list(CONFIGS), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if "official" in args.configs and not args.child and not args.official:
+    if any(CONFIGS[c]["backend"] == "official" for c in args.configs) and not args.child and not args.official:
         parser.error("the 'official' configuration needs --official PATH_TO/cmt_pytorch/cmt.py")
     return args
 
@@ -167,6 +181,12 @@ def step_statistics(step_times, batch):
             "max_step_s": max(step_times), "timed_steps_s": step_times}
 
 
+def machine_description():
+    """Where a benchmark ran, for its JSON: platform, CPU count, Python and the load when it started."""
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(), "python": platform.python_version(), "load_average_at_start": os.getloadavg()}
+
+
 def peak_rss_mib():
     import resource
 
@@ -200,6 +220,7 @@ def train_keras(args, config):
     from benchmarks.trained_like_weights import randomize_like_trained
 
     keras.config.set_image_data_format(config["data_format"])
+    keras.config.set_dtype_policy(config.get("policy", "float32"))
     size = args.image_size
     shape = (size, size, 3) if config["data_format"] == "channels_last" else (3, size, size)
     model = keras_cmt.build_model(args.variant, input_shape=shape, classes=NUM_CLASSES, classifier_activation=None)
@@ -218,11 +239,15 @@ def train_keras(args, config):
     step_times = [p / per_execution for p in periods[warmup_executions:]]
     return dict(step_statistics(step_times, args.batch), steps_per_execution=per_execution,
                 jit_compile=bool(model.jit_compile), warmup_s=sum(periods[:warmup_executions]),
-                loss_first=timer.losses[0], loss_last=timer.losses[-1], keras=keras.__version__)
+                loss_first=timer.losses[0], loss_mean=timer.losses[-1], keras=keras.__version__,
+                policy=keras.config.dtype_policy().name)
 
 
-def train_official(args):
-    """Times the official PyTorch model's training step (eager, NCHW); returns the result dict."""
+def train_official(args, config):
+    """Times the official PyTorch model's training step (eager, NCHW; bf16 autocast for a mixed_bfloat16 config);
+    returns the result dict."""
+    import contextlib
+
     import torch
 
     from benchmarks.official_pytorch import build_official, load_official, randomize_official_like_trained
@@ -235,18 +260,20 @@ def train_official(args):
     loss_fn = torch.nn.CrossEntropyLoss()
     x, y = synthetic_batch(args.batch, args.image_size, "channels_first")
     x, y = torch.from_numpy(x), torch.from_numpy(y).long()
+    bf16 = config.get("policy") == "mixed_bfloat16"
     times, losses = [], []
     for _ in range(args.warmup + args.steps):
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), y)
+        with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
+            loss = loss_fn(model(x).float(), y)
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
         times.append(time.perf_counter() - start)
     return dict(step_statistics(times[args.warmup:], args.batch), steps_per_execution=1, jit_compile=False,
-                warmup_s=sum(times[:args.warmup]), loss_first=losses[0], loss_last=losses[-1],
-                timm=module.TIMM_SOURCE)
+                warmup_s=sum(times[:args.warmup]), loss_first=losses[0], loss_mean=statistics.fmean(losses),
+                policy="mixed_bfloat16" if bf16 else "float32", timm=module.TIMM_SOURCE)
 
 
 def run_child(args):
@@ -256,7 +283,7 @@ def run_child(args):
     cpus = pin_to_cpus(args.threads)
     set_framework_threads(config["backend"], args.threads, args.tf_inter_op_threads)
     start, load_at_start = time.perf_counter(), os.getloadavg()
-    result = train_official(args) if config["backend"] == "official" else train_keras(args, config)
+    result = train_official(args, config) if config["backend"] == "official" else train_keras(args, config)
     versions = {}
     for name in ("tensorflow", "jax", "torch"):
         if name in sys.modules:
@@ -319,10 +346,15 @@ def summarize(args, results):
                      "median_images_per_s": statistics.median([r["images_per_s"] for r in ok]) if ok else None,
                      "peak_rss_mib": max([r["peak_rss_mib"] for r in ok], default=None),
                      "errors": [r["error"] for r in results if r["config"] == config and "error" in r]})
-    official = next((r["median_images_per_s"] for r in rows if r["config"] == "official"), None)
+    medians = {row["config"]: row["median_images_per_s"] for row in rows}
     for row in rows:
+        official = medians.get("official")
         row["ratio_to_official"] = (row["median_images_per_s"] / official
                                     if official and row["median_images_per_s"] else None)
+        # bf16 configurations also against the official model under bf16 autocast, when it ran
+        same = "official-bf16" if CONFIGS[row["config"]].get("policy") == "mixed_bfloat16" else "official"
+        row["ratio_to_official_same_precision"] = (row["median_images_per_s"] / medians[same]
+                                                   if medians.get(same) and row["median_images_per_s"] else None)
     return rows
 
 
@@ -330,13 +362,15 @@ def print_table(rows):
     def fmt(value, spec):
         return "-" if value is None else format(value, spec)
 
-    print("\n| config | images/s per round | median images/s | ratio to official | peak RSS (MiB) |")
-    print("| --- | --- | --- | --- | --- |")
+    print("\n| config | images/s per round | median images/s | ratio to official | ratio to official, same "
+          "precision | peak RSS (MiB) |")
+    print("| --- | --- | --- | --- | --- | --- |")
     for row in rows:
         per_round = " / ".join(f"{v:.2f}" for v in row["images_per_s"]) or "-"
         failed = f" ({len(row['errors'])} failed)" if row["errors"] else ""
         print(f"| {row['config']} | {per_round}{failed} | {fmt(row['median_images_per_s'], '.2f')} | "
-              f"{fmt(row['ratio_to_official'], '.3f')} | {fmt(row['peak_rss_mib'], ',.0f')} |")
+              f"{fmt(row['ratio_to_official'], '.3f')} | {fmt(row['ratio_to_official_same_precision'], '.3f')} | "
+              f"{fmt(row['peak_rss_mib'], ',.0f')} |")
 
 
 def main(argv=None):
@@ -347,9 +381,7 @@ def main(argv=None):
 
     report = {"benchmark": "training_backends", "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
               "settings": {k: v for k, v in vars(args).items() if k != "child"},
-              "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                          "cpus": os.cpu_count(), "python": platform.python_version(),
-                          "load_average_at_start": os.getloadavg()},
+              "machine": machine_description(),
               "results": []}
     for round_index in range(1, args.rounds + 1):
         for config in args.configs:
@@ -362,7 +394,7 @@ def main(argv=None):
             else:
                 print(f"round {round_index} {config:22s} {result['images_per_s']:8.2f} images/s "
                       f"(median step {result['median_step_s'] * 1e3:8.1f} ms, warm-up {result['warmup_s']:6.1f} s, "
-                      f"loss {result['loss_first']:.3f} -> {result['loss_last']:.3f}, "
+                      f"loss {result['loss_first']:.3f}, mean {result['loss_mean']:.3f}, "
                       f"peak RSS {result['peak_rss_mib']:,.0f} MiB, process {result['wall_s']:.0f} s)", flush=True)
             atomic_files.write_json(args.output, report)  # partial results survive an interrupted run
     report["machine"]["load_average_at_end"] = os.getloadavg()
