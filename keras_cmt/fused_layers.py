@@ -67,18 +67,27 @@ def absorbs_projections(query_count, key_count, dim, num_heads, projection_cost=
     return key_side < query_side
 
 
+# How the key-side form's per-head products k_h Wq_h^T and v_h Wo_h run, for a multi-head stage. The same weights
+# and numbers either way; the engines differ:
+# - "matmul": one batch matmul over the heads. TensorFlow (oneDNN) runs it faster than a grouped convolution:
+#   CMT-S@224 batch 1 fused, 86-89 vs 99-112 ms in three alternating rounds.
+# - "conv": one grouped 1x1 convolution (group h: head h's channels times its matrix). For TFLite: XNNPACK's fp16
+#   path cannot take a BATCH_MATMUL with a constant operand (a file marked for fp16 inference would fail to prepare
+#   on a phone with fp16 arithmetic), and takes a CONV_2D; XNNPACK's fp32 speed is the same.
+HEAD_PROJECTIONS = ("matmul", "conv")
+
+
 def key_side_weights(q_kernel, q_bias, proj_kernel, num_heads):
-    """The query and output projections in the layout `key_side_attention` reads: (Wq_h^T of every head as one
-    grouped 1x1 kernel, a (C, heads) kernel whose column h holds bq_h on head h's channels, Wo_h of every head as
-    one grouped 1x1 kernel), from q_kernel, proj_kernel (C, C) and q_bias (C,)."""
+    """The query and output projections in the layout `key_side_attention` reads: (Wq_h^T per head, a (C, heads)
+    kernel whose column h holds bq_h on head h's channels, Wo_h per head), from q_kernel, proj_kernel (C, C) and
+    q_bias (C,)."""
     dim = q_kernel.shape[-1]
     head_dim = dim // num_heads
     query_heads = ops.transpose(ops.reshape(q_kernel, (dim, num_heads, head_dim)), (1, 2, 0))
     per_head_bias = ops.reshape(q_bias, (num_heads, head_dim, 1))
     key_bias_kernel = ops.reshape(per_head_bias * ops.expand_dims(ops.eye(num_heads, dtype=q_bias.dtype), 1),
                                   (dim, num_heads))
-    out_heads = ops.reshape(proj_kernel, (num_heads, head_dim, dim))
-    return grouped_kernel(query_heads), key_bias_kernel, grouped_kernel(out_heads)
+    return query_heads, key_bias_kernel, ops.reshape(proj_kernel, (num_heads, head_dim, dim))
 
 
 def grouped_kernel(per_head_matrices):
@@ -95,27 +104,34 @@ def heads_last(relative_position_bias):
 
 
 def key_side_attention(queries, k, v, query_heads, key_bias_kernel, out_heads, out_bias, heads_last_bias,
-                       num_heads):
+                       num_heads, head_projections="matmul"):
     """softmax(q k^T + bias) v Wo + bo with the projections on the keys and values (module docstring). Each
     head's attention rows sum to 1, so bo / heads added to each head's projected values gives bo, on M rows
     instead of N.
 
     queries: (B, H, W, C), the normalised input; k, v: (B, h, w, C), projected; query_heads, out_heads:
-    (1, 1, C / heads, heads * C), Wq_h^T and Wo_h as grouped 1x1 kernels (`grouped_kernel`); key_bias_kernel:
-    (C, heads); out_bias: (C,), bo; heads_last_bias: (1, H*W, heads * h*w).
+    (heads, C / heads, C), Wq_h^T and Wo_h; key_bias_kernel: (C, heads); out_bias: (C,), bo; heads_last_bias:
+    (1, H*W, heads * h*w). `head_projections`: how the per-head products k_h Wq_h^T and v_h Wo_h run (see
+    `HEAD_PROJECTIONS`).
     """
     height, width, dim = queries.shape[1], queries.shape[2], queries.shape[3]
+    head_dim = dim // num_heads
     n_q, n_k = height * width, k.shape[1] * k.shape[2]
 
-    def per_head(t, kernel):  # (B, h, w, C) -> (B, heads * h*w, C): head j's keys times its (d, C) matrix
-        # One grouped 1x1 convolution for all heads: a CONV_2D with constant weights, which TFLite's XNNPACK
-        # delegate also runs in fp16 (a BATCH_MATMUL with a constant operand it cannot: the fp16 path of a
-        # `float16` file, on phones, would then fail to prepare).
-        t = ops.conv(t, kernel)
+    def per_head(t, weights):  # (B, h, w, C) -> (B, heads * h*w, C): head j's keys times its (d, C) matrix
         if num_heads == 1:
-            return ops.reshape(t, (-1, n_k, dim))
-        t = ops.transpose(ops.reshape(t, (-1, n_k, num_heads, dim)), (0, 2, 1, 3))
-        return ops.reshape(t, (-1, num_heads * n_k, dim))
+            return ops.reshape(ops.matmul(ops.reshape(t, (-1, dim)), weights[0]), (-1, n_k, dim))
+        if head_projections == "conv":
+            t = ops.conv(t, grouped_kernel(weights))
+            t = ops.transpose(ops.reshape(t, (-1, n_k, num_heads, dim)), (0, 2, 1, 3))
+            return ops.reshape(t, (-1, num_heads * n_k, dim))
+        # Heads first and the batch folded into the rows, so both operands have the same batch rank: TensorFlow
+        # 2.21's oneDNN BatchMatMul gives wrong results (and corrupts the heap) when it has to broadcast a
+        # (heads, d, C) operand over a batch of 2 or more.
+        t = ops.reshape(ops.transpose(ops.reshape(t, (-1, n_k, num_heads, head_dim)), (2, 0, 1, 3)),
+                        (num_heads, -1, head_dim))
+        t = ops.reshape(ops.matmul(t, weights), (num_heads, -1, n_k, dim))
+        return ops.reshape(ops.transpose(t, (1, 0, 2, 3)), (-1, num_heads * n_k, dim))
 
     key_bias = ops.reshape(ops.matmul(ops.reshape(k, (-1, dim)), key_bias_kernel), (-1, n_k, num_heads))
     if num_heads > 1:  # B, M, heads -> B, heads, M: bq_h . k_h per head and key
@@ -174,12 +190,15 @@ class FusedCMTBlock(keras.layers.Layer):
     """A CMT block with folded normalisations; called as `block(x, relative_position_bias)` like `CMTBlock`.
 
     With `key_side_projections` the attention runs in the key-side form and the bias it is called with is the
-    stage's `HeadsLastBias`.
+    stage's `HeadsLastBias`; `head_projections` picks how its per-head products run (`HEAD_PROJECTIONS`).
     """
 
     def __init__(self, dim, num_heads, hidden_dim, sr_ratio=1, ln_epsilon=1e-6, key_side_projections=False,
-                 **kwargs):
+                 head_projections="matmul", **kwargs):
         super().__init__(**kwargs)
+        if head_projections not in HEAD_PROJECTIONS:
+            raise ValueError(f"head_projections={head_projections!r}: expected one of {', '.join(HEAD_PROJECTIONS)}")
+        self.head_projections = head_projections
         self.dim = int(dim)
         self.num_heads = int(num_heads)
         self.hidden_dim = int(hidden_dim)
@@ -200,9 +219,9 @@ class FusedCMTBlock(keras.layers.Layer):
             self.sr_bias = weight("sr_bias", (c,))
         if self.key_side_projections:
             d = c // self.num_heads
-            self.query_heads = weight("query_heads", (1, 1, d, self.num_heads * c))
+            self.query_heads = weight("query_heads", (self.num_heads, d, c))
             self.key_bias_kernel = weight("key_bias_kernel", (c, self.num_heads))
-            self.out_heads = weight("out_heads", (1, 1, d, self.num_heads * c))
+            self.out_heads = weight("out_heads", (self.num_heads, d, c))
         else:
             self.q_kernel = weight("q_kernel", (c, c))
             self.q_bias = weight("q_bias", (c,))
@@ -230,7 +249,8 @@ class FusedCMTBlock(keras.layers.Layer):
         v = pointwise(source, self.v_kernel, self.v_bias)
         if self.key_side_projections:
             x = x + key_side_attention(normed, k, v, self.query_heads, self.key_bias_kernel, self.out_heads,
-                                       self.proj_bias, relative_position_bias, self.num_heads)
+                                       self.proj_bias, relative_position_bias, self.num_heads,
+                                       self.head_projections)
         else:
             q = pointwise(normed, self.q_kernel, self.q_bias)
             out = multi_head_attention(q, k, v, relative_position_bias, self.num_heads)
@@ -252,4 +272,5 @@ class FusedCMTBlock(keras.layers.Layer):
             "sr_ratio": self.sr_ratio,
             "ln_epsilon": self.ln_epsilon,
             "key_side_projections": self.key_side_projections,
+            "head_projections": self.head_projections,
         }

@@ -13,7 +13,8 @@ import keras
 import numpy as np
 from keras import tree
 
-from keras_cmt.fused_layers import ChannelShift, FusedCMTBlock, HeadsLastBias, absorbs_projections, key_side_weights
+from keras_cmt.fused_layers import (HEAD_PROJECTIONS, ChannelShift, FusedCMTBlock, HeadsLastBias, absorbs_projections,
+                                    key_side_weights)
 from keras_cmt.layers import CMTBlock, PatchEmbedding, RelativePositionBias
 
 
@@ -115,8 +116,9 @@ class _Folding:
     """What each layer of the training model becomes: the replacement layer and the weights to give it once the
     cloned model has built it."""
 
-    def __init__(self, model, key_side_projections, projection_cost):
+    def __init__(self, model, key_side_projections, projection_cost, head_projections="matmul"):
         self.key_side_projections, self.projection_cost = key_side_projections, projection_cost
+        self.head_projections = head_projections
         self.layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
         producers = {id(layer.output): layer for layer in self.layers}
         self.producer, self.consumers = {}, {}
@@ -179,7 +181,8 @@ class _Folding:
             key_side = _stage_uses_key_side(layer.input[0].shape, layer.num_heads, layer.sr_ratio,
                                             self.key_side_projections, self.projection_cost)
             fused = FusedCMTBlock(layer.dim, layer.num_heads, layer.mlp.hidden_dim, layer.sr_ratio, layer.ln_epsilon,
-                                  key_side_projections=key_side, name=layer.name)
+                                  key_side_projections=key_side, head_projections=self.head_projections,
+                                  name=layer.name)
             self.assignments.append((fused, _fused_block_weights(layer, key_side)))
             return fused
         if isinstance(layer, RelativePositionBias):
@@ -216,12 +219,13 @@ class _Folding:
                 variable.assign(np.asarray(keras.ops.convert_to_numpy(value), np.float32).reshape(variable.shape))
 
 
-def fuse_for_inference(model, name=None, key_side_projections=True, projection_cost=1.0):
+def fuse_for_inference(model, name=None, key_side_projections=True, projection_cost=1.0, head_projections="matmul"):
     """Returns a new model computing `model`'s inference function with folded normalisations.
 
     With `key_side_projections` (the default), the stages where it saves multiply-adds (`absorbs_projections`,
     with `projection_cost`, the cost of a projection multiply-add relative to an attention one) move their
-    attention's query and output projections onto the keys and values.
+    attention's query and output projections onto the keys and values; `head_projections` ("matmul" for
+    TensorFlow, "conv" for TFLite: `keras_cmt.fused_layers.HEAD_PROJECTIONS`) says how their per-head products run.
 
     `model` is any channels_last model built by `keras_cmt.CMT` or a variant builder (any input size, with or
     without top). The result has the same inputs, outputs and layer names ("head", "predictions",
@@ -237,7 +241,9 @@ def fuse_for_inference(model, name=None, key_side_projections=True, projection_c
             "fuse_for_inference builds the channels_last serving form (TensorFlow, TFLite, ONNX); build the model "
             "with keras.config.set_image_data_format('channels_last') and load the same weights into it."
         )
-    folding = _Folding(model, key_side_projections, projection_cost).plan()
+    if head_projections not in HEAD_PROJECTIONS:
+        raise ValueError(f"head_projections={head_projections!r}: expected one of {', '.join(HEAD_PROJECTIONS)}")
+    folding = _Folding(model, key_side_projections, projection_cost, head_projections).plan()
     clone = keras.models.clone_model(model, clone_function=folding.clone, call_function=folding.call)
     folding.assign()
     fused = keras.Model(clone.input, clone.output, name=name or f"{model.name}_fused")

@@ -7,7 +7,7 @@ import pytest
 
 import keras_cmt
 from conftest import MICRO_CONFIG, SHARED_FIXTURES, build_micro, numpy
-from keras_cmt.fused_layers import FusedCMTBlock, absorbs_projections, grouped_kernel, heads_last
+from keras_cmt.fused_layers import FusedCMTBlock, absorbs_projections, heads_last
 from keras_cmt.inference import fuse_for_inference
 
 on_every_backend = pytest.mark.all_backends
@@ -140,11 +140,15 @@ def test_key_side_attention_matches_the_query_side_form_per_head_count():
         dim, hidden, size = 8, 16, 4
         query_side = FusedCMTBlock(dim, heads, hidden, sr_ratio=2)
         key_side = FusedCMTBlock(dim, heads, hidden, sr_ratio=2, key_side_projections=True)
+        # the per-head products as grouped convolutions (the TFLite form), same weights
+        key_side_conv = FusedCMTBlock(dim, heads, hidden, sr_ratio=2, key_side_projections=True,
+                                      head_projections="conv")
         x = rng.normal(size=(2, size, size, dim)).astype("float32")
         bias = rng.normal(size=(1, heads, size * size, 4)).astype("float32")
         key_side_bias = numpy(heads_last(bias[0]))[None]
         query_side(x, bias)
         key_side(x, key_side_bias)
+        key_side_conv(x, key_side_bias)
         values = {v.name: rng.normal(size=v.shape).astype("float32") * 0.3 for v in query_side.weights}
         for v in query_side.weights:
             v.assign(values[v.name])
@@ -153,8 +157,11 @@ def test_key_side_attention_matches_the_query_side_form_per_head_count():
         key_bias = np.zeros((dim, heads), "float32")
         for h in range(heads):
             key_bias[h * d:(h + 1) * d, h] = bq[h * d:(h + 1) * d]
-        derived = {"query_heads": numpy(grouped_kernel(q.reshape(dim, heads, d).transpose(1, 2, 0))),
-                   "key_bias_kernel": key_bias, "out_heads": numpy(grouped_kernel(wo.reshape(heads, d, dim)))}
-        for v in key_side.weights:
-            v.assign(values[v.name] if v.name in values else derived[v.name])
-        np.testing.assert_allclose(numpy(key_side(x, key_side_bias)), numpy(query_side(x, bias)), atol=1e-5)
+        derived = {"query_heads": q.reshape(dim, heads, d).transpose(1, 2, 0), "key_bias_kernel": key_bias,
+                   "out_heads": wo.reshape(heads, d, dim)}
+        for block in (key_side, key_side_conv):
+            for v in block.weights:
+                v.assign(values[v.name] if v.name in values else derived[v.name])
+            np.testing.assert_allclose(numpy(block(x, key_side_bias)), numpy(query_side(x, bias)), atol=1e-5)
+    with pytest.raises(ValueError, match="head_projections='einsum'"):
+        FusedCMTBlock(8, 2, 16, head_projections="einsum")

@@ -122,10 +122,11 @@ def test_attention_forms_of_float_and_dynamic_files(fp32_normalized, micro_logit
     depths, dims, heads = MICRO_CONFIG["depths"], MICRO_CONFIG["embed_dims"], MICRO_CONFIG["num_heads"]
 
     def key_side_blocks(projection_cost):
-        # Every block has two batch matmuls of two dynamic operands (logits, weights x values); a key-side block
-        # also projects its keys and its values per head, each as one (grouped, when multi-head) 1x1 CONV_2D.
+        # Every block has two batch matmuls of two dynamic operands (logits, weights x values); a multi-head
+        # key-side block also projects its keys and its values per head, each as one grouped 1x1 CONV_2D (a
+        # single-head one as FULLY_CONNECTED).
         key_side = _key_side_stages(depths, dims, heads, 64, projection_cost)
-        return sum(d * k for d, k in zip(depths, key_side))
+        return sum(d * (k and h > 1) for d, k, h in zip(depths, key_side, heads))
 
     float_ops = compatibility.op_types(fp32_normalized)
     dynamic_ops = compatibility.op_types(convert.convert(micro_logits_model, quantize="dynamic",
@@ -137,7 +138,7 @@ def test_attention_forms_of_float_and_dynamic_files(fp32_normalized, micro_logit
     for ops in (float_ops, dynamic_ops, int8_ops):
         assert ops["BATCH_MATMUL"] == 2 * sum(depths)
     # The calibrated int8 mode is query-side everywhere; the float and dynamic files add two convolutions per
-    # key-side block.
+    # multi-head key-side block.
     assert float_ops["CONV_2D"] - int8_ops["CONV_2D"] == 2 * key_side_blocks(1.0) > 0
     assert dynamic_ops["CONV_2D"] - int8_ops["CONV_2D"] == 2 * key_side_blocks(convert.DYNAMIC_PROJECTION_COST)
 

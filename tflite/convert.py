@@ -255,11 +255,13 @@ def convert(model, output=None, *, weights=None, image_size=None, classes=None, 
         if inference.is_training_form(keras_model):
             # The key-side attention form saves 4-7% of the multiply-adds in float files (CMT-S fp32, 2 threads,
             # interleaved: 0.97x). In `dynamic` files the projections it removes are int8-weight GEMMs, 3.6x
-            # faster than the float batch matmuls it adds: weighed so, only single-head stages take it (CMT-S
+            # faster than the float per-head products it adds: weighed so, only single-head stages take it (CMT-S
             # 0.98x; all stages: 1.10x). The calibrated int8 mode keeps the query-side form.
+            # Per-head products as grouped 1x1 convolutions: XNNPACK's fp16 path (a float16 file on a phone with
+            # fp16 arithmetic) cannot run a batch matmul with a constant operand.
             keras_model = inference.fuse_for_inference(
                 keras_model, key_side_projections=quantize != "int8",
-                projection_cost=DYNAMIC_PROJECTION_COST if quantize == "dynamic" else 1.0)
+                projection_cost=DYNAMIC_PROJECTION_COST if quantize == "dynamic" else 1.0, head_projections="conv")
     images = None
     if quantize == "int8":
         if isinstance(representative_data, (str, os.PathLike)):
