@@ -1,4 +1,5 @@
-"""TFLite Model Metadata for an image classifier, so the Android Task Library / MediaPipe load it as is.
+"""TFLite Model Metadata for an image classifier, so MediaPipe's ImageClassifier loads it as is and an app on
+LiteRT's CompiledModel can read what to feed.
 
 Why not `tflite-support`'s or MediaPipe's `metadata_writers`: tflite-support 0.4.4 requires
 `protobuf<4` (TensorFlow 2.21 needs protobuf >= 5) and its native modules link the system libusb;
@@ -188,8 +189,8 @@ def normalization_for_metadata(input_range: str, mean, std):
 
     With the normalisation folded into the graph the app feeds RGB in [0, 255] (mean 0, std 1) or
     [0, 1] (mean 0, std 255); MediaPipe accepts only one mean/std for all channels. Without it
-    (input_range "normalized") the per-channel ImageNet values are declared, which the Task Library
-    reads but MediaPipe refuses ("Per-channel image normalization is not available").
+    (input_range "normalized") the per-channel ImageNet values are declared, for an app that normalises
+    itself; MediaPipe refuses them ("Per-channel image normalization is not available").
     """
     if input_range == "0-255":
         return [0.0], [1.0], 0.0, 255.0
