@@ -20,10 +20,12 @@ round by round (ABCABC...), so that a slow phase of a shared machine hits all of
 | torch | channels_last (Keras' default for the torch backend: eager) |
 | torch-channels_first | channels_first |
 | official | the official `cmt_pytorch/cmt.py` (from `--official`, not part of this project), eager, NCHW |
+| torch-compile | `jit_compile=True` on the torch backend: `torch.compile` (Inductor, which generates and compiles C++ on the machine) |
 | tensorflow-bf16, torch-bf16 | `keras.config.set_dtype_policy("mixed_bfloat16")`: bf16 compute, float32 variables |
 | official-bf16 | the official model under `torch.autocast("cpu", dtype=torch.bfloat16)` |
 
-The bf16 configurations are not in the default set (`--configs ... tensorflow-bf16 torch-bf16 official-bf16`);
+`torch-compile` and the bf16 configurations are not in the default set (`--configs ... torch-compile
+tensorflow-bf16 torch-bf16 official-bf16`);
 they are for CPUs with native bf16 arithmetic (AVX512_BF16 / AMX), where oneDNN runs bf16 convolutions and matrix
 products; their ratios are also given against `official-bf16`.
 
@@ -75,6 +77,7 @@ CONFIGS = {
     "jax-channels_first": dict(backend="jax", data_format="channels_first", jit_compile="auto"),
     "torch": dict(backend="torch", data_format="channels_last", jit_compile="auto"),
     "torch-channels_first": dict(backend="torch", data_format="channels_first", jit_compile="auto"),
+    "torch-compile": dict(backend="torch", data_format="channels_last", jit_compile=True),
     "torch-bf16": dict(backend="torch", data_format="channels_last", jit_compile="auto", policy="mixed_bfloat16"),
     "official": dict(backend="official", data_format="channels_first", jit_compile=False),
     "official-bf16": dict(backend="official", data_format="channels_first", jit_compile=False,
