@@ -78,6 +78,15 @@ def micro_checkpoint():
     return FIXTURES / "cmt_micro_seed0.pth"
 
 
+@pytest.fixture(scope="session")
+def ti_fixture():
+    """(path of the official CMT-Ti checkpoint, its inputs and logits) from ../shared/fixtures."""
+    checkpoint = SHARED_FIXTURES / "cmt_ti_seed0.pth"
+    if not checkpoint.exists():
+        pytest.skip(f"{checkpoint} is not beside this checkout (CI provides ../shared)")
+    return str(checkpoint), dict(np.load(SHARED_FIXTURES / "cmt_ti_seed0_io.npz"))
+
+
 def build_micro(**kwargs):
     import keras_cmt
 

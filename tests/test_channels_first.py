@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import keras_cmt
-from conftest import SHARED_FIXTURES, build_micro, numpy, trainable_gradients
+from conftest import build_micro, numpy, trainable_gradients
 
 pytestmark = pytest.mark.channels_first
 
@@ -19,12 +19,9 @@ def test_official_logits_in_nchw(channels_first_format, micro_checkpoint, micro_
     assert np.abs(model.predict(micro_io["input_nchw"], verbose=0) - micro_io["logits"]).max() <= 1e-4
 
 
-def test_cmt_tiny_logits_in_nchw(channels_first_format):
-    checkpoint = SHARED_FIXTURES / "cmt_ti_seed0.pth"
-    if not checkpoint.exists():
-        pytest.skip(f"{checkpoint} is not beside this checkout (CI provides ../shared)")
-    io = np.load(SHARED_FIXTURES / "cmt_ti_seed0_io.npz")
-    model = keras_cmt.CMTTiny(weights=str(checkpoint), classifier_activation=None)
+def test_cmt_tiny_logits_in_nchw(channels_first_format, ti_fixture):
+    checkpoint, io = ti_fixture
+    model = keras_cmt.CMTTiny(weights=checkpoint, classifier_activation=None)
     assert np.abs(numpy(model(io["input_nchw"])) - io["logits"]).max() <= 1e-4
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import keras_cmt
-from conftest import (MICRO_CONFIG, SHARED_FIXTURES, build_micro, channels_last, image_shape, numpy,
+from conftest import (MICRO_CONFIG, build_micro, channels_last, image_shape, numpy,
                       to_model_layout, trainable_gradients)
 
 pytestmark = pytest.mark.all_backends
@@ -20,12 +20,9 @@ def test_micro_fixture_parity(micro_checkpoint, micro_io):
     assert np.abs(numpy(features) - micro_io["pre_logits"]).max() <= 1e-4
 
 
-def test_cmt_tiny_fixture_parity():
-    checkpoint = SHARED_FIXTURES / "cmt_ti_seed0.pth"
-    if not checkpoint.exists():
-        pytest.skip(f"{checkpoint} is not beside this checkout (CI provides ../shared)")
-    io = np.load(SHARED_FIXTURES / "cmt_ti_seed0_io.npz")
-    model = keras_cmt.CMTTiny(weights=str(checkpoint), classifier_activation=None)
+def test_cmt_tiny_fixture_parity(ti_fixture):
+    checkpoint, io = ti_fixture
+    model = keras_cmt.CMTTiny(weights=checkpoint, classifier_activation=None)
     logits = numpy(model(to_model_layout(io["input_nhwc"])))
     assert np.abs(logits - io["logits"]).max() <= 1e-4
     keras.backend.clear_session()

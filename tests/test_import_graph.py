@@ -4,7 +4,6 @@ that would be circular at module level is still a cycle in the design)."""
 import ast
 import pathlib
 
-import pytest
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "keras_cmt"
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import keras_cmt
-from conftest import MICRO_CONFIG, SHARED_FIXTURES, build_micro, numpy
+from conftest import MICRO_CONFIG, build_micro, numpy
 from keras_cmt.fused_layers import FusedCMTBlock, absorbs_projections, heads_last
 from keras_cmt.inference import fuse_for_inference
 
@@ -26,12 +26,9 @@ def test_fused_micro_matches_the_official_logits(micro_checkpoint, micro_io):
 
 
 @on_every_backend
-def test_fused_cmt_tiny_matches_the_official_logits():
-    checkpoint = SHARED_FIXTURES / "cmt_ti_seed0.pth"
-    if not checkpoint.exists():
-        pytest.skip(f"{checkpoint} is not beside this checkout (CI provides ../shared)")
-    io = np.load(SHARED_FIXTURES / "cmt_ti_seed0_io.npz")
-    fused = fuse_for_inference(keras_cmt.CMTTiny(weights=str(checkpoint), classifier_activation=None))
+def test_fused_cmt_tiny_matches_the_official_logits(ti_fixture):
+    checkpoint, io = ti_fixture
+    fused = fuse_for_inference(keras_cmt.CMTTiny(weights=checkpoint, classifier_activation=None))
     assert np.abs(numpy(fused(io["input_nhwc"])) - io["logits"]).max() <= 1e-4
     keras.backend.clear_session()
 
