@@ -116,6 +116,42 @@ def build_image_classifier_metadata(
     return bytes(builder.Output())
 
 
+def model_metadata_buffer(model_bytes: bytes, name: str):
+    """The bytes of the model's metadata entry `name` (the flatbuffer's `Model.metadata`), or None."""
+    _, model_fb = _schemas()
+    model = model_fb.Model.GetRootAsModel(model_bytes, 0)
+    for i in range(model.MetadataLength()):
+        entry = model.Metadata(i)
+        if entry.Name() is not None and entry.Name().decode() == name:
+            return model.Buffers(entry.Buffer()).DataAsNumpy().tobytes()
+    return None
+
+
+def set_model_metadata_buffer(model_bytes: bytes, name: str, data: bytes) -> bytes:
+    """The model flatbuffer re-serialised with its metadata entry `name` holding `data` (replaced in place, or
+    added). Anything appended behind the flatbuffer (an associated-files zip) is not carried over."""
+    _, model_fb = _schemas()
+    model = model_fb.ModelT.InitFromObj(model_fb.Model.GetRootAsModel(model_bytes, 0))
+    buffer = model_fb.BufferT()
+    buffer.data = np.frombuffer(data, dtype=np.uint8)
+    model.buffers = model.buffers or []
+    model.metadata = model.metadata or []
+    for entry in model.metadata:
+        entry_name = entry.name.decode() if isinstance(entry.name, bytes) else entry.name
+        if entry_name == name:
+            model.buffers[entry.buffer] = buffer
+            break
+    else:
+        model.buffers.append(buffer)
+        entry = model_fb.MetadataT()
+        entry.name = name
+        entry.buffer = len(model.buffers) - 1
+        model.metadata.append(entry)
+    builder = flatbuffers.Builder(len(model_bytes) + len(data) + 1024)
+    builder.Finish(model.Pack(builder), MODEL_FILE_IDENTIFIER)
+    return bytes(builder.Output())
+
+
 def populate(model_bytes: bytes, metadata: bytes, associated_files: dict) -> bytes:
     """Returns the model with `metadata` in its "TFLITE_METADATA" buffer and the files zipped behind it.
 
@@ -123,30 +159,11 @@ def populate(model_bytes: bytes, metadata: bytes, associated_files: dict) -> byt
     flatbuffer is re-serialised, and the associated files are appended as a zip archive (a reader
     finds the archive from the end of the file, the interpreter ignores the trailing bytes).
     """
-    _, model_fb = _schemas()
     model_bytes = bytes(model_bytes)
     if model_bytes[4:8] != MODEL_FILE_IDENTIFIER:
         raise ValueError("not a TFLite flatbuffer (file identifier is not 'TFL3')")
-    model = model_fb.ModelT.InitFromObj(model_fb.Model.GetRootAsModel(model_bytes, 0))
-    buffer = model_fb.BufferT()
-    buffer.data = np.frombuffer(metadata, dtype=np.uint8)
-    model.buffers = model.buffers or []
-    model.metadata = model.metadata or []
-    for entry in model.metadata:
-        name = entry.name.decode() if isinstance(entry.name, bytes) else entry.name
-        if name == METADATA_FIELD_NAME:
-            model.buffers[entry.buffer] = buffer
-            break
-    else:
-        model.buffers.append(buffer)
-        entry = model_fb.MetadataT()
-        entry.name = METADATA_FIELD_NAME
-        entry.buffer = len(model.buffers) - 1
-        model.metadata.append(entry)
-    builder = flatbuffers.Builder(len(model_bytes) + len(metadata) + 1024)
-    builder.Finish(model.Pack(builder), MODEL_FILE_IDENTIFIER)
     out = io.BytesIO()
-    out.write(builder.Output())
+    out.write(set_model_metadata_buffer(model_bytes, METADATA_FIELD_NAME, metadata))
     with zipfile.ZipFile(out, "a") as archive:
         for file_name, content in associated_files.items():
             archive.writestr(file_name, content)
@@ -155,18 +172,13 @@ def populate(model_bytes: bytes, metadata: bytes, associated_files: dict) -> byt
 
 def read_metadata(model_bytes: bytes):
     """The `ModelMetadataT` object stored in a model, or None when it carries no metadata."""
-    meta_fb, model_fb = _schemas()
-    model = model_fb.Model.GetRootAsModel(model_bytes, 0)
-    for i in range(model.MetadataLength()):
-        entry = model.Metadata(i)
-        if entry.Name().decode() == METADATA_FIELD_NAME:
-            data = model.Buffers(entry.Buffer()).DataAsNumpy().tobytes()
-            if data[4:8] != METADATA_FILE_IDENTIFIER:
-                raise ValueError("TFLITE_METADATA buffer without the 'M001' identifier")
-            return meta_fb.ModelMetadataT.InitFromObj(
-                meta_fb.ModelMetadata.GetRootAsModelMetadata(data, 0)
-            )
-    return None
+    meta_fb, _ = _schemas()
+    data = model_metadata_buffer(model_bytes, METADATA_FIELD_NAME)
+    if data is None:
+        return None
+    if data[4:8] != METADATA_FILE_IDENTIFIER:
+        raise ValueError("TFLITE_METADATA buffer without the 'M001' identifier")
+    return meta_fb.ModelMetadataT.InitFromObj(meta_fb.ModelMetadata.GetRootAsModelMetadata(data, 0))
 
 
 def read_associated_file(model_bytes: bytes, file_name: str) -> bytes:

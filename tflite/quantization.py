@@ -111,14 +111,10 @@ FP16_INFERENCE_MARKER = "fp16accfp16"
 
 def reduced_precision_support(model_bytes: bytes):
     """The value of the model's "reduced_precision_support" metadata entry (e.g. "fp16accfp16"), or None."""
-    from ai_edge_litert import schema_py_generated as schema
+    from keras_cmt.tflite.metadata import model_metadata_buffer
 
-    model = schema.Model.GetRootAsModel(model_bytes, 0)
-    for i in range(model.MetadataLength()):
-        entry = model.Metadata(i)
-        if entry.Name() is not None and entry.Name().decode() == REDUCED_PRECISION_KEY:
-            return model.Buffers(entry.Buffer()).DataAsNumpy().tobytes().decode("ascii", "replace")
-    return None
+    value = model_metadata_buffer(model_bytes, REDUCED_PRECISION_KEY)
+    return None if value is None else value.decode("ascii", "replace")
 
 
 def mark_fp16_inference(model_bytes: bytes, value: str = FP16_INFERENCE_MARKER) -> bytes:
@@ -127,30 +123,11 @@ def mark_fp16_inference(model_bytes: bytes, value: str = FP16_INFERENCE_MARKER) 
     Apply it before `metadata.populate` (the TFLite Model Metadata's associated files are appended behind the
     flatbuffer, and re-serialising here would drop them). A model that already carries `value` is returned as is.
     """
-    import flatbuffers
-    from ai_edge_litert import schema_py_generated as schema
+    from keras_cmt.tflite.metadata import set_model_metadata_buffer
 
     if reduced_precision_support(model_bytes) == value:
         return bytes(model_bytes)
-    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(model_bytes, 0))
-    buffer = schema.BufferT()
-    buffer.data = np.frombuffer(value.encode("ascii"), dtype=np.uint8)
-    model.buffers = model.buffers or []
-    model.metadata = model.metadata or []
-    for entry in model.metadata:
-        name = entry.name.decode() if isinstance(entry.name, bytes) else entry.name
-        if name == REDUCED_PRECISION_KEY:
-            model.buffers[entry.buffer] = buffer
-            break
-    else:
-        model.buffers.append(buffer)
-        entry = schema.MetadataT()
-        entry.name = REDUCED_PRECISION_KEY
-        entry.buffer = len(model.buffers) - 1
-        model.metadata.append(entry)
-    builder = flatbuffers.Builder(len(model_bytes) + 1024)
-    builder.Finish(model.Pack(builder), b"TFL3")
-    return bytes(builder.Output())
+    return set_model_metadata_buffer(model_bytes, REDUCED_PRECISION_KEY, value.encode("ascii"))
 
 
 def builtin_op_names(schema) -> dict:

@@ -56,7 +56,25 @@ class DelegationReport:
         }
 
 
-class LiteRTModel:
+class _BatchOneModel:
+    """`predict` for a batch-1 model: the runners define `input_shape`, `invoke_raw` and the I/O (de)quantization."""
+
+    def predict(self, images) -> np.ndarray:
+        """Runs a batch image by image through the batch-1 model; returns float32 outputs."""
+        images = np.asarray(images, dtype=np.float32)
+        expected = self.input_shape[1:]
+        if images.ndim != 4 or tuple(images.shape[1:]) != expected:
+            raise ValueError(
+                f"input shape {images.shape} does not match the model's (N, {', '.join(map(str, expected))})"
+            )
+        outputs = []
+        for image in images:
+            y = self.invoke_raw(self._quantize_input(image[None]))
+            outputs.append(self._dequantize_output(y)[0])
+        return np.stack(outputs)
+
+
+class LiteRTModel(_BatchOneModel):
     """A `.tflite` model loaded in the LiteRT interpreter, batch-1 signature, float in / float out.
 
     Args:
@@ -126,20 +144,6 @@ class LiteRTModel:
         self._interpreter.invoke()
         return self._interpreter.get_tensor(self._output["index"])
 
-    def predict(self, images) -> np.ndarray:
-        """Runs a batch image by image through the batch-1 model; returns float32 outputs."""
-        images = np.asarray(images, dtype=np.float32)
-        expected = self.input_shape[1:]
-        if images.ndim != 4 or tuple(images.shape[1:]) != expected:
-            raise ValueError(
-                f"input shape {images.shape} does not match the model's (N, {', '.join(map(str, expected))})"
-            )
-        outputs = []
-        for image in images:
-            y = self.invoke_raw(self._quantize_input(image[None]))
-            outputs.append(self._dequantize_output(y)[0])
-        return np.stack(outputs)
-
     def delegation(self) -> DelegationReport:
         """Walks the delegated execution plan back from the outputs.
 
@@ -201,7 +205,7 @@ XNNPACK_FLAG_QU8 = 0x2
 XNNPACK_FLAG_FORCE_FP16 = 0x4
 
 
-class CompiledModelRunner:
+class CompiledModelRunner(_BatchOneModel):
     """A `.tflite` model compiled by LiteRT's `CompiledModel` API on its CPU accelerator (XNNPACK).
 
     The runtime Android apps use (`com.google.ai.edge.litert.CompiledModel`), here through the Python API of the
@@ -277,15 +281,8 @@ class CompiledModelRunner:
         self._model.run_by_index(0, self._input_buffers, self._output_buffers)
         return self._output_buffers[0].read(self._output_size, np.float32).reshape(self._output["shape"])
 
-    def predict(self, images) -> np.ndarray:
-        """Runs a batch image by image through the batch-1 model; returns float32 outputs."""
-        images = np.asarray(images, dtype=np.float32)
-        expected = self.input_shape[1:]
-        if images.ndim != 4 or tuple(images.shape[1:]) != expected:
-            raise ValueError(
-                f"input shape {images.shape} does not match the model's (N, {', '.join(map(str, expected))})"
-            )
-        return np.stack([self.invoke_raw(image[None])[0] for image in images])
+    def _dequantize_output(self, y: np.ndarray) -> np.ndarray:
+        return y
 
 
 def fp16_rounded(values: np.ndarray) -> bool:
