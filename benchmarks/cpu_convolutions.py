@@ -14,7 +14,6 @@ is the engine under it: TensorFlow's oneDNN kernels, XLA's CPU emitters (`tensor
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
 
@@ -67,8 +66,8 @@ def main(argv=None):
     parser.add_argument("--output", default=f"benchmarks/results/cpu_convolutions_{time.strftime('%Y-%m-%d')}.json")
     parser.add_argument("--child", choices=list(CONFIGS), help=argparse.SUPPRESS)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    from benchmarks.training_backends import (REPO, child_environment, load_atomic_files, machine_description,
-                                              pin_to_cpus, set_framework_threads)
+    from benchmarks.training_backends import (child_environment, load_atomic_files, machine_description,
+                                              pin_to_cpus, run_measuring_child, set_framework_threads)
 
     if args.child:
         pin_to_cpus(args.threads)
@@ -77,16 +76,14 @@ def main(argv=None):
     report = {"benchmark": "cpu_convolutions", "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "shape": SHAPE,
               "threads": args.threads, "runs": args.runs, "machine": machine_description(), "results": {}}
     for config, (backend, _) in CONFIGS.items():
-        done = subprocess.run([sys.executable, "-m", "benchmarks.cpu_convolutions", "--child", config,
-                               "--threads", str(args.threads), "--runs", str(args.runs)], cwd=REPO,
-                              capture_output=True, text=True, env=child_environment(backend, args.threads))
-        lines = [line for line in done.stdout.splitlines() if line.startswith(MARKER)]
-        if not lines:
-            tail = (done.stderr or done.stdout).strip().splitlines()[-5:]
-            report["results"][config] = {"error": f"exit status {done.returncode}", "stderr_tail": tail}
-            print(f"{config}: FAILED ({done.returncode})", *tail, sep="\n    ")
+        records, error = run_measuring_child(
+            [sys.executable, "-m", "benchmarks.cpu_convolutions", "--child", config, "--threads", str(args.threads),
+             "--runs", str(args.runs)], child_environment(backend, args.threads), MARKER, tail_lines=5)
+        if not records:
+            report["results"][config] = error
+            print(f"{config}: FAILED ({error['error']})", *error["stderr_tail"], sep="\n    ")
             continue
-        report["results"][config] = json.loads(lines[-1][len(MARKER):])
+        report["results"][config] = records[-1]
     print(f"\nms per call, input {SHAPE}, {args.threads} threads, median of {args.runs}\n")
     configs = [c for c in CONFIGS if "error" not in report["results"][c]]
     print("| layer | " + " | ".join(f"{c} forward | {c} train step" for c in configs) + " |")

@@ -58,14 +58,14 @@ skipped, and says so. Exit status 0 even when a check fails: read the table ("FA
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
 import sys
 import time
 
-from benchmarks.training_backends import load_atomic_files, peak_rss_mib
+from benchmarks.training_backends import (load_atomic_files, machine_description, peak_rss_mib, run_measuring_child,
+                                          step_timer)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(REPO, "tests", "fixtures")
@@ -246,25 +246,9 @@ def parity(args, backend):
 
 
 def loss_recorder(args, min_steps):
-    """A Keras callback recording step end times and running-mean losses; stops training near the deadline once
-    `min_steps` steps are done."""
-    import keras
-
-    class LossRecorder(keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.ends, self.means = [], []
-
-        def on_train_begin(self, logs=None):
-            self.ends.append(time.perf_counter())
-
-        def on_train_batch_end(self, batch, logs=None):
-            self.means.append(float(logs["loss"]))  # waits for the step
-            self.ends.append(time.perf_counter())
-            if len(self.means) >= min_steps and time_left(args) < 15:
-                self.model.stop_training = True
-
-    return LossRecorder()
+    """`benchmarks.training_backends.step_timer` (step end times and running-mean losses), stopping training near
+    the deadline once `min_steps` steps are done."""
+    return step_timer(stop_when=lambda steps: steps >= min_steps and time_left(args) < 15)
 
 
 def per_step_losses(running_means):
@@ -298,7 +282,7 @@ def bf16_training(args, backend):
         y = rng.integers(0, 10, batch).astype("int32")
         recorder = loss_recorder(args, min_steps=10)
         model.fit(_repeat(x, y), steps_per_epoch=args.bf16_steps, epochs=1, verbose=0, callbacks=[recorder])
-        losses = per_step_losses(recorder.means)
+        losses = per_step_losses(recorder.losses)
         first, last = float(np.mean(losses[:5])), float(np.mean(losses[-5:]))
         ok = bool(np.all(np.isfinite(losses))) and last < first
         return [{"check": "bf16_training", "steps": len(losses), "batch": batch, "losses": losses,
@@ -369,7 +353,7 @@ def train_keras(args, config):
               verbose=0, callbacks=[recorder])
     periods = [b - a for a, b in zip(recorder.ends, recorder.ends[1:])]
     steps = [p / per_execution for p in periods[warmup_executions:]]
-    return throughput_row(config, s, steps, sum(periods[:warmup_executions]), recorder.means[-1],
+    return throughput_row(config, s, steps, sum(periods[:warmup_executions]), recorder.losses[-1],
                           gpu_memory_peak_mib(backend), jit_compile=bool(model.jit_compile),
                           steps_per_execution=per_execution, data_format=data_format)
 
@@ -483,18 +467,14 @@ def run_task(args, part, config, backend, gpu, deadline):
     command += ["--official", os.path.abspath(args.official)] if args.official else []
     command += ["--ti_fixture_dir", os.path.abspath(args.ti_fixture_dir)] if args.ti_fixture_dir else []
     start = time.time()
-    try:
-        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=child_env(backend, gpu),
-                              timeout=max(5.0, deadline - time.time() + 10))
-    except subprocess.TimeoutExpired:
-        return {"rows": [{"part": part, "config": config, "backend": backend, "status": "FAIL",
-                          "note": "killed at the time budget"}]}
-    for line in done.stdout.splitlines():
-        if line.startswith(RESULT_MARKER):
-            return dict(json.loads(line[len(RESULT_MARKER):]), wall_s=time.time() - start)
-    tail = (done.stderr or done.stdout).strip().splitlines()[-20:]
-    return {"rows": [{"part": part, "config": config, "backend": backend, "status": "FAIL",
-                      "note": f"exit status {done.returncode}", "stderr_tail": tail}], "wall_s": time.time() - start}
+    records, error = run_measuring_child(command, child_env(backend, gpu), RESULT_MARKER,
+                                         timeout=max(5.0, deadline - time.time() + 10), tail_lines=20)
+    if records:
+        return dict(records[0], wall_s=time.time() - start)
+    row = {"part": part, "config": config, "backend": backend, "status": "FAIL"}
+    if "stderr_tail" not in error:
+        return {"rows": [dict(row, note="killed at the time budget")]}
+    return {"rows": [dict(row, note=error["error"], stderr_tail=error["stderr_tail"])], "wall_s": time.time() - start}
 
 
 def describe(row):
@@ -522,8 +502,7 @@ def main(argv=None):
     print(f"GPU: {gpu or 'none found: running the checks on the CPU at tiny sizes'}", flush=True)
     report = {"benchmark": "gpu_check", "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "gpu": gpu,
               "tiny": args.tiny, "settings": {k: v for k, v in vars(args).items() if k not in ("child", "deadline")},
-              "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                          "cpus": os.cpu_count()},
+              "machine": machine_description(),
               "parts": []}
     output = os.path.join(args.output_dir, "gpu_check.json")
     for part, config, backend in plan(args):

@@ -38,17 +38,16 @@ Expected duration with the defaults (three forms, four variants, batch 1 and 32,
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import time
 
 from benchmarks.training_backends import (
-    REPO,
     child_environment,
     load_atomic_files,
     machine_description,
     peak_rss_mib,
     pin_to_cpus,
+    run_measuring_child,
     set_framework_threads,
 )
 
@@ -181,8 +180,6 @@ def run_child(args):
 
 def run_process(args, form, variant):
     """One (form, variant) process; returns its per-batch results, or one error record."""
-    import json
-
     command = [sys.executable, "-m", "benchmarks.side_by_side_pytorch", "--child", form, variant,
                "--batch_sizes", *map(str, args.batch_sizes), "--repeats", str(args.repeats),
                "--repeats_large", str(args.repeats_large), "--warmup", str(args.warmup),
@@ -191,17 +188,10 @@ def run_process(args, form, variant):
         command += ["--image_size", str(args.image_size)]
     if args.official:
         command += ["--official", os.path.abspath(args.official)]
-    try:
-        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=args.timeout,
-                              env=child_environment(FORMS[form]["backend"], args.threads))
-    except subprocess.TimeoutExpired:
-        return [{"form": form, "variant": variant, "error": f"timed out after {args.timeout} s"}]
-    results = [json.loads(line[len(RESULT_MARKER):]) for line in done.stdout.splitlines()
-               if line.startswith(RESULT_MARKER)]
-    if done.returncode != 0 or not results:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-15:]
-        results.append({"form": form, "variant": variant, "error": f"exit status {done.returncode}",
-                        "stderr_tail": tail})
+    results, error = run_measuring_child(command, child_environment(FORMS[form]["backend"], args.threads),
+                                         RESULT_MARKER, timeout=args.timeout)
+    if error is not None:
+        results.append({"form": form, "variant": variant, **error})
     return results
 
 

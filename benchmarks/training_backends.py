@@ -196,8 +196,9 @@ def peak_rss_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def step_timer():
-    """A Keras callback recording the time of every `on_train_batch_end` and the (running mean) loss."""
+def step_timer(stop_when=None):
+    """A Keras callback recording the time of every `on_train_batch_end` and the (running mean) loss; with
+    `stop_when`, training stops once `stop_when(steps done)` is true."""
     import keras
 
     class StepTimer(keras.callbacks.Callback):
@@ -211,6 +212,8 @@ def step_timer():
         def on_train_batch_end(self, batch, logs=None):
             self.losses.append(float(logs["loss"]) if logs and "loss" in logs else float("nan"))  # waits for it
             self.ends.append(time.perf_counter())
+            if stop_when is not None and stop_when(len(self.losses)):
+                self.model.stop_training = True
 
     return StepTimer()
 
@@ -311,6 +314,23 @@ def load_atomic_files():
     return module
 
 
+def run_measuring_child(command, env, marker, timeout=None, tail_lines=15):
+    """Runs one measuring process of a benchmark (its repository as working directory). Returns (the JSON records
+    it printed after `marker`, an error record or None): the error record ({"error", and "stderr_tail" when the
+    process ended}) is there when it timed out, exited with a non-zero status or printed no record."""
+    import json
+
+    try:
+        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return [], {"error": f"timed out after {timeout} s"}
+    records = [json.loads(line[len(marker):]) for line in done.stdout.splitlines() if line.startswith(marker)]
+    if done.returncode == 0 and records:
+        return records, None
+    tail = (done.stderr or done.stdout).strip().splitlines()[-tail_lines:]
+    return records, {"error": f"exit status {done.returncode}", "stderr_tail": tail}
+
+
 def child_command(args, config):
     command = [sys.executable, "-m", "benchmarks.training_backends", "--child", config,
                "--variant", args.variant, "--image_size", str(args.image_size), "--batch", str(args.batch),
@@ -324,20 +344,17 @@ def child_command(args, config):
 
 def run_config(args, config):
     """Runs one configuration in a fresh process; returns its result dict (with "error" where it failed)."""
-    import json
-
     start = time.perf_counter()
-    try:
-        done = subprocess.run(child_command(args, config), cwd=REPO, capture_output=True, text=True,
-                              env=child_environment(CONFIGS[config]["backend"], args.threads), timeout=args.timeout)
-    except subprocess.TimeoutExpired:
-        return {"config": config, "error": f"timed out after {args.timeout} s"}
+    records, error = run_measuring_child(child_command(args, config),
+                                         child_environment(CONFIGS[config]["backend"], args.threads), RESULT_MARKER,
+                                         timeout=args.timeout)
     wall = time.perf_counter() - start
-    for line in done.stdout.splitlines():
-        if line.startswith(RESULT_MARKER):
-            return dict(json.loads(line[len(RESULT_MARKER):]), wall_s=wall)
-    tail = (done.stderr or done.stdout).strip().splitlines()[-15:]
-    return {"config": config, "error": f"exit status {done.returncode}", "stderr_tail": tail, "wall_s": wall}
+    if records:
+        return dict(records[0], wall_s=wall)
+    result = {"config": config, **error}
+    if "stderr_tail" in error:  # it ended by itself (a timed-out process reports no time)
+        result["wall_s"] = wall
+    return result
 
 
 def summarize(args, results):
