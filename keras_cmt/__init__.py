@@ -1,19 +1,24 @@
 """keras_cmt: CMT (Convolutional Neural Networks Meet Vision Transformers, CVPR 2022) for Keras 3."""
 
-from keras_cmt.cmt import CMT, CMTXS, CMTBase, CMTSmall, CMTTiny, build_model
-from keras_cmt.flops import count_macs
-from keras_cmt.inference import fuse_for_inference
-from keras_cmt.image_transforms import eval_transform, load_image
-from keras_cmt.preprocessing import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    decode_predictions,
-    imagenet_labels,
-    preprocess_input,
-)
-from keras_cmt.pyramid import CMTPyramid, pyramid_model, pyramid_outputs
-from keras_cmt.variants import VARIANTS, get_variant
-from keras_cmt.weights.loading import load_weights
+# Imported inside command_startup(): keras_cmt's own commands start quiet (see keras_cmt/quiet.py); nothing changes
+# for a program that imports keras_cmt.
+from keras_cmt import quiet as _quiet
+
+with _quiet.command_startup():
+    from keras_cmt.cmt import CMT, CMTXS, CMTBase, CMTSmall, CMTTiny, build_model
+    from keras_cmt.flops import count_macs
+    from keras_cmt.inference import fuse_for_inference
+    from keras_cmt.image_transforms import eval_transform, load_image
+    from keras_cmt.preprocessing import (
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        decode_predictions,
+        imagenet_labels,
+        preprocess_input,
+    )
+    from keras_cmt.pyramid import CMTPyramid, pyramid_model, pyramid_outputs
+    from keras_cmt.variants import VARIANTS, get_variant
+    from keras_cmt.weights.loading import load_weights
 
 __version__ = "0.1.0"
 

@@ -17,14 +17,18 @@ import sys
 
 import numpy as np
 
+from keras_cmt import quiet
+
 PROG = "keras-cmt"
 
 
 def _parser():
     parser = argparse.ArgumentParser(prog=PROG, description="CMT image classifiers for Keras.")
+    common = argparse.ArgumentParser(add_help=False)
+    quiet.add_verbose_argument(common)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    predict = commands.add_parser("predict", help="classify images with a CMT model",
+    predict = commands.add_parser("predict", help="classify images with a CMT model", parents=[common],
                                   description="Classify images with the official evaluation transform.")
     predict.add_argument("images", nargs="+", metavar="IMAGE", help="JPEG/PNG/GIF/BMP files")
     predict.add_argument("--model", default="cmt_small",
@@ -41,7 +45,8 @@ def _parser():
                               "classes, else class_<i>)")
     predict.add_argument("--batch-size", type=_positive_int, default=16, help="images per forward pass")
 
-    info = commands.add_parser("info", help="print the variant table (params, GMACs, input size, top-1)")
+    info = commands.add_parser("info", parents=[common],
+                               help="print the variant table (params, GMACs, input size, top-1)")
     info.add_argument("--model", action="append", default=None, metavar="NAME",
                       help="only these variants (repeatable; default: all four)")
     return parser

@@ -34,6 +34,8 @@ import subprocess
 import sys
 import time
 
+from keras_cmt import quiet
+
 
 def _vm_hwm_mb() -> float:
     with open("/proc/self/status") as f:
@@ -257,6 +259,7 @@ def main(argv=None) -> int:
     p.add_argument("--interleave", action="store_true",
                    help="run all models in one process, in turn, and report ratios to the first (A/B on a busy machine)")
     p.add_argument("--json", default=None, help="write the results here (default: benchmark_results.json)")
+    quiet.add_verbose_argument(p)
     p.add_argument("--_worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args._worker:

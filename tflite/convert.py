@@ -23,7 +23,7 @@ import sys
 
 import numpy as np
 
-from keras_cmt import atomic_files
+from keras_cmt import atomic_files, quiet
 from keras_cmt.tflite import metadata as metadata_lib
 from keras_cmt.tflite import quantization
 
@@ -132,9 +132,11 @@ def to_tflite(model, *, quantize: str = "none", representative_images=None, io_t
     converter = tf.lite.TFLiteConverter.from_concrete_functions([serve.get_concrete_function()])
     try:
         if quantize == "int8" and int8_ops == "xnnpack":
-            return quantization.quantize_int8_for_xnnpack(converter, representative_images)
+            with quiet.native_stderr_filtered():  # the MLIR quantizer's settings line, LiteRT's INFO lines
+                return quantization.quantize_int8_for_xnnpack(converter, representative_images)
         quantization.configure(converter, quantize, representative_images, io_type)
-        data = converter.convert()
+        with quiet.native_stderr_filtered():
+            data = converter.convert()
         if quantize == "dynamic":
             data = quantization.quantize_weights_for_xnnpack(data)
         elif quantize == "float16":
@@ -318,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="convert the training graph as is instead of keras_cmt.fuse_for_inference(model)")
     p.add_argument("--format", default="tflite", choices=("tflite", "onnx"))
     p.add_argument("--output", default=None, help="output file (default: derived from --model)")
+    quiet.add_verbose_argument(p)
     return p
 
 

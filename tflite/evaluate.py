@@ -14,6 +14,8 @@ import json
 import os
 import sys
 
+from keras_cmt import quiet
+
 
 def evaluate(models, dataset: str, reference=None, limit=None, data_dir=None, threads: int = 2) -> dict:
     from keras_cmt.tflite import representative_data
@@ -45,6 +47,7 @@ def main(argv=None) -> int:
     p.add_argument("--data_dir", default=None)
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--json", default=None)
+    quiet.add_verbose_argument(p)
     args = p.parse_args(argv)
     try:
         results = evaluate(args.models, args.dataset, args.reference, args.limit, args.data_dir)

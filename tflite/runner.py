@@ -16,6 +16,8 @@ from collections import Counter
 
 import numpy as np
 
+from keras_cmt import quiet
+
 
 def _interpreter_module():
     try:
@@ -93,13 +95,15 @@ class LiteRTModel(_BatchOneModel):
         )
         kwargs = dict(num_threads=num_threads, experimental_op_resolver_type=resolver)
         if isinstance(model, (bytes, bytearray)):
-            self._interpreter = interp.Interpreter(model_content=bytes(model), **kwargs)
+            source = dict(model_content=bytes(model))
         else:
             path = os.fspath(model)
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"TFLite model not found: {path}")
-            self._interpreter = interp.Interpreter(model_path=path, **kwargs)
-        self._interpreter.allocate_tensors()
+            source = dict(model_path=path)
+        with quiet.native_stderr_filtered():  # LiteRT's "INFO: Created TensorFlow Lite XNNPACK delegate" line
+            self._interpreter = interp.Interpreter(**source, **kwargs)
+            self._interpreter.allocate_tensors()
         self.input_details = self._interpreter.get_input_details()
         self.output_details = self._interpreter.get_output_details()
         if len(self.input_details) != 1:
@@ -239,7 +243,8 @@ class CompiledModelRunner(_BatchOneModel):
         options = cm.Options(hardware_accelerators=cm.HardwareAccelerator.CPU,
                              cpu_options=cm.CpuOptions(num_threads=num_threads, xnnpack_flags=flags))
         try:
-            self._model = cm.CompiledModel.from_buffer(self._data, options=options)
+            with quiet.native_stderr_filtered():
+                self._model = cm.CompiledModel.from_buffer(self._data, options=options)
         except Exception as e:
             detail = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
             raise RuntimeError(

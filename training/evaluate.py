@@ -30,6 +30,7 @@ flags.DEFINE_integer("image_size", None, "Evaluation resolution (default: the mo
 flags.DEFINE_float("crop_pct", None, "Centre-crop ratio (default 0.875; 1.0 for digits, as trained).")
 flags.DEFINE_integer("batch_size", 64, "Batch size.")
 flags.DEFINE_string("output", None, "Also write the results as JSON here.")
+flags.DEFINE_bool("verbose", False, "Also show the libraries' log lines and warnings (hidden by default).")
 FLAGS = flags.FLAGS
 
 
@@ -90,7 +91,7 @@ def evaluate():
 def main(argv):
     if len(argv) > 1:
         _fail(f"unexpected arguments: {' '.join(argv[1:])}")
-    logging.set_verbosity(logging.WARNING)
+    logging.set_verbosity(logging.INFO if FLAGS.verbose else logging.WARNING)
     evaluate()
 
 
