@@ -39,3 +39,18 @@ def write_text(path, text):
 
 def write_json(path, obj):
     return write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def publish_copy(source, path):
+    """Makes `path` a copy of the finished file `source`, atomically: a hard link where the file system allows
+    (no second write of the same bytes), else a copy."""
+    import shutil
+
+    def link(tmp):
+        os.remove(tmp)
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+
+    return write_atomically(path, link)

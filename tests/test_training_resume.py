@@ -42,7 +42,7 @@ def test_sigkill_after_first_epoch_resumes_and_logs_each_epoch_once(tmp_path):
     result = helpers.run_train(*args, timeout=400)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     log = result.stdout + result.stderr
-    assert f"Restored the backup of epoch {killed_at}" in log
+    assert f"resuming the interrupted run in {model_dir} after epoch {killed_at}" in log
     assert "Epoch 1/3" not in log  # the resumed run starts at the epoch the first one reached
     rows = helpers.read_csv_rows(model_dir / "metrics.csv")
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2]

@@ -26,7 +26,7 @@ def test_finetune_from_a_10_class_checkpoint_on_mock_imagenet2012(tmp_path):
     donor_weights = {v.path: np.asarray(v) for v in donor.weights}
 
     model_dir = tmp_path / "run"
-    command = [sys.executable, os.path.join(helpers.FIXTURES, "train_with_mock_tfds.py"), "48", "--verbose=2",
+    command = [sys.executable, os.path.join(helpers.FIXTURES, "train_with_mock_tfds.py"), "48", "--progress=epoch",
                "--model_overrides=" + helpers.TINY_MODEL, f"--model_dir={model_dir}", "--dataset=imagenet2012",
                "--image_size=32", "--batch_size=8", "--epochs=2", "--freeze_epochs=1", "--steps_per_epoch=3",
                f"--weights={checkpoint}", "--randaugment_magnitude=9", "--mixup=0.8", "--cutmix=1.0",

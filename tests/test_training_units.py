@@ -261,13 +261,20 @@ def test_atomic_backup_restores_weights_optimizer_and_epoch(tmp_path):
                 seen.append((epoch, int(self.model.optimizer.iterations.numpy()),
                              [w.copy() for w in self.model.get_weights()]))
 
+    last = tmp_path / "checkpoints" / "last.weights.h5"
     restored.fit(x, y, epochs=3, batch_size=4, verbose=0,
-                 callbacks=[callbacks.AtomicBackupAndRestore(str(tmp_path / "backup")), Record()])
+                 callbacks=[callbacks.AtomicBackupAndRestore(str(tmp_path / "backup"), last_copy=str(last)), Record()])
     epoch, iterations, weights = seen[0]
     assert epoch == 2 and iterations == 4
     for a, b in zip(weights, model.get_weights()):
         np.testing.assert_array_equal(a, b)
     assert not os.path.exists(tmp_path / "backup")  # deleted once training finished
+    # ... and the last epoch's weights stay as last.weights.h5, whole, with nothing beside them.
+    assert os.listdir(tmp_path / "checkpoints") == ["last.weights.h5"]
+    final = make()
+    final.load_weights(str(last))
+    for a, b in zip(final.get_weights(), restored.get_weights()):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_atomic_save_leaves_only_the_target(tmp_path):

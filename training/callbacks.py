@@ -39,12 +39,15 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
     """`keras.callbacks.BackupAndRestore` (weights, optimizer state, epoch) made safe against SIGKILL at any time.
 
     Each backup goes to `epoch-<n>.weights.h5`; then `training_metadata.json`, naming that file, is replaced
-    atomically; then older weight files are deleted. A restart reads whichever metadata was last complete.
+    atomically; then older weight files are deleted. A restart reads whichever metadata was last complete. With
+    `last_copy`, that path becomes the same file (a hard link where possible): the last epoch's weights without a
+    second save per epoch.
     """
 
-    def __init__(self, backup_dir, save_freq="epoch", delete_checkpoint=True):
+    def __init__(self, backup_dir, save_freq="epoch", delete_checkpoint=True, last_copy=None):
         super().__init__(backup_dir, save_freq=save_freq, delete_checkpoint=delete_checkpoint,
                          double_checkpoint=False)
+        self.last_copy = last_copy
 
     def _metadata(self):
         return read_backup_metadata(self.backup_dir)
@@ -66,7 +69,9 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         name = f"epoch-{self._current_epoch:06d}-batch-{self._last_batch_seen:09d}.weights.h5"
         atomic_save(self.model, os.path.join(self.backup_dir, name), weights_only=True)
         atomic_files.write_json(self._training_metadata_path,
-                          {"epoch": self._current_epoch, "batch": self._last_batch_seen, "weights": name})
+                                {"epoch": self._current_epoch, "batch": self._last_batch_seen, "weights": name})
+        if self.last_copy:
+            atomic_files.publish_copy(os.path.join(self.backup_dir, name), self.last_copy)
         for old in os.listdir(self.backup_dir):
             if old.endswith(".weights.h5") and old != name:
                 os.remove(os.path.join(self.backup_dir, old))

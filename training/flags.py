@@ -69,9 +69,12 @@ def define_flags():
     flags.DEFINE_integer("freeze_epochs", 0, "Fine-tuning: train only the head for this many epochs, then all.")
     flags.DEFINE_integer("seed", 0, "Random seed (initialisation, split, shuffling, augmentation).")
     flags.DEFINE_integer("shuffle_buffer", 0, "0: min(training examples, 10000).")
-    flags.DEFINE_enum("verbose", "auto", ("auto", "0", "1", "2"), "Keras fit verbosity; auto: progress bars on a "
-                      "terminal, one line per epoch otherwise.")
-    flags.DEFINE_bool("overwrite", False, "Start again in a model_dir that holds a finished run.")
+    flags.DEFINE_enum("progress", "auto", ("auto", "bar", "epoch", "none"), "Keras' progress display: a bar, one "
+                      "line per epoch, or none; auto: a bar on a terminal, one line per epoch otherwise.")
+    flags.DEFINE_bool("verbose", False, "Also show the libraries' log lines and warnings (TensorFlow's C++ logs, "
+                      "deprecations, keras_cmt's INFO lines), hidden by default.")
+    flags.DEFINE_bool("overwrite", False, "Replace the run in model_dir (finished, interrupted or of another model) "
+                      "instead of refusing or resuming; unrelated files are never replaced.")
     # Recipe fields; unset means the preset's value.
     flags.DEFINE_float("base_lr", None, "Base learning rate at lr_reference_batch (peak = base * batch / ref).")
     flags.DEFINE_integer("lr_reference_batch", None, "Batch size the base lr is given for (512 officially).")

@@ -16,15 +16,15 @@ import time
 
 from absl import logging
 
-from keras_cmt import atomic_files
+from keras_cmt import atomic_files, quiet
 from keras_cmt.training import flags as training_flags
-from keras_cmt.training import multiworker_compat
+from keras_cmt.training import multiworker_compat, run_folder
 
 FLAGS = training_flags.FLAGS
 
 
 class RunError(ValueError):
-    """A model_dir or weights problem found before training; one line."""
+    """A weights problem found before training; one line."""
 
 
 def _fail(message):
@@ -129,10 +129,12 @@ class Paths:
         return os.path.join(self.backup_root, phase)
 
 
-def _verbosity():
-    if FLAGS.verbose != "auto":
-        return int(FLAGS.verbose)
-    return 1 if sys.stdout.isatty() else 2
+def _fit_verbosity():
+    """Keras fit's verbose for --progress: 1 a progress bar, 2 one line per epoch, 0 nothing."""
+    progress = FLAGS.progress
+    if progress == "auto":
+        progress = "bar" if sys.stdout.isatty() else "epoch"
+    return {"bar": 1, "epoch": 2, "none": 0}[progress]
 
 
 def run(argv=None):
@@ -149,17 +151,16 @@ def run(argv=None):
         strategy_lib.check_flags(FLAGS.strategy, FLAGS.tpu)
         if recipe.image_size % 32:
             raise training_flags.ConfigError(f"image_size={recipe.image_size} is not a multiple of 32")
-        results_path = os.path.join(FLAGS.model_dir, "results.json")
-        if os.path.exists(results_path) and not FLAGS.overwrite:
-            raise RunError(f"--model_dir={FLAGS.model_dir} holds a finished run ({results_path}); "
-                           "use another --model_dir or --overwrite")
+        run_identity = run_folder.identity(FLAGS.model, FLAGS.model_overrides, FLAGS.dataset, recipe.image_size)
+        start_mode, start_line = run_folder.plan(FLAGS.model_dir, run_identity, FLAGS.overwrite)
         if FLAGS.weights and FLAGS.weights != "imagenet" and not os.path.exists(FLAGS.weights):
             raise RunError(f"--weights={FLAGS.weights}: no such file")
         source = data.resolve_source(FLAGS.dataset, FLAGS.data_dir, FLAGS.manual_dir, FLAGS.val_fraction,
                                      FLAGS.train_split, FLAGS.val_split, FLAGS.seed)
         strategy = strategy_lib.make_strategy(FLAGS.strategy, FLAGS.tpu, FLAGS.num_cpu_devices)
         strategy_lib.check_batch_size(strategy, recipe.batch_size)
-    except (training_flags.ConfigError, data.DatasetError, strategy_lib.StrategyError, RunError) as e:
+    except (training_flags.ConfigError, data.DatasetError, strategy_lib.StrategyError, RunError,
+            run_folder.RunFolderError) as e:
         _fail(str(e))
 
     import keras
@@ -167,9 +168,14 @@ def run(argv=None):
     task_type, task_id, is_chief = strategy_lib.worker_info(strategy)
     multi_worker = multiworker_compat.is_multi_worker(strategy)
     paths = Paths(FLAGS.model_dir, task_type, task_id, multi_worker)
-    os.makedirs(FLAGS.model_dir, exist_ok=True)
-    if FLAGS.overwrite and is_chief and os.path.exists(paths.results_json):
-        os.remove(paths.results_json)
+    if is_chief:
+        if start_mode == "restart":
+            run_folder.clear(FLAGS.model_dir)
+        os.makedirs(FLAGS.model_dir, exist_ok=True)
+        run_folder.write_record(FLAGS.model_dir, run_identity, sys.argv)
+        print(start_line, flush=True)
+    else:
+        os.makedirs(FLAGS.model_dir, exist_ok=True)
 
     if FLAGS.mixed_precision:
         keras.mixed_precision.set_global_policy(strategy_lib.mixed_precision_policy(strategy))
@@ -181,9 +187,11 @@ def run(argv=None):
     epochs = recipe.epochs
     freeze_epochs = min(FLAGS.freeze_epochs, epochs)
     logging.info("Recipe: %s", recipe.to_dict())
-    logging.info("%s: %d classes, %d train / %d val images; %d replicas, global batch %d, %d steps/epoch, "
-                 "peak lr %.3g", source.name, source.num_classes, source.num_train, source.num_val,
-                 strategy.num_replicas_in_sync, global_batch, steps, recipe.peak_lr())
+    if is_chief:
+        print(f"{FLAGS.model} on {source.name}: {source.num_classes} classes, {source.num_train} train / "
+              f"{source.num_val} val images at {recipe.image_size}px; {strategy.num_replicas_in_sync} replica(s), "
+              f"global batch {global_batch}, {steps} steps/epoch, {epochs} epochs, peak lr {recipe.peak_lr():.3g}",
+              flush=True)
 
     train_ds = strategy.distribute_datasets_from_function(
         lambda ctx: data.train_dataset(source, recipe, global_batch, ctx, seed=FLAGS.seed,
@@ -208,6 +216,10 @@ def run(argv=None):
                                   keras.metrics.TopKCategoricalAccuracy(k=min(5, source.num_classes),
                                                                         name="top5")],
                 jit_compile=FLAGS.jit_compile, steps_per_execution=FLAGS.steps_per_execution)
+            # Built here, not on the first step: under the default strategy Keras would create the optimizer's
+            # slots inside the first trace of the train step, and TensorFlow then traces it a second time
+            # (about 25 s of CMT-Ti's start-up on 2 cores).
+            optimizer.build(model.trainable_variables)
 
     def callbacks_for(phase, backup_dir):
         metadata = cb.read_backup_metadata(backup_dir)
@@ -225,17 +237,16 @@ def run(argv=None):
                 cb.AtomicModelCheckpoint(os.path.join(paths.checkpoints, "best.weights.h5"),
                                          monitor="val_accuracy", mode="max", save_best_only=True,
                                          save_weights_only=True, initial_value_threshold=best),
-                cb.AtomicModelCheckpoint(os.path.join(paths.checkpoints, "last.weights.h5"),
-                                         save_weights_only=True),
                 keras.callbacks.TensorBoard(paths.logs, write_graph=False, profile_batch=0),
             ]
         # Last, so that a kill between the two leaves an extra CSV row (trimmed on resume), never a missing one.
-        result.append(cb.AtomicBackupAndRestore(backup_dir))
+        result.append(cb.AtomicBackupAndRestore(
+            backup_dir, last_copy=os.path.join(paths.checkpoints, "last.weights.h5") if is_chief else None))
         return result
 
     # shuffle=False: the tf.data pipeline shuffles (Keras would only warn that it ignores shuffle=True).
     fit_kwargs = dict(validation_data=val_ds, steps_per_epoch=steps, validation_steps=val_steps,
-                      verbose=_verbosity(), shuffle=False)
+                      verbose=_fit_verbosity(), shuffle=False)
     if freeze_epochs > 0:
         if os.path.exists(paths.phase1_done):
             model.load_weights(paths.phase1_done)
@@ -260,7 +271,11 @@ def run(argv=None):
     fingerprint = weights_fingerprint(model.get_weights())
     trainable_fingerprint = weights_fingerprint(model.trainable_weights)
     logging.info("Final validation: %s", final)
-    print(f"FINAL_WEIGHTS_SHA256 {task_type}-{task_id} {fingerprint} trainable={trainable_fingerprint}", flush=True)
+    fingerprint_line = f"FINAL_WEIGHTS_SHA256 {task_type}-{task_id} {fingerprint} trainable={trainable_fingerprint}"
+    if multi_worker:  # what the workers' logs are compared by: every worker must end with the same weights
+        print(fingerprint_line, flush=True)
+    else:
+        logging.info(fingerprint_line)
     if os.path.exists(paths.phase1_done):
         os.remove(paths.phase1_done)
     if not is_chief:
@@ -280,6 +295,7 @@ def run(argv=None):
         "steps": steps * epochs,
         "global_batch_size": global_batch,
         "replicas": strategy.num_replicas_in_sync,
+        "seed": FLAGS.seed,
         "wall_time_s": round(time.time() - t_start, 1),
         "resumed": bool(history is not None and history.epoch and history.epoch[0] > freeze_epochs),
         "recipe": recipe.to_dict(),
@@ -290,16 +306,25 @@ def run(argv=None):
     cb.atomic_save(model, paths.final_keras)
     cb.plot_curves(paths.metrics_csv, paths.curves_png)
     atomic_files.write_json(paths.results_json, results)  # last: its presence means the run finished
-    logging.info("val top-1 %.4f, top-5 %.4f; wrote %s", results["val_accuracy"], results["val_top5"],
-                 paths.results_json)
+    print(f"val top-1 {results['val_accuracy'] * 100:.2f}%, top-5 {results['val_top5'] * 100:.2f}% after "
+          f"{epochs} epochs ({results['wall_time_s'] / 60:.1f} min); wrote {FLAGS.model_dir}", flush=True)
     return results
 
 
 def main(argv):
-    logging.set_verbosity(logging.INFO)
+    logging.set_verbosity(logging.WARNING if quiet.is_quiet() else logging.INFO)
     if len(argv) > 1:
         _fail(f"unexpected arguments: {' '.join(argv[1:])}")
-    run()
+    try:
+        run()
+    except KeyboardInterrupt:
+        _interrupted()
+
+
+def _interrupted():
+    sys.stderr.write(f"\ninterrupted: run the same command again to resume {FLAGS.model_dir} after its last "
+                     "completed epoch\n")
+    sys.exit(130)
 
 
 def console_main():
