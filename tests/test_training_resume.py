@@ -39,7 +39,8 @@ def test_sigkill_after_first_epoch_resumes_and_logs_each_epoch_once(tmp_path):
     assert 1 <= killed_at < 3
     assert not (model_dir / "results.json").exists()
 
-    result = helpers.run_train(*args, timeout=400)
+    # Resumed with the URL form of the same folder (what gs:// run folders share): the same run.
+    result = helpers.run_train(f"--model_dir=file://{model_dir}", *args[1:], timeout=400)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     log = result.stdout + result.stderr
     assert f"resuming the interrupted run in {model_dir} after epoch {killed_at}" in log

@@ -2,18 +2,19 @@
 
 Keras' `BackupAndRestore` and `ModelCheckpoint` write their `.weights.h5` in place, so a SIGKILL during the write
 leaves a truncated file, and `BackupAndRestore` writes weights and epoch number as two files (a kill between them
-resumes from mismatched state). The subclasses here write to a temporary file and `os.replace` it, and the backup
-names its weights file inside its metadata so that the pair changes in one rename.
+resumes from mismatched state). The subclasses here write to a temporary file and rename it, and the backup
+names its weights file inside its metadata so that the pair changes in one rename. Keras' `CSVLogger` appends to
+an open file, which object stores cannot do (and its `GFile` has no `closed`): `MetricsCSV` rewrites the small
+file whole after each epoch. All paths go through `storage`, so a run folder may be a `gs://` URL.
 """
 
 import csv
-import json
-import os
+import io
 
 import keras
 from absl import logging
 
-from keras_cmt import atomic_files
+from keras_cmt.training import storage
 
 
 def atomic_save(model, path, weights_only=None):
@@ -21,7 +22,7 @@ def atomic_save(model, path, weights_only=None):
     if weights_only is None:
         weights_only = path.endswith(".weights.h5")
     save = model.save_weights if weights_only else model.save
-    atomic_files.write_atomically(path, lambda tmp: save(tmp, overwrite=True))
+    storage.write_atomically(path, lambda tmp: save(tmp, overwrite=True))
 
 
 class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
@@ -60,41 +61,39 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
             return
         if self.model.optimizer is not None and not self.model.optimizer.built:
             self.model.optimizer.build(self.model.trainable_variables)
-        self.model.load_weights(os.path.join(self.backup_dir, metadata["weights"]))
+        self.model.load_weights(storage.join(self.backup_dir, metadata["weights"]))
         self.model._initial_epoch = metadata["epoch"]
         logging.info("Restored the backup of epoch %d from %s", metadata["epoch"], self.backup_dir)
 
     def _save_model(self):
-        os.makedirs(self.backup_dir, exist_ok=True)
+        storage.makedirs(self.backup_dir)
         name = f"epoch-{self._current_epoch:06d}-batch-{self._last_batch_seen:09d}.weights.h5"
-        atomic_save(self.model, os.path.join(self.backup_dir, name), weights_only=True)
-        atomic_files.write_json(self._training_metadata_path,
-                                {"epoch": self._current_epoch, "batch": self._last_batch_seen, "weights": name})
+        atomic_save(self.model, storage.join(self.backup_dir, name), weights_only=True)
+        storage.write_json(storage.join(self.backup_dir, "training_metadata.json"),
+                           {"epoch": self._current_epoch, "batch": self._last_batch_seen, "weights": name})
         if self.last_copy:
-            atomic_files.publish_copy(os.path.join(self.backup_dir, name), self.last_copy)
-        for old in os.listdir(self.backup_dir):
+            storage.publish_copy(storage.join(self.backup_dir, name), self.last_copy)
+        for old in storage.listdir(self.backup_dir):
             if old.endswith(".weights.h5") and old != name:
-                os.remove(os.path.join(self.backup_dir, old))
+                storage.remove(storage.join(self.backup_dir, old))
 
 
 def read_backup_metadata(backup_dir):
     """The last complete backup's {'epoch', 'batch', 'weights'}, or None when there is none."""
-    path = os.path.join(backup_dir, "training_metadata.json")
-    if not os.path.exists(path):
+    path = storage.join(backup_dir, "training_metadata.json")
+    if not storage.exists(path):
         return None
-    with open(path) as f:
-        metadata = json.load(f)
-    if "weights" not in metadata or not os.path.exists(os.path.join(backup_dir, metadata["weights"])):
+    metadata = storage.read_json(path)
+    if "weights" not in metadata or not storage.exists(storage.join(backup_dir, metadata["weights"])):
         return None
     return metadata
 
 
 def read_metrics_csv(path):
-    """Rows of a CSVLogger file as dicts of floats (epoch as int); [] when absent."""
-    if not os.path.exists(path):
+    """Rows of metrics.csv as dicts of floats (epoch as int); [] when absent."""
+    if not storage.exists(path):
         return []
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = list(csv.DictReader(io.StringIO(storage.read_text(path))))
     out = []
     for row in rows:
         try:
@@ -105,12 +104,11 @@ def read_metrics_csv(path):
 
 
 def trim_metrics_csv(path, before_epoch):
-    """Keeps only rows of epochs < `before_epoch` (0-based, as CSVLogger writes them), so that a resumed run logs
+    """Keeps only rows of epochs < `before_epoch` (0-based, as MetricsCSV writes them), so that a resumed run logs
     each epoch once, whatever moment the previous run was killed at."""
-    if not os.path.exists(path):
+    if not storage.exists(path):
         return
-    with open(path, newline="") as f:
-        lines = f.read().splitlines()
+    lines = storage.read_text(path).splitlines()
     if not lines:
         return
     header, kept = lines[0], [lines[0]]
@@ -121,7 +119,40 @@ def trim_metrics_csv(path, before_epoch):
                 and int(fields[epoch_col]) < before_epoch:
             kept.append(line)
     if kept != lines:
-        atomic_files.write_text(path, "\n".join(kept) + "\n")
+        storage.write_text(path, "\n".join(kept) + "\n")
+
+
+class MetricsCSV(keras.callbacks.Callback):
+    """One row per epoch (`epoch`, then the logs' keys sorted, as Keras' CSVLogger writes them), the whole file
+    rewritten atomically each time: a few hundred bytes, on any file system `storage` reaches."""
+
+    def __init__(self, path):
+        super().__init__()
+        self.path = path
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        text = storage.read_text(self.path) if storage.exists(self.path) else ""
+        lines = text.splitlines()
+        if lines:
+            keys = next(csv.reader([lines[0]]))[1:]
+        else:
+            keys = sorted(logs)
+            if keys and not any(k.startswith("val_") for k in keys):
+                keys += [f"val_{k}" for k in keys]
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        if not lines:
+            writer.writerow(["epoch"] + keys)
+        writer.writerow([epoch] + [_csv_value(logs.get(k, "NA")) for k in keys])
+        storage.write_text(self.path, "".join(line + "\n" for line in lines) + out.getvalue())
+
+
+def _csv_value(value):
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return value
 
 
 class PlotCurves(keras.callbacks.Callback):
@@ -157,7 +188,7 @@ def plot_curves(csv_path, png_path):
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    atomic_files.write_atomically(png_path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    storage.write_atomically(png_path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)
 
 

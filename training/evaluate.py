@@ -8,12 +8,10 @@ counts every image of the split exactly once. With `--model_path` (a .keras file
 used; with `--model` and `--weights` the model is built at `--image_size` and the weights loaded into it.
 """
 
-import os
 import sys
 
 from absl import flags, logging
 
-from keras_cmt import atomic_files
 
 flags.DEFINE_string("model_path", None, "A .keras model saved by keras_cmt.training.train.")
 flags.DEFINE_string("model", "cmt_ti", "Variant to build when --weights is given.")
@@ -40,13 +38,18 @@ def _fail(message):
 
 
 def evaluate():
-    from keras_cmt.training import data
+    from keras_cmt.training import data, storage
 
+    for name in ("model_path", "weights", "data_dir", "output"):  # file:// URLs become local paths
+        FLAGS[name].value = storage.normalize(FLAGS[name].value)
     if bool(FLAGS.model_path) == bool(FLAGS.weights):
         _fail("give either --model_path (a .keras file) or --weights (with --model)")
     for path in (FLAGS.model_path, FLAGS.weights):
-        if path and not os.path.exists(path):
-            _fail(f"{path}: no such file")
+        if path:
+            try:
+                storage.check_readable(path, "--model_path" if path == FLAGS.model_path else "--weights")
+            except storage.StorageError as e:
+                _fail(str(e))
     try:
         source = data.resolve_source(FLAGS.dataset, FLAGS.data_dir, FLAGS.manual_dir, FLAGS.val_fraction,
                                      val_split=FLAGS.split, seed=FLAGS.seed)
@@ -67,7 +70,8 @@ def evaluate():
     else:
         size = FLAGS.image_size or keras_cmt.VARIANTS[FLAGS.model].default_size
         model = train.build_model(FLAGS.model, size, source.num_classes, 0.0, FLAGS.model_overrides)
-        keras_cmt.load_weights(model, FLAGS.weights)
+        with storage.local_copy(FLAGS.weights) as weights:
+            keras_cmt.load_weights(model, weights)
     if model.output_shape[-1] != source.num_classes:
         _fail(f"the model has {model.output_shape[-1]} classes, {source.name} has {source.num_classes}")
     crop_pct = FLAGS.crop_pct or (1.0 if FLAGS.dataset == "digits" else 0.875)
@@ -84,7 +88,7 @@ def evaluate():
     print(f"{results['model']} on {source.name} ({source.num_val} images, {size}x{size}, crop {crop_pct}): "
           f"top-1 {results['top1']:.4f}  top-5 {results['top5']:.4f}")
     if FLAGS.output:
-        atomic_files.write_json(FLAGS.output, results)
+        storage.write_json(FLAGS.output, results)
     return results
 
 

@@ -5,7 +5,6 @@ Precedence, lowest first: the preset (the variant's official ImageNet recipe, or
 """
 
 import json
-import os
 import sys
 
 from absl import app, flags
@@ -108,10 +107,14 @@ RECIPE_FIELDS = tuple(presets.Recipe.__dataclass_fields__)
 
 def load_config_file(path):
     """Flag values from a JSON or YAML file (dict of flag name -> value)."""
-    if not os.path.exists(path):
-        raise ConfigError(f"--config={path}: no such file")
-    with open(path) as f:
-        text = f.read()
+    from keras_cmt.training import storage
+
+    try:
+        if not storage.exists(path):
+            raise ConfigError(f"--config={path}: no such file")
+        text = storage.read_text(path)
+    except storage.tf.errors.OpError as e:
+        raise ConfigError(f"--config={path}: cannot read: {e.message.splitlines()[0]}") from None
     try:
         if path.endswith((".yaml", ".yml")):
             import yaml

@@ -8,10 +8,8 @@ replaces a run (of anything), never unrelated files.
 """
 
 import json
-import os
-import shutil
 
-from keras_cmt import atomic_files
+from keras_cmt.training import storage
 
 RUN_RECORD = "run.json"
 # Everything keras_cmt.training.train writes at the top of model_dir.
@@ -35,12 +33,11 @@ def describe(ident):
 
 
 def read_record(model_dir):
-    path = os.path.join(model_dir, RUN_RECORD)
-    if not os.path.exists(path):
+    path = storage.join(model_dir, RUN_RECORD)
+    if not storage.exists(path):
         return None
     try:
-        with open(path) as f:
-            record = json.load(f)
+        record = storage.read_json(path)
         return record if isinstance(record, dict) and isinstance(record.get("identity"), dict) else {}
     except (OSError, ValueError):
         return {}  # unreadable: a record that matches nothing
@@ -49,11 +46,13 @@ def read_record(model_dir):
 def last_backed_up_epoch(model_dir):
     """The highest epoch any backup under model_dir/backup completed (0 when there is none)."""
     epochs = [0]
-    for folder, _, files in os.walk(os.path.join(model_dir, "backup")):
+    backup = storage.join(model_dir, "backup")
+    if not storage.isdir(backup):
+        return 0
+    for folder, _, files in storage.walk(backup):
         if "training_metadata.json" in files:
             try:
-                with open(os.path.join(folder, "training_metadata.json")) as f:
-                    epochs.append(int(json.load(f)["epoch"]))
+                epochs.append(int(storage.read_json(storage.join(folder, "training_metadata.json"))["epoch"]))
             except (OSError, ValueError, KeyError, TypeError):
                 pass
     return max(epochs)
@@ -61,9 +60,9 @@ def last_backed_up_epoch(model_dir):
 
 def plan(model_dir, ident, overwrite):
     """("new" | "resume" | "restart", the line to print). Raises RunFolderError for a folder it must not use."""
-    if os.path.exists(model_dir) and not os.path.isdir(model_dir):
+    if storage.exists(model_dir) and not storage.isdir(model_dir):
         raise RunFolderError(f"--model_dir={model_dir} is a file, not a folder")
-    entries = sorted(os.listdir(model_dir)) if os.path.isdir(model_dir) else []
+    entries = storage.listdir(model_dir) if storage.isdir(model_dir) else []
     entries = [e for e in entries if not e.startswith(".tmp-")]  # leftovers of an interrupted atomic write
     if not entries:
         return "new", f"starting a new run in {model_dir}"
@@ -79,7 +78,7 @@ def plan(model_dir, ident, overwrite):
             raise RunFolderError(f"--model_dir={model_dir} holds a run of {other}, not of {describe(ident)}; use "
                                  "another --model_dir or --overwrite to replace it")
         return "restart", f"replacing the run of {other} in {model_dir} (--overwrite)"
-    if os.path.exists(os.path.join(model_dir, "results.json")):
+    if storage.exists(storage.join(model_dir, "results.json")):
         if not overwrite:
             raise RunFolderError(f"--model_dir={model_dir} holds a finished run ({model_dir}/results.json); use "
                                  "another --model_dir or --overwrite")
@@ -95,12 +94,8 @@ def plan(model_dir, ident, overwrite):
 def clear(model_dir):
     """Removes a previous run's outputs (only the names in OUTPUTS)."""
     for name in OUTPUTS:
-        path = os.path.join(model_dir, name)
-        if os.path.isdir(path):
-            shutil.rmtree(path)
-        elif os.path.exists(path):
-            os.remove(path)
+        storage.remove(storage.join(model_dir, name))
 
 
 def write_record(model_dir, ident, argv):
-    atomic_files.write_json(os.path.join(model_dir, RUN_RECORD), {"identity": ident, "command": list(argv)})
+    storage.write_json(storage.join(model_dir, RUN_RECORD), {"identity": ident, "command": list(argv)})

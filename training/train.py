@@ -16,9 +16,9 @@ import time
 
 from absl import logging
 
-from keras_cmt import atomic_files, quiet
+from keras_cmt import quiet
 from keras_cmt.training import flags as training_flags
-from keras_cmt.training import multiworker_compat, run_folder
+from keras_cmt.training import multiworker_compat, run_folder, storage
 
 FLAGS = training_flags.FLAGS
 
@@ -73,13 +73,14 @@ def load_start_weights(model, weights, model_name, image_size):
             donor.save_weights(path)
             keras_cmt.load_weights(model, path, exclude_head=model.output_shape[-1] != 1000)
         return
-    try:
-        keras_cmt.load_weights(model, weights, exclude_head=False)
-        logging.info("Loaded %s", weights)
-    except ValueError as e:
-        logging.info("Checkpoint %s does not fit the head (%s); loading all but the head.", weights,
-                     str(e).splitlines()[0][:200])
-        keras_cmt.load_weights(model, weights, exclude_head=True)
+    with storage.local_copy(weights) as local:
+        try:
+            keras_cmt.load_weights(model, local, exclude_head=False)
+            logging.info("Loaded %s", weights)
+        except ValueError as e:
+            logging.info("Checkpoint %s does not fit the head (%s); loading all but the head.", weights,
+                         str(e).splitlines()[0][:200])
+            keras_cmt.load_weights(model, local, exclude_head=True)
 
 
 def build_model(model_name, image_size, num_classes, drop_path, overrides_json=None):
@@ -114,19 +115,23 @@ def weights_fingerprint(variables):
 class Paths:
     def __init__(self, model_dir, task_type, task_id, multi_worker):
         self.model_dir = model_dir
-        self.metrics_csv = os.path.join(model_dir, "metrics.csv")
-        self.curves_png = os.path.join(model_dir, "curves.png")
-        self.results_json = os.path.join(model_dir, "results.json")
-        self.checkpoints = os.path.join(model_dir, "checkpoints")
-        self.logs = os.path.join(model_dir, "logs")
-        self.final_keras = os.path.join(model_dir, "model.keras")
-        self.final_weights = os.path.join(model_dir, "model.weights.h5")
-        backup_root = os.path.join(model_dir, "backup")
-        self.backup_root = os.path.join(backup_root, f"{task_type}-{task_id}") if multi_worker else backup_root
-        self.phase1_done = os.path.join(self.backup_root, "frozen_phase_done.weights.h5")
+        self.metrics_csv = storage.join(model_dir, "metrics.csv")
+        self.curves_png = storage.join(model_dir, "curves.png")
+        self.results_json = storage.join(model_dir, "results.json")
+        self.checkpoints = storage.join(model_dir, "checkpoints")
+        self.logs = storage.join(model_dir, "logs")
+        self.final_keras = storage.join(model_dir, "model.keras")
+        self.final_weights = storage.join(model_dir, "model.weights.h5")
+        backup_root = storage.join(model_dir, "backup")
+        self.backup_root = storage.join(backup_root, f"{task_type}-{task_id}") if multi_worker else backup_root
+        self.phase1_done = storage.join(self.backup_root, "frozen_phase_done.weights.h5")
 
     def backup_dir(self, phase):
-        return os.path.join(self.backup_root, phase)
+        return storage.join(self.backup_root, phase)
+
+
+def _replicas(n):
+    return f"{n} replica{'' if n == 1 else 's'}"
 
 
 def _fit_verbosity():
@@ -146,21 +151,25 @@ def run(argv=None):
     t_start = time.time()
     # ---- checks that need no TensorFlow runtime: bad input fails here, before any work.
     try:
+        for name in ("model_dir", "config", "weights", "data_dir"):  # file:// URLs become local paths
+            FLAGS[name].value = storage.normalize(FLAGS[name].value)
         training_flags.apply_config_file()
         recipe = training_flags.recipe_from_flags()
         strategy_lib.check_flags(FLAGS.strategy, FLAGS.tpu)
         if recipe.image_size % 32:
             raise training_flags.ConfigError(f"image_size={recipe.image_size} is not a multiple of 32")
+        storage.check_reachable(FLAGS.model_dir, "--model_dir")  # a bad URL fails here, before any work
         run_identity = run_folder.identity(FLAGS.model, FLAGS.model_overrides, FLAGS.dataset, recipe.image_size)
         start_mode, start_line = run_folder.plan(FLAGS.model_dir, run_identity, FLAGS.overwrite)
-        if FLAGS.weights and FLAGS.weights != "imagenet" and not os.path.exists(FLAGS.weights):
-            raise RunError(f"--weights={FLAGS.weights}: no such file")
+        if FLAGS.weights and FLAGS.weights != "imagenet":
+            storage.check_readable(FLAGS.weights, "--weights")
         source = data.resolve_source(FLAGS.dataset, FLAGS.data_dir, FLAGS.manual_dir, FLAGS.val_fraction,
                                      FLAGS.train_split, FLAGS.val_split, FLAGS.seed)
         strategy = strategy_lib.make_strategy(FLAGS.strategy, FLAGS.tpu, FLAGS.num_cpu_devices)
         strategy_lib.check_batch_size(strategy, recipe.batch_size)
+        storage.check_writable(FLAGS.model_dir, "--model_dir")  # last: it creates the folder
     except (training_flags.ConfigError, data.DatasetError, strategy_lib.StrategyError, RunError,
-            run_folder.RunFolderError) as e:
+            run_folder.RunFolderError, storage.StorageError) as e:
         _fail(str(e))
 
     import keras
@@ -171,11 +180,11 @@ def run(argv=None):
     if is_chief:
         if start_mode == "restart":
             run_folder.clear(FLAGS.model_dir)
-        os.makedirs(FLAGS.model_dir, exist_ok=True)
+        storage.makedirs(FLAGS.model_dir)
         run_folder.write_record(FLAGS.model_dir, run_identity, sys.argv)
         print(start_line, flush=True)
     else:
-        os.makedirs(FLAGS.model_dir, exist_ok=True)
+        storage.makedirs(FLAGS.model_dir)
 
     if FLAGS.mixed_precision:
         keras.mixed_precision.set_global_policy(strategy_lib.mixed_precision_policy(strategy))
@@ -189,7 +198,7 @@ def run(argv=None):
     logging.info("Recipe: %s", recipe.to_dict())
     if is_chief:
         print(f"{FLAGS.model} on {source.name}: {source.num_classes} classes, {source.num_train} train / "
-              f"{source.num_val} val images at {recipe.image_size}px; {strategy.num_replicas_in_sync} replica(s), "
+              f"{source.num_val} val images at {recipe.image_size}px; {_replicas(strategy.num_replicas_in_sync)}, "
               f"global batch {global_batch}, {steps} steps/epoch, {epochs} epochs, peak lr {recipe.peak_lr():.3g}",
               flush=True)
 
@@ -232,23 +241,23 @@ def run(argv=None):
             best = max((r["val_accuracy"] for r in cb.read_metrics_csv(paths.metrics_csv)
                         if "val_accuracy" in r), default=None)
             result += [
-                keras.callbacks.CSVLogger(paths.metrics_csv, append=True),
+                cb.MetricsCSV(paths.metrics_csv),
                 cb.PlotCurves(paths.metrics_csv, paths.curves_png),
-                cb.AtomicModelCheckpoint(os.path.join(paths.checkpoints, "best.weights.h5"),
+                cb.AtomicModelCheckpoint(storage.join(paths.checkpoints, "best.weights.h5"),
                                          monitor="val_accuracy", mode="max", save_best_only=True,
                                          save_weights_only=True, initial_value_threshold=best),
                 keras.callbacks.TensorBoard(paths.logs, write_graph=False, profile_batch=0),
             ]
         # Last, so that a kill between the two leaves an extra CSV row (trimmed on resume), never a missing one.
         result.append(cb.AtomicBackupAndRestore(
-            backup_dir, last_copy=os.path.join(paths.checkpoints, "last.weights.h5") if is_chief else None))
+            backup_dir, last_copy=storage.join(paths.checkpoints, "last.weights.h5") if is_chief else None))
         return result
 
     # shuffle=False: the tf.data pipeline shuffles (Keras would only warn that it ignores shuffle=True).
     fit_kwargs = dict(validation_data=val_ds, steps_per_epoch=steps, validation_steps=val_steps,
                       verbose=_fit_verbosity(), shuffle=False)
     if freeze_epochs > 0:
-        if os.path.exists(paths.phase1_done):
+        if storage.exists(paths.phase1_done):
             model.load_weights(paths.phase1_done)
             logging.info("Frozen-backbone phase already done; continuing with the whole model.")
         else:
@@ -276,8 +285,8 @@ def run(argv=None):
         print(fingerprint_line, flush=True)
     else:
         logging.info(fingerprint_line)
-    if os.path.exists(paths.phase1_done):
-        os.remove(paths.phase1_done)
+    if storage.exists(paths.phase1_done):
+        storage.remove(paths.phase1_done)
     if not is_chief:
         return None
     rows = cb.read_metrics_csv(paths.metrics_csv)
@@ -305,7 +314,7 @@ def run(argv=None):
     cb.atomic_save(model, paths.final_weights, weights_only=True)
     cb.atomic_save(model, paths.final_keras)
     cb.plot_curves(paths.metrics_csv, paths.curves_png)
-    atomic_files.write_json(paths.results_json, results)  # last: its presence means the run finished
+    storage.write_json(paths.results_json, results)  # last: its presence means the run finished
     print(f"val top-1 {results['val_accuracy'] * 100:.2f}%, top-5 {results['val_top5'] * 100:.2f}% after "
           f"{epochs} epochs ({results['wall_time_s'] / 60:.1f} min); wrote {FLAGS.model_dir}", flush=True)
     return results
