@@ -152,6 +152,43 @@ def test_batch_augment_mixes_labels_and_normalises():
     np.testing.assert_allclose(x.numpy(), augment.normalize(images).numpy(), rtol=1e-6)
 
 
+def _timm_erased_fractions(n, size, rng, min_area=0.02, max_area=1 / 3, min_aspect=0.3):
+    """Erased area fractions of timm's RandomErasing procedure (probability 1), drawn in plain Python."""
+    fractions = []
+    for _ in range(n):
+        fraction = 0.0
+        for _ in range(10):
+            area = rng.uniform(min_area, max_area) * size * size
+            aspect = np.exp(rng.uniform(np.log(min_aspect), -np.log(min_aspect)))
+            h, w = int(round(np.sqrt(area * aspect))), int(round(np.sqrt(area / aspect)))
+            if w < size and h < size:
+                fraction = h * w / (size * size)
+                break
+        fractions.append(fraction)
+    return np.array(fractions)
+
+
+def test_random_erasing_matches_the_official_recipes_statistics():
+    size, n = 32, 4000
+    images = tf.fill([n, size, size, 3], 100.0)  # a value N(0, 1) noise never takes
+    erased = augment.random_erasing(images, 1.0, seed=7).numpy() != 100.0
+    fractions = erased.mean(axis=(1, 2, 3))
+    reference = _timm_erased_fractions(20000, size, np.random.default_rng(0))
+    assert abs(fractions.mean() - reference.mean()) < 0.006, (fractions.mean(), reference.mean())
+    assert abs(fractions.std() - reference.std()) < 0.006, (fractions.std(), reference.std())
+    # One axis-aligned box per image, the same in every channel.
+    for image in erased[:200]:
+        rows, cols = np.where(image[..., 0])
+        assert (image[..., 0] == image[..., 1]).all()
+        if rows.size:
+            assert image[rows.min():rows.max() + 1, cols.min():cols.max() + 1, 0].all()
+    noise = augment.random_erasing(images, 1.0, seed=8).numpy()
+    noise = noise[noise != 100.0]
+    assert abs(noise.mean()) < 0.01 and abs(noise.std() - 1.0) < 0.01  # per-pixel N(0, 1) fill
+    some = augment.random_erasing(images, 0.25, seed=9).numpy() != 100.0
+    assert abs(some.any(axis=(1, 2, 3)).mean() - 0.25 * (reference > 0).mean()) < 0.025  # the probability
+
+
 def test_normalize_matches_keras_cmt_preprocess_input():
     import keras_cmt
 

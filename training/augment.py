@@ -3,10 +3,15 @@
 Per image (written here, because Keras 3.15 has no random-resized-crop layer and no crop-from-JPEG decode):
   train: random resized crop (area scale, aspect 3/4..4/3, bicubic) and horizontal flip;
   eval: the official centre crop (resize the short side to size / crop_pct, bicubic, then crop).
-Per batch (Keras layers): RandAugment, colour jitter (only without RandAugment, as in timm), random erasing, then
-normalisation with the ImageNet mean/std, then Mixup or CutMix (one per batch, switch probability). Label smoothing
+Per batch (Keras layers): RandAugment, colour jitter (only without RandAugment, as in timm), normalisation with the
+ImageNet mean/std, random erasing, then Mixup or CutMix (one per batch, switch probability). Random erasing is
+written here: the official recipe's (timm's `RandomErasing(mode="pixel")`) erases after normalisation with
+per-pixel N(0, 1) noise over a box of 2-33% of the image with a log-uniform aspect ratio in 0.3..3.3, and Keras'
+`RandomErasing` works in pixel values with noise scaled by the value range and boxes of another distribution. Label smoothing
 is the loss's job (CategoricalCrossentropy(label_smoothing=...)) and commutes with Mixup/CutMix.
 """
+
+import math
 
 import keras
 import tensorflow as tf
@@ -128,6 +133,43 @@ def center_crop(image, size, crop_pct=0.875):
     return image_transforms.eval_transform(tf.convert_to_tensor(image), size, normalize=False, crop_pct=crop_pct)
 
 
+def random_erasing(images, probability, seed=None, min_area=0.02, max_area=1 / 3, min_aspect=0.3, attempts=10):
+    """timm's `RandomErasing(probability, mode="pixel", max_count=1)` on a batch of normalised (B, H, W, C) images.
+
+    Per image, with `probability`: up to `attempts` boxes are drawn (area U(min_area, max_area) of the image, aspect
+    ratio log-uniform in [min_aspect, 1 / min_aspect], height and width rounded); the first that fits inside the
+    image is placed uniformly and filled with per-pixel, per-channel N(0, 1) noise; when none fits, the image is
+    left as it is.
+    """
+    images = tf.convert_to_tensor(images, tf.float32)
+    shape = tf.shape(images)
+    batch, height, width = shape[0], shape[1], shape[2]
+    h, w = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
+    # Stateful random ops (as tf.data's other augmentations): each draws anew on every batch.
+    def uniform(shape, low=0.0, high=1.0, offset=0):
+        return tf.random.uniform(shape, low, high, seed=None if seed is None else seed + offset)
+
+    area = uniform([batch, attempts], min_area, max_area, 1) * h * w
+    log_aspect = math.log(min_aspect)
+    aspect = tf.exp(uniform([batch, attempts], log_aspect, -log_aspect, 2))
+    box_h = tf.round(tf.sqrt(area * aspect))
+    box_w = tf.round(tf.sqrt(area / aspect))
+    fits = (box_h < h) & (box_w < w)
+    first = tf.argmax(tf.cast(fits, tf.int32), axis=1, output_type=tf.int32)
+    box_h = tf.gather(box_h, first, batch_dims=1)
+    box_w = tf.gather(box_w, first, batch_dims=1)
+    top = tf.floor(uniform([batch], offset=3) * (h - box_h + 1))  # randint(0, H - h), both ends included
+    left = tf.floor(uniform([batch], offset=4) * (w - box_w + 1))
+    erase = (uniform([batch], offset=5) < probability) & tf.reduce_any(fits, axis=1)
+    rows = tf.range(h)[None, :]
+    cols = tf.range(w)[None, :]
+    in_rows = (rows >= top[:, None]) & (rows < (top + box_h)[:, None])
+    in_cols = (cols >= left[:, None]) & (cols < (left + box_w)[:, None])
+    mask = in_rows[:, :, None] & in_cols[:, None, :] & erase[:, None, None]
+    noise = tf.random.normal(shape, seed=None if seed is None else seed + 6)
+    return tf.where(mask[..., None], noise, images)
+
+
 def normalize(images):
     """RGB in [0, 255] -> (x / 255 - mean) / std, the input `keras_cmt.preprocess_input` produces."""
     mean = tf.constant(IMAGENET_MEAN, tf.float32)
@@ -146,7 +188,6 @@ class BatchAugment:
         self.mix_switch_prob = float(recipe.mix_switch_prob)
         self.rand_augment = None
         self.color_jitter = None
-        self.random_erasing = None
         self.mixup = None
         self.cutmix = None
         if recipe.randaugment_magnitude > 0:
@@ -158,10 +199,8 @@ class BatchAugment:
             self.color_jitter = keras.layers.RandomColorJitter(
                 value_range=(0, 255), brightness_factor=recipe.color_jitter, contrast_factor=recipe.color_jitter,
                 seed=seed)
-        if recipe.random_erasing > 0:
-            p = float(recipe.random_erasing)
-            # A (p, p) factor makes p the probability itself (a single float would draw it from U(0, p)).
-            self.random_erasing = keras.layers.RandomErasing(factor=(p, p), value_range=(0, 255), seed=seed)
+        self.random_erasing = float(recipe.random_erasing)
+        self.seed = seed
         if recipe.mixup > 0:
             self.mixup = keras.layers.MixUp(alpha=recipe.mixup, seed=seed)
         if recipe.cutmix > 0:
@@ -173,9 +212,9 @@ class BatchAugment:
             images = self.rand_augment(images, training=True)
         if self.color_jitter is not None:
             images = self.color_jitter(images, training=True)
-        if self.random_erasing is not None:
-            images = tf.clip_by_value(self.random_erasing(images, training=True), 0.0, 255.0)
         images = normalize(images)
+        if self.random_erasing > 0:
+            images = random_erasing(images, self.random_erasing, seed=self.seed)
         labels = tf.one_hot(tf.cast(labels, tf.int32), self.num_classes, dtype=tf.float32)
         return self.mix(images, labels)
 
