@@ -1,17 +1,19 @@
 """The main job, offline: train CMT-Ti on the bundled digits, convert it to TFLite, report.
 
-    python -m keras_cmt.training.demo [--model_dir runs/demo] [--epochs 15] [--image_size 64] [--batch_size 64]
-                            [--overwrite]
+    python -m keras_cmt.training.demo [--model_dir runs/demo] [--seed 0] [--epochs 10] [--overwrite] [--verbose]
 
-1. `python -m keras_cmt.training.train --model=cmt_ti --dataset=digits ...` (scikit-learn's 8x8 handwritten digits, real
-   images shipped with the package, upsampled; a stratified 20% held out for validation). A finished run in
-   `--model_dir` is reused unless `--overwrite`; an interrupted one resumes from its backup.
-2. `keras_cmt.tflite.convert`: the trained `model.keras` to an fp32 file, a `dynamic` one (int8 convolution weights, the
-   fastest on CPUs) and a full-int8-where-XNNPACK-can one (calibrated on the training digits), each with Android
+1. `python -m keras_cmt.training.train --model=cmt_ti --dataset=digits ...` (scikit-learn's 8x8 handwritten digits,
+   real images shipped with the package, upsampled to 64x64; a stratified 20% held out for validation, never
+   trained on). A finished run in `--model_dir` with the same settings is reused, an interrupted one resumes from
+   its last completed epoch; `--overwrite` trains again.
+2. `keras_cmt.tflite.convert`: the trained `model.keras` to an fp32 file, a `dynamic` one (int8 convolution weights,
+   the fastest on CPUs) and a full-int8-where-XNNPACK-can one (calibrated on training digits), each with Android
    metadata and the digit labels.
-3. Validation accuracy of the files with LiteRT, agreement with fp32, XNNPACK delegation and latency.
+3. Validation accuracy of the files with LiteRT, agreement with fp32, XNNPACK delegation, and latency measured side
+   by side (the three files in turn, in this process).
 
-Prints a table and writes `report.json` in the model folder (atomically).
+Prints a line per stage and a table, and writes `report.json` (atomically) beside the files. Library log lines and
+warnings are hidden unless `--verbose`.
 """
 
 import argparse
@@ -21,94 +23,157 @@ import subprocess
 import sys
 import time
 
+from keras_cmt import quiet
+from keras_cmt.training import presets
+
 # keras_cmt.tflite.convert's --quantize modes the demo converts to, and the name each file and table row gets.
 MODES = {"none": "fp32", "dynamic": "dynamic", "int8": "int8"}
+# The small-data preset's schedule, which the README's figures were measured with (keras_cmt.training.benchmark_digits).
+DEFAULTS = {"epochs": presets.SMALL_DATA_PRESET.epochs, "image_size": presets.SMALL_DATA_PRESET.image_size,
+            "batch_size": presets.SMALL_DATA_PRESET.batch_size}
+
+
+class DemoError(RuntimeError):
+    """A failed stage; one line."""
 
 
 def _parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m keras_cmt.training.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model_dir", default="runs/demo")
-    parser.add_argument("--epochs", type=int, default=15)
-    parser.add_argument("--image_size", type=int, default=64)
-    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--epochs", type=int, default=DEFAULTS["epochs"])
+    parser.add_argument("--image_size", type=int, default=DEFAULTS["image_size"])
+    parser.add_argument("--batch_size", type=int, default=DEFAULTS["batch_size"])
+    parser.add_argument("--seed", type=int, default=0, help="initialisation, shuffling and augmentation (the "
+                        "validation split stays the same)")
     parser.add_argument("--threads", type=int, default=2, help="LiteRT threads for the latency figures")
     parser.add_argument("--overwrite", action="store_true", help="train again even if model_dir holds a run")
+    quiet.add_verbose_argument(parser)
     return parser.parse_args(argv)
 
 
+def _finished_run(args):
+    """results.json of a finished run with the demo's settings, None when there is none; DemoError when the
+    folder holds a finished run with other settings."""
+    path = os.path.join(args.model_dir, "results.json")
+    if args.overwrite or not os.path.exists(path):
+        return None
+    with open(path) as f:
+        results = json.load(f)
+    wanted = {"epochs": args.epochs, "image_size": args.image_size, "global_batch_size": args.batch_size,
+              "seed": args.seed, "model": "cmt_ti", "dataset": "digits"}
+    differs = {k: results.get(k) for k, v in wanted.items() if results.get(k) != v}
+    if differs:
+        raise DemoError(f"--model_dir={args.model_dir} holds a finished run with other settings "
+                        f"({', '.join(f'{k}={v}' for k, v in differs.items())}); use another --model_dir or "
+                        "--overwrite")
+    return results
+
+
 def _train(args):
-    results_path = os.path.join(args.model_dir, "results.json")
-    if os.path.exists(results_path) and not args.overwrite:
+    finished = _finished_run(args)
+    if finished is not None:
         print(f"[1/3] reusing the finished run in {args.model_dir} (--overwrite to train again)", flush=True)
-    else:
-        print(f"[1/3] training cmt_ti on digits for {args.epochs} epochs -> {args.model_dir}", flush=True)
-        cmd = [sys.executable, "-m", "keras_cmt.training.train", "--model=cmt_ti", "--dataset=digits",
-               f"--image_size={args.image_size}", f"--epochs={args.epochs}", f"--batch_size={args.batch_size}",
-               f"--model_dir={args.model_dir}", "--verbose=2"] + (["--overwrite"] if args.overwrite else [])
-        subprocess.run(cmd, check=True)
-    with open(results_path) as f:
+        return finished
+    print(f"[1/3] training cmt_ti on digits at {args.image_size}x{args.image_size} for {args.epochs} epochs, "
+          f"seed {args.seed}", flush=True)
+    cmd = [sys.executable, "-m", "keras_cmt.training.train", "--model=cmt_ti", "--dataset=digits",
+           f"--image_size={args.image_size}", f"--epochs={args.epochs}", f"--batch_size={args.batch_size}",
+           f"--seed={args.seed}", f"--model_dir={args.model_dir}", "--progress=epoch"]
+    cmd += ["--overwrite"] if args.overwrite else []
+    cmd += ["--verbose"] if args.verbose else []
+    status = subprocess.run(cmd).returncode
+    if status != 0:
+        raise DemoError(f"training failed (exit status {status}); its error is above")
+    with open(os.path.join(args.model_dir, "results.json")) as f:
         return json.load(f)
 
 
 def _convert(args, labels):
+    import keras
+
     from keras_cmt.tflite import convert
 
     keras_path = os.path.join(args.model_dir, "model.keras")
+    model = keras.saving.load_model(keras_path, compile=False)
     outputs = {}
-    for mode in MODES:
-        path = os.path.join(args.model_dir, f"cmt_ti_digits_{MODES[mode]}.tflite")
-        print(f"[2/3] converting {keras_path} -> {path}", flush=True)
-        convert.convert(keras_path, path, quantize=mode, labels=labels,
+    for mode, name in MODES.items():
+        path = os.path.join(args.model_dir, f"cmt_ti_digits_{name}.tflite")
+        print(f"[2/3] converting {keras_path} to {name}: {path}", flush=True)
+        convert.convert(model, path, quantize=mode, labels=labels,
                         representative_data="digits" if mode == "int8" else None)
         outputs[mode] = path
     return outputs
 
 
-def run(args):
+def _measure(args, tflite_files):
     from keras_cmt.tflite import benchmark, evaluate
-    from keras_cmt import atomic_files
 
-    os.makedirs(args.model_dir, exist_ok=True)
-    start = time.time()
-    trained = _train(args)
-    tflite_files = _convert(args, [str(i) for i in range(10)])
-    print("[3/3] evaluating the TFLite files with LiteRT", flush=True)
-    accuracy = evaluate.evaluate([tflite_files[mode] for mode in MODES], "digits",
-                                 reference=tflite_files["none"], threads=args.threads)
+    print(f"[3/3] evaluating the TFLite files with LiteRT ({args.threads} threads)", flush=True)
+    paths = [tflite_files[mode] for mode in MODES]
+    accuracy = evaluate.evaluate(paths, "digits", reference=tflite_files["none"], threads=args.threads)
+    speed = benchmark.measure_interleaved(paths, args.threads, runs=50, warmup=5)
     rows = []
-    for mode, entry in zip(MODES, accuracy["models"]):
-        path = tflite_files[mode]
-        speed = benchmark.run(path, args.threads, runs=30, warmup=5)
+    for mode, entry, timing in zip(MODES, accuracy["models"], speed):
         rows.append({
-            "format": MODES[mode], "file": path,
-            "file_mb": round(speed["file_mb"], 2), "val_accuracy": entry["accuracy"],
+            "format": MODES[mode], "file": tflite_files[mode],
+            "file_mb": round(timing["file_mb"], 2), "val_accuracy": entry["accuracy"],
             "top1_agreement_with_fp32": entry.get("top1_agreement_with_reference"),
-            "median_ms": round(speed["median_ms"], 2), "xnnpack_partitions": speed["xnnpack_partitions"],
-            "nodes_on_default_kernels": speed["nodes_on_default_kernels"],
+            "median_ms": round(timing["median_ms"], 2), "ratio_to_fp32": round(timing["ratio_to_first"], 3),
+            "xnnpack_partitions": timing["xnnpack_partitions"],
+            "nodes_on_default_kernels": timing["nodes_on_default_kernels"],
         })
-    report = {
-        "keras": {"val_accuracy": trained["val_accuracy"], "val_top5": trained["val_top5"],
-                  "epochs": trained["epochs"], "train_wall_time_s": trained["wall_time_s"]},
-        "tflite": rows, "threads": args.threads, "total_wall_time_s": round(time.time() - start, 1),
-    }
-    print(f"\nCMT-Ti on digits at {args.image_size}x{args.image_size}: Keras val top-1 "
+    return rows
+
+
+def _print_report(args, trained, rows, report_path):
+    print(f"\nCMT-Ti on digits at {args.image_size}x{args.image_size}, seed {args.seed}: Keras val top-1 "
           f"{trained['val_accuracy'] * 100:.2f}% after {trained['epochs']} epochs "
           f"({trained['wall_time_s'] / 60:.1f} min of training)")
-    print("| format | file (MB) | val top-1 | agreement with fp32 | median latency, "
-          f"{args.threads} threads (ms) | XNNPACK partitions | nodes left to default kernels |")
+    print(f"| format | file (MB) | val top-1 | agreement with fp32 | median latency, {args.threads} threads (ms) | "
+          "XNNPACK partitions | nodes left to default kernels |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         agreement = "-" if r["format"] == "fp32" else f"{r['top1_agreement_with_fp32'] * 100:.1f}%"
         print(f"| {r['format']} | {r['file_mb']} | {r['val_accuracy'] * 100:.2f}% | {agreement} | "
               f"{r['median_ms']} | {r['xnnpack_partitions']} | {r['nodes_on_default_kernels']} |")
+    print(f"\nfiles: {', '.join(r['file'] for r in rows)}")
+    print(f"report: {report_path}; training curves: {os.path.join(args.model_dir, 'curves.png')}")
+
+
+def run(args):
+    from keras_cmt import atomic_files
+
+    start = time.time()
+    trained = _train(args)
+    trained_s = time.time() - start
+    tflite_files = _convert(args, [str(i) for i in range(10)])
+    converted_s = time.time() - start - trained_s
+    rows = _measure(args, tflite_files)
+    report = {
+        "keras": {"val_accuracy": trained["val_accuracy"], "val_top5": trained["val_top5"],
+                  "epochs": trained["epochs"], "seed": args.seed, "train_wall_time_s": trained["wall_time_s"]},
+        "tflite": rows, "threads": args.threads,
+        "stage_wall_time_s": {"train": round(trained_s, 1), "convert": round(converted_s, 1),
+                              "evaluate": round(time.time() - start - trained_s - converted_s, 1)},
+        "total_wall_time_s": round(time.time() - start, 1),
+    }
     path = os.path.join(args.model_dir, "report.json")
     atomic_files.write_json(path, report)
-    print(f"\nwrote {path}")
+    _print_report(args, trained, rows, path)
     return report
 
 
 def main(argv=None):
-    run(_parse_args(sys.argv[1:] if argv is None else argv))
+    args = _parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        run(args)
+    except DemoError as e:
+        sys.stderr.write(f"keras_cmt.training.demo: error: {e}\n")
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.stderr.write(f"\ninterrupted: run the same command again to resume the training in {args.model_dir} "
+                         "after its last completed epoch\n")
+        sys.exit(130)
 
 
 if __name__ == "__main__":

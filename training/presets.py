@@ -61,13 +61,15 @@ IMAGENET_PRESETS = {
                     warmup_epochs=20, weight_decay=0.05, drop_path=0.25, ema=0.99996),
 }
 
-# Small-data preset for `digits` (1,437 training images of 8x8 pixels, upscaled): 20 warm-up epochs, Mixup/CutMix,
-# RandAugment and 8% crops do not fit a 15-epoch run on 1,437 images, and flipping changes what a digit means.
-# The learning rate is given for a batch of 64 and scales linearly from there.
-SMALL_DATA_PRESET = Recipe(image_size=64, batch_size=64, epochs=15, base_lr=1e-3, lr_reference_batch=64,
-                           min_lr=1e-5, warmup_lr=1e-5, warmup_epochs=1, weight_decay=0.05, drop_path=0.0,
+# Small-data preset for `digits` (1,437 training images of 8x8 pixels, upscaled), the README's main job: 20 warm-up
+# epochs, Mixup/CutMix, RandAugment and 8% crops do not fit a 10-epoch run on 1,437 images, and flipping changes
+# what a digit means. Crops keep 80-100% of the area (the digit fills the image; smaller crops cut strokes off and
+# enlarge digits beyond what the un-cropped evaluation shows) and stochastic depth 0.1 (the official CMT-Ti value)
+# regularises the 16 blocks. The learning rate is given for a batch of 64 and scales linearly from there.
+SMALL_DATA_PRESET = Recipe(image_size=64, batch_size=64, epochs=10, base_lr=1e-3, lr_reference_batch=64,
+                           min_lr=1e-5, warmup_lr=1e-5, warmup_epochs=1, weight_decay=0.05, drop_path=0.1,
                            ema=0.0, label_smoothing=0.1, randaugment_magnitude=0.0, mixup=0.0, cutmix=0.0,
-                           random_erasing=0.0, color_jitter=0.0, crop_scale_min=0.6, hflip=False, crop_pct=1.0)
+                           random_erasing=0.0, color_jitter=0.0, crop_scale_min=0.8, hflip=False, crop_pct=1.0)
 
 PRESET_NAMES = ("imagenet", "small_data")
 
