@@ -209,6 +209,14 @@ def test_digits_is_a_stratified_held_out_split():
     assert len(train_labels) == 1437
 
 
+def test_the_held_out_split_depends_on_split_seed_not_on_the_training_seed():
+    def val_images(**kwargs):
+        return np.stack([x.numpy() for x, _ in data.resolve_source("digits", **kwargs).val_fn()])
+
+    np.testing.assert_array_equal(val_images(seed=0), val_images(seed=5))
+    assert not np.array_equal(val_images(split_seed=0), val_images(split_seed=1))
+
+
 @pytest.mark.parametrize("pipelines", [1, 2])
 def test_validation_counts_every_image_once_on_every_pipeline_split(pipelines):
     source = data.digits_source()

@@ -21,7 +21,7 @@ def default_crop_pct(dataset: str) -> float:
 def _from_training_pipeline(dataset, image_size, limit, split, seed, data_dir, crop_pct):
     from keras_cmt.training import data
 
-    source = data.resolve_source(dataset, data_dir=data_dir, seed=seed)
+    source = data.resolve_source(dataset, data_dir=data_dir, split_seed=seed)
     if split == "train":
         ds = source.train_fn(None)
     elif split in ("validation", "val"):

@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from keras_cmt.training import augment
+from keras_cmt.training import augment, rand_augment
 
 AUTOTUNE = tf.data.AUTOTUNE
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
@@ -227,14 +227,18 @@ def tfds_source(name, data_dir=None, manual_dir=None, train_split="train", val_s
 
 
 def resolve_source(dataset, data_dir=None, manual_dir=None, val_fraction=0.2, train_split="train",
-                   val_split=None, seed=0):
-    """Turns `--dataset` into a Source: 'digits', an existing folder, or a tfds name (checked in that order)."""
+                   val_split=None, seed=0, split_seed=0):
+    """Turns `--dataset` into a Source: 'digits', an existing folder, or a tfds name (checked in that order).
+
+    `split_seed` draws the held-out split of digits and of folders without val/ (the same images for every
+    training seed, so that runs with different seeds are validated, and their TFLite files evaluated, on one
+    split); `seed` shuffles a tfds dataset's files."""
     if not dataset:
         raise DatasetError("--dataset is empty: give 'digits', a folder of class sub-folders or a tfds name")
     if dataset == "digits":
-        return digits_source(val_fraction, seed)
+        return digits_source(val_fraction, split_seed)
     if os.path.isdir(dataset):
-        return folder_source(dataset, val_fraction, seed)
+        return folder_source(dataset, val_fraction, split_seed)
     if os.sep in dataset or dataset.startswith("."):
         raise DatasetError(f"--dataset={dataset}: no such folder")
     return tfds_source(dataset, data_dir, manual_dir, train_split, val_split, seed)
@@ -277,6 +281,9 @@ def train_dataset(source, recipe, global_batch, input_context=None, seed=None, s
             image = augment.random_resized_crop(image, size, recipe.crop_scale_min)
         if recipe.hflip:
             image = tf.image.random_flip_left_right(image)
+        if recipe.randaugment_magnitude > 0:
+            image = rand_augment.rand_augment(image, recipe.randaugment_magnitude, recipe.randaugment_magnitude_std,
+                                              recipe.randaugment_ops)
         return image, label
 
     ds = ds.map(transform, num_parallel_calls=AUTOTUNE)

@@ -23,7 +23,7 @@ flags.DEFINE_string("manual_dir", None, "tfds manual_dir.")
 flags.DEFINE_string("split", None, "tfds split to evaluate (default: validation, else test). For digits and "
                     "folders: the held-out split of --val_fraction, as in training.")
 flags.DEFINE_float("val_fraction", 0.2, "As in keras_cmt.training.train, so that the held-out split is the same.")
-flags.DEFINE_integer("seed", 0, "As in keras_cmt.training.train, so that the held-out split is the same.")
+flags.DEFINE_integer("split_seed", 0, "As in keras_cmt.training.train, so that the held-out split is the same.")
 flags.DEFINE_integer("image_size", None, "Evaluation resolution (default: the model's input size).")
 flags.DEFINE_float("crop_pct", None, "Centre-crop ratio (default 0.875; 1.0 for digits, as trained).")
 flags.DEFINE_integer("batch_size", 64, "Batch size.")
@@ -52,7 +52,7 @@ def evaluate():
                 _fail(str(e))
     try:
         source = data.resolve_source(FLAGS.dataset, FLAGS.data_dir, FLAGS.manual_dir, FLAGS.val_fraction,
-                                     val_split=FLAGS.split, seed=FLAGS.seed)
+                                     val_split=FLAGS.split, split_seed=FLAGS.split_seed)
     except data.DatasetError as e:
         _fail(str(e))
 

@@ -66,7 +66,9 @@ def define_flags():
     flags.DEFINE_integer("steps_per_execution", 1, "Train steps per tf.function call.")
     flags.DEFINE_integer("steps_per_epoch", 0, "0: training examples // batch size.")
     flags.DEFINE_integer("freeze_epochs", 0, "Fine-tuning: train only the head for this many epochs, then all.")
-    flags.DEFINE_integer("seed", 0, "Random seed (initialisation, split, shuffling, augmentation).")
+    flags.DEFINE_integer("seed", 0, "Random seed (initialisation, shuffling, augmentation, drop path).")
+    flags.DEFINE_integer("split_seed", 0, "Seed of the held-out split of digits and of folders without val/ "
+                         "(kept apart from --seed: every training seed is validated on the same images).")
     flags.DEFINE_integer("shuffle_buffer", 0, "0: min(training examples, 10000).")
     flags.DEFINE_enum("progress", "auto", ("auto", "bar", "epoch", "none"), "Keras' progress display: a bar, one "
                       "line per epoch, or none; auto: a bar on a terminal, one line per epoch otherwise.")
@@ -85,6 +87,7 @@ def define_flags():
     flags.DEFINE_float("ema", None, "EMA momentum of the weights (0: off).")
     flags.DEFINE_float("label_smoothing", None, "Label smoothing.")
     flags.DEFINE_float("randaugment_magnitude", None, "RandAugment magnitude m, 0..10 (0: off).")
+    flags.DEFINE_float("randaugment_magnitude_std", None, "Spread of each operation's magnitude (timm's mstd).")
     flags.DEFINE_integer("randaugment_ops", None, "RandAugment operations per image.")
     flags.DEFINE_float("mixup", None, "Mixup alpha (0: off).")
     flags.DEFINE_float("cutmix", None, "CutMix alpha (0: off).")

@@ -164,7 +164,7 @@ def run(argv=None):
         if FLAGS.weights and FLAGS.weights != "imagenet":
             storage.check_readable(FLAGS.weights, "--weights")
         source = data.resolve_source(FLAGS.dataset, FLAGS.data_dir, FLAGS.manual_dir, FLAGS.val_fraction,
-                                     FLAGS.train_split, FLAGS.val_split, FLAGS.seed)
+                                     FLAGS.train_split, FLAGS.val_split, FLAGS.seed, FLAGS.split_seed)
         strategy = strategy_lib.make_strategy(FLAGS.strategy, FLAGS.tpu, FLAGS.num_cpu_devices)
         strategy_lib.check_batch_size(strategy, recipe.batch_size)
         storage.check_writable(FLAGS.model_dir, "--model_dir")  # last: it creates the folder
@@ -305,6 +305,7 @@ def run(argv=None):
         "global_batch_size": global_batch,
         "replicas": strategy.num_replicas_in_sync,
         "seed": FLAGS.seed,
+        "split_seed": FLAGS.split_seed,
         "wall_time_s": round(time.time() - t_start, 1),
         "resumed": bool(history is not None and history.epoch and history.epoch[0] > freeze_epochs),
         "recipe": recipe.to_dict(),
