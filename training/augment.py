@@ -3,8 +3,9 @@
 Per image (written here, because Keras 3.15 has no random-resized-crop layer and no crop-from-JPEG decode):
   train: random resized crop (area scale, aspect 3/4..4/3, bicubic) and horizontal flip;
   eval: the official centre crop (resize the short side to size / crop_pct, bicubic, then crop).
-Per batch (Keras layers): RandAugment, colour jitter (only without RandAugment, as in timm), normalisation with the
-ImageNet mean/std, random erasing, then Mixup or CutMix (one per batch, switch probability). Random erasing is
+Per image, RandAugment as timm's (`training/rand_augment.py`, in the per-image stage of `data.train_dataset`).
+Per batch: colour jitter (Keras' layer; only without RandAugment, as in timm), normalisation with the ImageNet
+mean/std, random erasing, then Mixup or CutMix (Keras' layers; one per batch, switch probability). Random erasing is
 written here: the official recipe's (timm's `RandomErasing(mode="pixel")`) erases after normalisation with
 per-pixel N(0, 1) noise over a box of 2-33% of the image with a log-uniform aspect ratio in 0.3..3.3, and Keras'
 `RandomErasing` works in pixel values with noise scaled by the value range and boxes of another distribution. Label smoothing
@@ -186,16 +187,10 @@ class BatchAugment:
     def __init__(self, recipe, num_classes, seed=None):
         self.num_classes = int(num_classes)
         self.mix_switch_prob = float(recipe.mix_switch_prob)
-        self.rand_augment = None
         self.color_jitter = None
         self.mixup = None
         self.cutmix = None
-        if recipe.randaugment_magnitude > 0:
-            # timm's magnitude m runs 0..10; Keras' factor runs 0..1 and samples each op's strength within it.
-            self.rand_augment = keras.layers.RandAugment(
-                value_range=(0, 255), num_ops=recipe.randaugment_ops,
-                factor=min(recipe.randaugment_magnitude / 10.0, 1.0), seed=seed)
-        elif recipe.color_jitter > 0:
+        if recipe.randaugment_magnitude <= 0 and recipe.color_jitter > 0:  # RandAugment runs per image (data.py)
             self.color_jitter = keras.layers.RandomColorJitter(
                 value_range=(0, 255), brightness_factor=recipe.color_jitter, contrast_factor=recipe.color_jitter,
                 seed=seed)
@@ -208,8 +203,6 @@ class BatchAugment:
 
     def __call__(self, images, labels):
         images = tf.cast(images, tf.float32)
-        if self.rand_augment is not None:
-            images = self.rand_augment(images, training=True)
         if self.color_jitter is not None:
             images = self.color_jitter(images, training=True)
         images = normalize(images)

@@ -29,6 +29,7 @@ class Recipe:
     lr_reference_batch: int = 512
     label_smoothing: float = 0.1
     randaugment_magnitude: float = 9.0  # timm's m (0..10); 0 turns RandAugment off
+    randaugment_magnitude_std: float = 0.5  # timm's mstd: each op's magnitude ~ N(m, mstd), clipped to 0..10
     randaugment_ops: int = 2
     mixup: float = 0.8  # Mixup alpha; 0 turns it off
     cutmix: float = 1.0  # CutMix alpha; 0 turns it off
