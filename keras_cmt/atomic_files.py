@@ -37,8 +37,13 @@ def write_text(path, text):
     return write_bytes(path, text.encode("utf-8"))
 
 
+def json_bytes(obj):
+    """The bytes every JSON record of keras_cmt is written as (sorted keys, indented, final newline)."""
+    return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8")
+
+
 def write_json(path, obj):
-    return write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    return write_bytes(path, json_bytes(obj))
 
 
 def publish_copy(source, path):

@@ -44,10 +44,10 @@ def evaluate():
         FLAGS[name].value = storage.normalize(FLAGS[name].value)
     if bool(FLAGS.model_path) == bool(FLAGS.weights):
         _fail("give either --model_path (a .keras file) or --weights (with --model)")
-    for path in (FLAGS.model_path, FLAGS.weights):
+    for flag, path in (("--model_path", FLAGS.model_path), ("--weights", FLAGS.weights)):
         if path:
             try:
-                storage.check_readable(path, "--model_path" if path == FLAGS.model_path else "--weights")
+                storage.check_readable(path, flag)
             except storage.StorageError as e:
                 _fail(str(e))
     try:

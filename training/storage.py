@@ -15,6 +15,8 @@ import tempfile
 
 import tensorflow as tf
 
+from keras_cmt import atomic_files
+
 
 class StorageError(OSError):
     """A path the command cannot use (no such bucket, no credentials, unknown scheme); one line naming it."""
@@ -94,8 +96,6 @@ def write_atomically(path, write):
     then puts it at `path` in one rename (locally) or one upload-then-rename (elsewhere)."""
     path = normalize(path)
     if not is_remote(path):
-        from keras_cmt import atomic_files
-
         return atomic_files.write_atomically(path, write)
     folder, name = path.rsplit("/", 1)
     makedirs(folder)
@@ -113,6 +113,11 @@ def write_atomically(path, write):
 
 
 def write_bytes(path, data):
+    """`atomic_files.write_bytes` (fsynced) for a local path; for a remote one, an upload-then-rename."""
+    path = normalize(path)
+    if not is_remote(path):
+        return atomic_files.write_bytes(path, data)
+
     def write(tmp):
         with open(tmp, "wb") as f:
             f.write(data)
@@ -125,15 +130,13 @@ def write_text(path, text):
 
 
 def write_json(path, obj):
-    return write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    return write_bytes(path, atomic_files.json_bytes(obj))
 
 
 def publish_copy(source, path):
     """`path` becomes a copy of the finished file `source`: a hard link on a local file system, else a copy."""
     source, path = normalize(source), normalize(path)
     if not is_remote(source) and not is_remote(path):
-        from keras_cmt import atomic_files
-
         return atomic_files.publish_copy(source, path)
     return write_atomically(path, lambda tmp: tf.io.gfile.copy(source, tmp, overwrite=True))
 
