@@ -25,8 +25,9 @@ Reference:
 - [CMT: Convolutional Neural Networks Meet Vision Transformers](https://arxiv.org/abs/2107.06263) (CVPR 2022)
 
 The model expects RGB input normalised with `keras_cmt.preprocess_input` (ImageNet mean/std), as the official
-training did; it contains no preprocessing layer. Height and width must be multiples of 32 (square or not).
-The default input size is {default_size}x{default_size}.
+training did; it contains no preprocessing layer. Height and width must be multiples of 32 (square or not), or
+None for a model that takes any size (its relative-position biases are kept at the default size and resized to
+each input's grid at call time). The default input size is {default_size}x{default_size}.
 
 Args:
     include_top: whether to include the classifier (pooling, dropout, dense).
@@ -35,7 +36,7 @@ Args:
     input_tensor: optional Keras tensor (output of `keras.Input()`) to use as image input.
     input_shape: optional shape tuple, `(height, width, 3)` (or `(3, height, width)` with the channels_first
         image data format); defaults to a {default_size}x{default_size} RGB image. Height and width must be
-        multiples of 32.
+        multiples of 32, or None.
     pooling: with `include_top=False`, `None` returns the stride-32 feature map (1280 channels), `"avg"` or
         `"max"` a pooled vector.
     classes: number of classes, with `include_top=True` (1000 for `weights="imagenet"`).
@@ -71,16 +72,13 @@ def _resolve_input_shape(input_shape, input_tensor, default_size, data_format):
     if len(input_shape) != 3:
         raise ValueError(f"input_shape must have 3 entries (height, width and channels); got {input_shape}.")
     height, width = input_shape[:2] if data_format == "channels_last" else input_shape[1:]
-    if height is None or width is None:
+    if any(size is not None and (size <= 0 or size % 32) for size in (height, width)):
         raise ValueError(
-            f"input_shape {input_shape} has an unknown height or width: CMT needs static sizes because its "
-            "relative-position bias is sized by them."
+            f"input_shape {input_shape}: height and width must be multiples of 32 (CMT downsamples by 32), or None."
         )
-    if height % 32 or width % 32:
-        raise ValueError(
-            f"input_shape {input_shape}: height and width must be multiples of 32 (CMT downsamples by 32)."
-        )
-    return input_shape, (height, width)
+    # An unknown height or width (any size at run time): the biases are learned at the default size and resized to
+    # each input's grid when called.
+    return input_shape, (height or default_size, width or default_size)
 
 
 def CMT(
@@ -141,42 +139,8 @@ def CMT(
         img_input = keras.layers.Input(tensor=input_tensor, shape=input_shape)
     else:
         img_input = input_tensor
-    bn_axis = -1 if data_format == "channels_last" else 1
-
-    def batch_norm(name):  # PyTorch's BatchNorm2d: eps 1e-5, momentum 0.1 (Keras' 0.9)
-        return keras.layers.BatchNormalization(axis=bn_axis, momentum=0.9, epsilon=1e-5, name=name)
-
-    # Stem: three 3x3 convolutions, each followed by GELU then BatchNorm (the official order). PyTorch pads the
-    # stride-2 convolution by one pixel on every side; Keras' "same" would pad only bottom/right.
-    x = keras.layers.ZeroPadding2D(1, name="stem_pad1")(img_input)
-    for i, stride in enumerate((2, 1, 1), start=1):
-        x = keras.layers.Conv2D(stem_channels, 3, strides=stride, padding="valid" if stride == 2 else "same",
-                                kernel_initializer=initializers.conv_kernel(), name=f"stem_conv{i}")(x)
-        x = keras.layers.Activation("gelu", name=f"stem_gelu{i}")(x)  # exact (erf) GELU, as nn.GELU()
-        x = batch_norm(f"stem_norm{i}")(x)
-
-    # Four stages: patch aggregation (stride 2), the stage's relative-position bias, then its CMT blocks.
-    rates = np.linspace(0.0, drop_path_rate, sum(depths)).tolist()
-    block_index = 0
-    height, width = height // 2, width // 2
-    for stage in range(4):
-        letter = variants.STAGE_LETTERS[stage]
-        x = PatchEmbedding(embed_dims[stage], name=f"patch_embed_{letter}")(x)
-        height, width = height // 2, width // 2
-        bias = RelativePositionBias(num_heads[stage], (height, width), sr_ratios[stage],
-                                    name=f"relative_pos_{letter}")(x)
-        for i in range(depths[stage]):
-            x = CMTBlock(
-                embed_dims[stage], num_heads[stage], mlp_ratios[stage], sr_ratios[stage], qkv_bias,
-                drop_path_rate=rates[block_index], name=f"blocks_{letter}_{i}",
-            )(x, bias)
-            block_index += 1
-        x = keras.layers.Identity(name=f"stage_{stage + 1}")(x)
-
-    # Head: 1x1 convolution to head_channels, BatchNorm, swish; then pooling, dropout and the classifier.
-    x = keras.layers.Conv2D(head_channels, 1, kernel_initializer=initializers.conv_kernel(), name="head_conv")(x)
-    x = batch_norm("head_norm")(x)
-    x = keras.layers.Activation("swish", name="head_swish")(x)
+    x, _ = cmt_features(img_input, depths, embed_dims, num_heads, mlp_ratios, stem_channels, sr_ratios,
+                        head_channels, qkv_bias, drop_path_rate, (height, width), data_format)
     if include_top:
         x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
         x = keras.layers.Dropout(head_dropout, name="head_dropout")(x)
@@ -196,6 +160,57 @@ def CMT(
     elif weights is not None:
         loading.load_weights(model, weights)
     return model
+
+
+def cmt_features(img_input, depths, embed_dims, num_heads, mlp_ratios, stem_channels, sr_ratios, head_channels,
+                 qkv_bias, drop_path_rate, bias_size, data_format, dtype=None):
+    """CMT up to the head's swish: the layers every model form shares (the plain model, keras-hub's CMTBackbone).
+
+    `bias_size` is the (height, width) input size the relative-position biases are held at (the input's, or the
+    default size for an input of unknown size). Returns the stride-32 `head_channels` feature map and the stage
+    outputs {"stage_1": ..., "stage_4": ...} (strides 4, 8, 16, 32). Layer names are the checkpoint mapping's.
+    """
+    bn_axis = -1 if data_format == "channels_last" else 1
+
+    def batch_norm(name):  # PyTorch's BatchNorm2d: eps 1e-5, momentum 0.1 (Keras' 0.9)
+        return keras.layers.BatchNormalization(axis=bn_axis, momentum=0.9, epsilon=1e-5, name=name, dtype=dtype)
+
+    # Stem: three 3x3 convolutions, each followed by GELU then BatchNorm (the official order). PyTorch pads the
+    # stride-2 convolution by one pixel on every side; Keras' "same" would pad only bottom/right.
+    x = keras.layers.ZeroPadding2D(1, data_format=data_format, name="stem_pad1", dtype=dtype)(img_input)
+    for i, stride in enumerate((2, 1, 1), start=1):
+        x = keras.layers.Conv2D(stem_channels, 3, strides=stride, padding="valid" if stride == 2 else "same",
+                                data_format=data_format, kernel_initializer=initializers.conv_kernel(),
+                                name=f"stem_conv{i}", dtype=dtype)(x)
+        x = keras.layers.Activation("gelu", name=f"stem_gelu{i}", dtype=dtype)(x)  # exact (erf) GELU, as nn.GELU()
+        x = batch_norm(f"stem_norm{i}")(x)
+
+    # Four stages: patch aggregation (stride 2), the stage's relative-position bias, then its CMT blocks.
+    rates = np.linspace(0.0, drop_path_rate, sum(depths)).tolist()
+    block_index = 0
+    height, width = bias_size[0] // 4, bias_size[1] // 4
+    stages = {}
+    for stage in range(4):
+        letter = variants.STAGE_LETTERS[stage]
+        x = PatchEmbedding(embed_dims[stage], data_format=data_format, name=f"patch_embed_{letter}", dtype=dtype)(x)
+        bias = RelativePositionBias(num_heads[stage], (height, width), sr_ratios[stage], data_format=data_format,
+                                    name=f"relative_pos_{letter}", dtype=dtype)(x)
+        for i in range(depths[stage]):
+            x = CMTBlock(
+                embed_dims[stage], num_heads[stage], mlp_ratios[stage], sr_ratios[stage], qkv_bias,
+                drop_path_rate=rates[block_index], data_format=data_format, name=f"blocks_{letter}_{i}", dtype=dtype,
+            )(x, bias)
+            block_index += 1
+        x = keras.layers.Identity(name=f"stage_{stage + 1}", dtype=dtype)(x)
+        stages[f"stage_{stage + 1}"] = x
+        height, width = height // 2, width // 2
+
+    # Head: 1x1 convolution to head_channels, BatchNorm, swish (the classifier's pooling, dropout and dense follow).
+    x = keras.layers.Conv2D(head_channels, 1, data_format=data_format, kernel_initializer=initializers.conv_kernel(),
+                            name="head_conv", dtype=dtype)(x)
+    x = batch_norm("head_norm")(x)
+    x = keras.layers.Activation("swish", name="head_swish", dtype=dtype)(x)
+    return x, stages
 
 
 def _variant_builder(variant_name):

@@ -12,7 +12,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "fixtures", "pretrain
 
 import pretrained_helpers as helpers  # noqa: E402
 
-from conftest import numpy  # noqa: E402
+from conftest import image_shape, numpy, to_model_layout  # noqa: E402
 
 import keras_cmt  # noqa: E402
 from keras_cmt.weights import position_bias_resize as resize  # noqa: E402
@@ -128,3 +128,31 @@ def test_a_bias_with_other_heads_is_reported(tmp_path):
     # Named either by shape or by head count (both say which layer and what differs).
     with pytest.raises(ValueError, match=r"relative_pos_b.*(checkpoint 3x64x4 vs model 2x64x4|3 heads, the model 2)"):
         keras_cmt.weights.loading.assign_state_dict(model, state)
+
+
+@pytest.mark.parametrize("old_q,new_q,sr", [((8, 8), (8, 8), 4), ((8, 8), (12, 6), 4), ((6, 10), (4, 4), 2),
+                                            ((2, 2), (5, 3), 1)])
+def test_call_time_resize_is_the_loaders_resize(old_q, new_q, sr):
+    from keras_cmt.layers.relative_position_bias import resize_bias
+
+    rng = np.random.default_rng(2)
+    old_k, new_k = (old_q[0] // sr, old_q[1] // sr), (new_q[0] // sr, new_q[1] // sr)
+    bias = rng.standard_normal((3, old_q[0] * old_q[1], old_k[0] * old_k[1])).astype("float32")
+    expected = resize.resize_relative_position_bias(bias, old_q, old_k, new_q, new_k)
+    np.testing.assert_allclose(numpy(resize_bias(bias, old_q, old_k, new_q, new_k)), expected, atol=1e-5)
+
+
+def test_a_model_of_any_input_size_matches_fixed_size_models(tmp_path):
+    """height and width None: the biases stay at the default grid and are resized when called, which gives what a
+    model built for that size (its biases resized by the loader) gives."""
+    any_size = helpers.micro_model(input_shape=image_shape(None, None), default_size=64)
+    keras_cmt.weights.loading.assign_state_dict(any_size, helpers.micro_state_dict())
+    assert any_size.get_layer("relative_pos_a").query_size == (16, 16)  # the micro model's default size, 64
+    path = str(tmp_path / "any.weights.h5")
+    any_size.save_weights(path)
+    rng = np.random.default_rng(3)
+    for height, width in ((64, 64), (96, 64), (32, 128)):
+        fixed = helpers.micro_model(input_shape=image_shape(height, width))
+        keras_cmt.load_weights(fixed, path)
+        x = to_model_layout(rng.uniform(-1, 1, (2, height, width, 3)).astype("float32"))
+        np.testing.assert_allclose(numpy(any_size(x)), numpy(fixed(x)), atol=1e-5)

@@ -68,7 +68,13 @@ class LightweightAttention(keras.layers.Layer):
             self.sr_norm.build(self.sr.compute_output_shape(inputs_shape))
 
     def _spatial_size(self, x):
-        return tuple(x.shape[1:3]) if self.data_format == "channels_last" else tuple(x.shape[2:4])
+        """(height, width), static where known, else read at run time (a model built for any input size)."""
+        axes = (1, 2) if self.data_format == "channels_last" else (2, 3)
+        static = [x.shape[axis] for axis in axes]
+        if None not in static:
+            return tuple(static)
+        dynamic = ops.shape(x)
+        return tuple(dynamic[axis] if size is None else size for axis, size in zip(axes, static))
 
     def _split_heads(self, x):
         """Feature map -> (batch, heads, positions, head_dim)."""
@@ -87,8 +93,6 @@ class LightweightAttention(keras.layers.Layer):
 
     def call(self, inputs, relative_position_bias, training=None):
         height, width = self._spatial_size(inputs)
-        if height is None or width is None:
-            raise ValueError("CMT attention needs a static height and width (the bias is sized by them).")
         reduced = self.sr_norm(self.sr(inputs), training=training) if self.sr_ratio > 1 else inputs
         q = self._split_heads(self.q(inputs))
         k = self._split_heads(self.k(reduced))

@@ -6,32 +6,60 @@ checkpoint converter one variable to address (`relative_pos_a` ... `relative_pos
 
 Its size follows the input size, so weights saved at one resolution load at another: the layer saves its query
 grid beside the bias, and on loading (`model.load_weights`, `.keras` files) resizes a bias of another grid
-bilinearly over the query and key grids (`keras_cmt.weights.position_bias_resize`).
+bilinearly over the query and key grids (`keras_cmt.weights.position_bias_resize`). A model built for any input size
+(height and width None, as keras-hub's detection and segmentation models build their encoders) keeps the bias at its
+trained grid and resizes it the same way at call time, to the grid of the feature map it is called on.
 """
 
 import keras
 import numpy as np
 from keras import ops
 
+from keras_cmt.layers.data_format import standardize_data_format
 from keras_cmt.weights import position_bias_resize
+
+
+def _interpolation_matrix(old, new):
+    """(new, old) weights of 1-D linear interpolation with half-pixel centres (align_corners=False), for a static
+    `old` and a possibly dynamic `new`: `position_bias_resize._resize_matrix` in `keras.ops`."""
+    index = ops.cast(ops.arange(new), "float32")
+    scale = ops.cast(old, "float32") / ops.cast(new, "float32")
+    source = ops.maximum((index + 0.5) * scale - 0.5, 0.0)
+    low = ops.minimum(ops.floor(source), old - 1)
+    high = ops.minimum(low + 1, old - 1)
+    fraction = ops.expand_dims(source - low, -1)
+    low = ops.one_hot(ops.cast(low, "int32"), old, dtype="float32")
+    high = ops.one_hot(ops.cast(high, "int32"), old, dtype="float32")
+    return low * (1.0 - fraction) + high * fraction
+
+
+def resize_bias(bias, old_query, old_key, new_query, new_key):
+    """Resizes a (heads, Nq, Nk) bias from static grids to (possibly dynamic) new ones, in float32."""
+    heads = bias.shape[0]
+    grid = ops.reshape(ops.cast(bias, "float32"), (heads, old_query[0], old_query[1], old_key[0], old_key[1]))
+    matrices = [_interpolation_matrix(old, new) for old, new in zip(old_query + old_key, new_query + new_key)]
+    grid = ops.einsum("nabcd,Aa,Bb,Cc,Dd->nABCD", grid, *matrices)
+    return ops.reshape(grid, (heads, new_query[0] * new_query[1], new_key[0] * new_key[1]))
 
 
 @keras.saving.register_keras_serializable(package="keras_cmt")
 class RelativePositionBias(keras.layers.Layer):
     """Holds a (num_heads, query_h*query_w, key_h*key_w) bias; called on the stage's feature map, returns it with a
-    batch axis of 1.
+    batch axis of 1, resized to that map's grid when it differs from `query_size`.
 
     Args:
         num_heads: attention heads of the stage.
-        query_size: (height, width) of the stage's feature map.
+        query_size: (height, width) of the stage's feature map at the size the bias is learned (and stored) at.
         sr_ratio: the key/value reduction ratio; keys form a (height // sr, width // sr) grid.
+        data_format: "channels_last" or "channels_first" of the feature map (default: Keras' image data format).
     """
 
-    def __init__(self, num_heads, query_size, sr_ratio, **kwargs):
+    def __init__(self, num_heads, query_size, sr_ratio, data_format=None, **kwargs):
         super().__init__(**kwargs)
         self.num_heads = int(num_heads)
         self.query_size = tuple(int(s) for s in query_size)
         self.sr_ratio = int(sr_ratio)
+        self.data_format = standardize_data_format(data_format)
         h, w = self.query_size
         if h % self.sr_ratio or w % self.sr_ratio:
             raise ValueError(
@@ -47,11 +75,27 @@ class RelativePositionBias(keras.layers.Layer):
         self.bias = self.add_weight(name="bias", shape=(self.num_heads, n_q, n_k),
                                     initializer=keras.initializers.RandomNormal(stddev=1.0))
 
+    def _grid(self, shape):
+        return tuple(shape[1:3]) if self.data_format == "channels_last" else tuple(shape[2:4])
+
     def call(self, inputs):
-        return ops.expand_dims(ops.cast(self.bias, self.compute_dtype), 0)
+        grid = self._grid(inputs.shape)
+        bias = self.bias
+        if grid != self.query_size:  # another input size, or one known only at run time
+            dynamic = ops.shape(inputs)
+            grid = tuple(dynamic[axis] if size is None else size
+                         for axis, size in zip((1, 2) if self.data_format == "channels_last" else (2, 3), grid))
+            keys = (grid[0] // self.sr_ratio, grid[1] // self.sr_ratio)
+            bias = resize_bias(bias, self.query_size, self.key_size, grid, keys)
+        return ops.expand_dims(ops.cast(bias, self.compute_dtype), 0)
 
     def compute_output_shape(self, input_shape):
-        return (1,) + tuple(self.bias.shape)
+        grid = self._grid(input_shape)
+        if grid == self.query_size:
+            return (1,) + tuple(self.bias.shape)
+        if None in grid:
+            return (1, self.num_heads, None, None)
+        return (1, self.num_heads, grid[0] * grid[1], (grid[0] // self.sr_ratio) * (grid[1] // self.sr_ratio))
 
     def save_own_variables(self, store):
         store["0"] = self.bias
@@ -79,4 +123,5 @@ class RelativePositionBias(keras.layers.Layer):
             "num_heads": self.num_heads,
             "query_size": list(self.query_size),
             "sr_ratio": self.sr_ratio,
+            "data_format": self.data_format,
         }
