@@ -45,7 +45,12 @@ BACKENDS = [
     "jax>=0.10,<0.11",
     "torch==2.13.0",
 ]
-TEST = ["pytest>=8"] + BACKENDS
+# keras-hub's Backbone / Task / preset classes (keras_cmt.hub). 0.32 is the release tested here: it installs beside
+# TensorFlow 2.21 (bringing tensorflow-text 2.21.1) and Keras 3.15.
+HUB = ["keras-hub>=0.32,<0.33"]
+# keras-hub's test harness (keras_hub.src.tests.test_case, shipped in its wheel) imports grain, which keras-hub does
+# not depend on.
+TEST = ["pytest>=8", "grain>=0.2.18,<0.3"] + BACKENDS + HUB
 
 setup(
     name="keras-cmt",
@@ -66,7 +71,8 @@ setup(
         "train": TRAIN,
         "tflite": TFLITE + TRAIN,  # representative data comes through keras_cmt.training.data
         "test": TEST + TRAIN + TFLITE,
-        "all": TRAIN + TFLITE,
+        "hub": HUB,
+        "all": TRAIN + TFLITE + HUB,
     },
     entry_points={
         "console_scripts": [

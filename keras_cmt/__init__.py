@@ -20,6 +20,10 @@ with _quiet.command_startup():
     from keras_cmt.variants import VARIANTS, get_variant
     from keras_cmt.weights.loading import load_weights
 
+from keras_cmt import hub_registration as _hub_registration
+
+_hub_registration.install()
+
 __version__ = "0.1.0"
 
 __all__ = [

@@ -2,12 +2,14 @@
 
     keras-cmt predict IMAGE... [--model cmt_small] [--weights imagenet|PATH|none] [--top 5] [--size N]
     keras-cmt info [--model NAME ...]
+    keras-cmt export-preset --model cmt_s|MODEL.keras [--weights imagenet|PATH|none] [--size N] [--overwrite] DIR
 
 `predict` decodes each image (JPEG/PNG/GIF/BMP), applies the official evaluation transform
 (`keras_cmt.eval_transform`) at the model's input size and prints the top-k classes with their probabilities.
 `--model` takes a variant name or a saved `.keras` model (a fine-tuned one, with `--labels` for its class names).
 `info` prints the variant table: params counted from the built models (a few seconds per variant), GMACs from
-`keras_cmt.VARIANTS` (counted from each variant's TensorFlow graph by the tests). Any Keras backend.
+`keras_cmt.VARIANTS` (counted from each variant's TensorFlow graph by the tests). `export-preset` writes a keras-hub
+preset directory (`keras_cmt.hub.export_preset`; needs keras-hub). Any Keras backend.
 Errors are one line on stderr and exit status 1.
 """
 
@@ -49,6 +51,20 @@ def _parser():
                                help="print the variant table (params, GMACs, input size, top-1)")
     info.add_argument("--model", action="append", default=None, metavar="NAME",
                       help="only these variants (repeatable; default: all four)")
+
+    export = commands.add_parser("export-preset", parents=[common], help="write a keras-hub preset directory",
+                                 description="Write a keras-hub preset (backbone, classifier, preprocessor) that "
+                                             "keras_hub.models.ImageClassifier.from_preset loads after "
+                                             "`import keras_cmt`.")
+    export.add_argument("out_dir", metavar="DIR", help="the preset directory to create")
+    export.add_argument("--model", required=True,
+                        help="variant (cmt_ti, cmt_xs, cmt_s, cmt_b, ...) or a saved keras_cmt .keras model")
+    export.add_argument("--weights", default=None,
+                        help="'imagenet' (default for variants), a .weights.h5 or official .pth file, or 'none'; "
+                             "with a .keras model, optional weights to load onto it")
+    export.add_argument("--size", type=_positive_int, default=None,
+                        help="input size for a variant, a multiple of 32 (default: the variant's)")
+    export.add_argument("--overwrite", action="store_true", help="replace DIR if it holds a keras-hub preset")
     return parser
 
 
@@ -164,11 +180,28 @@ def info(args, out=None):
     return 0
 
 
+def export_preset(args, out=None):
+    out = out or sys.stdout
+    try:
+        from keras_cmt import hub
+    except ImportError as e:
+        raise ValueError(f"export-preset: {e}") from None
+    weights = args.weights
+    if weights is None and not args.model.endswith(".keras"):
+        weights = "imagenet"
+    path = hub.export_preset(args.model, args.out_dir, weights=None if weights == "none" else weights,
+                             size=args.size, overwrite=args.overwrite)
+    print(f"wrote the keras-hub preset {path}: {', '.join(sorted(os.listdir(path)))}", file=out)
+    print(f"load it with `import keras_cmt, keras_hub; keras_hub.models.ImageClassifier.from_preset({path!r})`",
+          file=out, flush=True)
+    return 0
+
+
 def main(argv=None):
     """Runs the command line; returns the exit status (0, 1 for errors, 2 for usage errors)."""
     args = _parser().parse_args(argv)
     try:
-        return {"predict": predict, "info": info}[args.command](args)
+        return {"predict": predict, "info": info, "export-preset": export_preset}[args.command](args)
     except (ValueError, OSError) as e:
         message = " ".join(str(e).split()) or type(e).__name__
         print(f"{PROG}: error: {message}", file=sys.stderr)

@@ -1,0 +1,133 @@
+"""keras_cmt's named keras-hub presets, and the checks every CMT `from_preset` runs on a local directory first.
+
+A named preset ("cmt_small_imagenet") is built on first use from the official release, through the same download,
+conversion and cache as `keras_cmt.CMTSmall(weights="imagenet")`, into `<keras_cmt cache>/presets/<name>`; nothing
+is published anywhere else, so a user never handles a file. keras-hub's own registry maps names to existing
+handles only, so the names are served by the CMT classes' `from_preset` (`CMTImageClassifier.from_preset(
+"cmt_small_imagenet")`); once built, the directory is an ordinary preset any keras-hub entry point loads.
+"""
+
+import json
+import os
+import shutil
+
+from keras_cmt import variants
+from keras_cmt.weights import pretrained
+
+PRESETS = {
+    f"{name}_imagenet": {
+        "metadata": {
+            "description": (f"{variants.VARIANTS[variant].builder_name} ({variant}) image classifier, the official "
+                            f"ImageNet-1k weights (top-1 {variants.VARIANTS[variant].top1}%), converted; "
+                            f"{variants.VARIANTS[variant].default_size}x{variants.VARIANTS[variant].default_size} "
+                            "input."),
+            "params": variants.VARIANTS[variant].params,
+            "path": "cmt",
+        },
+        "variant": variant,
+    }
+    for name, variant in (("cmt_tiny", "cmt_ti"), ("cmt_xs", "cmt_xs"), ("cmt_small", "cmt_s"),
+                          ("cmt_base", "cmt_b"))
+}
+
+BACKBONE_CLASS = "keras_cmt>CMTBackbone"
+# How a named preset is built: `keras_cmt.hub.export.export_preset`, set by `keras_cmt/hub/__init__.py` (which runs
+# before any of its modules). The classes whose `from_preset` resolves names are what the exporter builds, so this
+# module takes the exporter instead of importing it.
+_exporter = None
+
+
+def set_exporter(export_preset):
+    global _exporter
+    _exporter = export_preset
+
+WEIGHTS = (("model.weights.h5", "model.weights.json"), "the backbone's weights")
+PREPROCESSOR_FILES = ((("preprocessor.json", "image_converter.json"), "the preprocessor"),)
+
+
+def backbone_files(load_weights=True):
+    return ((("config.json",), "the backbone's configuration"),) + ((WEIGHTS,) if load_weights else ())
+
+
+def classifier_files(load_weights=True, new_head=False):
+    """What a classifier needs: with its own head, task.json (and task.weights.h5 to load weights); for a new head
+    (`num_classes=`), the backbone and a preprocessor."""
+    files = backbone_files(load_weights)
+    if new_head:
+        return files + PREPROCESSOR_FILES
+    files += ((("task.json",), "the classifier; pass num_classes= to put a new head on the backbone"),)
+    if load_weights:
+        files += ((("task.weights.h5",), "the classifier head's weights"),)
+    return files
+
+
+def listing():
+    """A copy of `PRESETS`, as keras-hub's `presets` class properties give theirs."""
+    return {name: {"metadata": dict(entry["metadata"]), "variant": entry["variant"]} for name, entry in PRESETS.items()}
+
+
+def preset_dir(name, cache_dir=None):
+    return os.path.join(cache_dir or pretrained.default_cache_dir(), "presets", name)
+
+
+def _missing(path, need):
+    for names, what in need:
+        if not any(os.path.isfile(os.path.join(path, n)) for n in names):
+            return f"{' or '.join(names)} ({what})"
+    return None
+
+
+def named_preset(name, cache_dir=None):
+    """The local directory of a named preset, built from the official weights if it is not there yet."""
+    path = preset_dir(name, cache_dir)
+    if os.path.isdir(path) and _missing(path, classifier_files()) is None:
+        return path
+    if os.path.isdir(path):  # an interrupted or damaged copy: build it again
+        shutil.rmtree(path)
+    variant = PRESETS[name]["variant"]
+    _exporter(variant, path, weights="imagenet")
+    return path
+
+
+def check_preset_dir(path, need):
+    """Raises ValueError (one line, naming the path) unless `path` is a directory holding a CMT preset with the
+    files in `need` ((alternative names, what they hold) pairs)."""
+    if not os.path.exists(path):
+        raise ValueError(f"{path}: no such preset directory (keras_cmt's named presets: {', '.join(PRESETS)}).")
+    if not os.path.isdir(path):
+        raise ValueError(f"{path}: not a preset directory (a file).")
+    config_path = os.path.join(path, "config.json")
+    if not os.path.isfile(config_path):
+        raise ValueError(f"{path}: not a keras-hub preset (no config.json).")
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ValueError(f"{config_path}: cannot read it as JSON ({' '.join(str(e).split())[:120]}).") from None
+    found = config.get("registered_name") if isinstance(config, dict) else None
+    if found != BACKBONE_CLASS:
+        what = found or (config.get("class_name") if isinstance(config, dict) else None) or "an unknown model"
+        raise ValueError(f"{path}: a preset of {what}, not of keras_cmt's CMTBackbone.")
+    missing = _missing(path, need)
+    if missing:
+        raise ValueError(f"{path}: incomplete CMT preset, missing {missing}.")
+
+
+def resolve(preset, need):
+    """A named preset's directory (built on first use); a local directory after `check_preset_dir`; any other
+    handle (kaggle://, hf://, gs://, keras-hub's own names) unchanged, for keras-hub to resolve."""
+    preset = os.fspath(preset) if isinstance(preset, os.PathLike) else preset
+    if not isinstance(preset, str):
+        raise ValueError(f"preset must be a name, a directory or a keras-hub handle; got {type(preset).__name__}.")
+    if preset in PRESETS:
+        return named_preset(preset)
+    if preset.startswith("file://"):
+        preset = preset[len("file://"):]
+    if "://" in preset:
+        return preset
+    from keras_hub.src.utils.preset_utils import BUILTIN_PRESETS
+
+    if preset in BUILTIN_PRESETS:
+        return preset
+    check_preset_dir(preset, need)
+    return preset

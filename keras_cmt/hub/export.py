@@ -1,0 +1,176 @@
+"""Turns a plain keras_cmt model (a variant with any weights, or a saved `.keras` model) into keras-hub objects
+and a keras-hub preset directory: `CMTBackbone` with the same layers and weights, `CMTImageClassifier` with the
+model's head, and the official evaluation transform as the preprocessor."""
+
+import os
+import shutil
+import tempfile
+
+import keras
+import numpy as np
+
+from keras_cmt import cmt, variants
+from keras_cmt.hub.cmt_backbone import CMTBackbone
+from keras_cmt.hub.cmt_image_classifier import CMTImageClassifier
+from keras_cmt.hub.cmt_image_classifier_preprocessor import CMTImageClassifierPreprocessor
+from keras_cmt.hub.cmt_image_converter import CMTImageConverter
+
+
+def _layer(model, name, source):
+    try:
+        return model.get_layer(name)
+    except ValueError:
+        raise ValueError(f"{source}: not a keras_cmt CMT model (it has no layer {name!r}).") from None
+
+
+def _spatial(image_shape, data_format):
+    """(height, width) of an image shape without the batch axis."""
+    return tuple(image_shape[:2]) if data_format == "channels_last" else tuple(image_shape[1:])
+
+
+def config_from_model(model, source="model"):
+    """The `CMTBackbone` arguments that rebuild a plain CMT model's layers (read from its layers), at the model's
+    input size."""
+    first = _layer(model, "blocks_a_0", source)
+    depths = [sum(1 for layer in model.layers if layer.name.startswith(f"blocks_{letter}_"))
+              for letter in variants.STAGE_LETTERS]
+    biases = [_layer(model, f"relative_pos_{letter}", source) for letter in variants.STAGE_LETTERS]
+    last_block = model.get_layer(f"blocks_d_{depths[3] - 1}")
+    data_format = first.data_format
+    image_shape = tuple(model.input_shape[1:])
+    return dict(
+        depths=depths,
+        embed_dims=[_layer(model, f"patch_embed_{letter}", source).embed_dim for letter in variants.STAGE_LETTERS],
+        num_heads=[b.num_heads for b in biases],
+        mlp_ratios=[model.get_layer(f"blocks_{letter}_0").mlp_ratio for letter in variants.STAGE_LETTERS],
+        stem_channels=_layer(model, "stem_conv1", source).filters,
+        sr_ratios=[b.sr_ratio for b in biases],
+        head_channels=_layer(model, "head_conv", source).filters,
+        qkv_bias=first.qkv_bias,
+        drop_path_rate=last_block.drop_path_rate,
+        position_bias_size=[4 * s for s in biases[0].query_size],
+        image_shape=image_shape,
+        data_format=data_format,
+    )
+
+
+def backbone_from_model(model, source="model", **overrides):
+    """A `CMTBackbone` holding a plain CMT model's weights (shared by layer name)."""
+    backbone = CMTBackbone(**{**config_from_model(model, source), **overrides})
+    for layer in backbone.layers:
+        if layer.weights:
+            layer.set_weights(_layer(model, layer.name, source).get_weights())
+    return backbone
+
+
+def task_from_model(model, source="model"):
+    """A `CMTImageClassifier` (with the official evaluation transform at the model's input size) for a plain CMT
+    model with its classifier, or a `CMTBackbone` and `CMTImageConverter` pair for one without."""
+    backbone = backbone_from_model(model, source)
+    size = _spatial(backbone.image_shape, backbone.data_format)
+    if None in size:
+        raise ValueError(f"{source}: the preprocessor needs a fixed input size; the model takes any size.")
+    converter = CMTImageConverter(image_size=size)
+    names = {layer.name for layer in model.layers}
+    if "head" not in names:
+        return backbone, converter
+    head = model.get_layer("head")
+    dropout = model.get_layer("head_dropout").rate if "head_dropout" in names else 0.0
+    task = CMTImageClassifier(backbone=backbone, num_classes=head.units,
+                              preprocessor=CMTImageClassifierPreprocessor(image_converter=converter),
+                              dropout=dropout)
+    task.output_dense.set_weights(head.get_weights())
+    return task, converter
+
+
+def _check_same_outputs(model, exported, source):
+    """The exported model's logits (or features) on a random input equal the plain model's."""
+    names = {layer.name for layer in model.layers}
+    reference = keras.Model(model.input, model.get_layer("head" if "head" in names else "head_swish").output)
+    shape = (1,) + tuple(model.input_shape[1:])
+    x = np.random.default_rng(0).standard_normal(shape).astype("float32")
+    expected = keras.ops.convert_to_numpy(reference(x))
+    got = keras.ops.convert_to_numpy(exported(x))
+    scale = max(1.0, float(np.abs(expected).max()))
+    if got.shape != expected.shape or np.abs(got - expected).max() > 1e-4 * scale:
+        raise RuntimeError(f"{source}: the keras-hub model's outputs differ from the plain model's; not exported.")
+
+
+def load_plain_model(model, weights=None, size=None):
+    """A plain CMT model from a variant name (with `weights`: "imagenet", a file or None) or a `.keras` file
+    (optionally with `weights` loaded onto it); returns (model, source text)."""
+    from keras_cmt.weights.loading import load_weights
+
+    if isinstance(model, keras.Model):
+        return model, model.name
+    model = os.fspath(model)
+    if model.endswith(".keras"):
+        if not os.path.isfile(model):
+            raise ValueError(f"{model}: no such .keras file.")
+        if size is not None:
+            raise ValueError(f"{model}: a .keras model keeps its input size; size applies to variants.")
+        if weights == "imagenet":
+            raise ValueError(f"{model}: weights='imagenet' needs a variant; a .keras model has its own weights.")
+        loaded = keras.saving.load_model(model, compile=False)
+        if weights is not None:
+            load_weights(loaded, weights)
+        return loaded, model
+    variant = variants.get_variant(model)
+    size = size or variant.default_size
+    built = cmt.build_model(variant.name, weights=weights, input_shape=(size, size, 3) if
+                            keras.config.image_data_format() == "channels_last" else (3, size, size),
+                            classifier_activation=None)
+    return built, f"{variant.name} ({weights or 'random'} weights)"
+
+
+def export_preset(model, out_dir, weights=None, size=None, overwrite=False):
+    """Writes a keras-hub preset directory for a CMT model and returns its path.
+
+    Args:
+        model: a variant name ("cmt_s", "CMTSmall", ...), a `.keras` file of a keras_cmt model, or the model.
+        out_dir: the preset directory to create; it appears whole or not at all.
+        weights: for a variant, "imagenet", a `.weights.h5` / official `.pth` file, or None (random); for a
+            `.keras` file, optionally weights to load onto it.
+        size: a variant's input size (default the variant's); the preprocessor crops to it.
+        overwrite: replace `out_dir` if it holds a keras-hub preset (never any other folder).
+
+    The directory holds config.json, model.weights.h5, metadata.json, image_converter.json, preprocessor.json,
+    and, for a model with its classifier, task.json and task.weights.h5: after `import keras_cmt`,
+    `keras_hub.models.ImageClassifier.from_preset(out_dir)` gives the plain model's logits.
+    """
+    out_dir = os.path.abspath(os.fspath(out_dir))
+    if os.path.exists(out_dir):
+        if not os.path.isdir(out_dir):
+            raise ValueError(f"{out_dir}: exists and is a file.")
+        if os.listdir(out_dir):
+            if not overwrite:
+                raise ValueError(f"{out_dir}: exists and is not empty (overwrite replaces a preset directory).")
+            if not os.path.isfile(os.path.join(out_dir, "config.json")):
+                raise ValueError(f"{out_dir}: not a keras-hub preset directory; refusing to replace it.")
+    plain, source = load_plain_model(model, weights=weights, size=size)
+    exported, converter = task_from_model(plain, source)
+    _check_same_outputs(plain, exported, source)
+
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.", dir=parent)
+    old = None
+    try:
+        exported.save_to_preset(tmp)
+        if isinstance(exported, CMTBackbone):
+            converter.save_to_preset(tmp)
+        if os.path.isdir(out_dir) and os.listdir(out_dir):
+            old = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.old.", dir=parent)
+            os.rename(out_dir, os.path.join(old, "preset"))
+        elif os.path.isdir(out_dir):
+            os.rmdir(out_dir)
+        os.rename(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and not os.path.exists(out_dir):
+            os.rename(os.path.join(old, "preset"), out_dir)
+        raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    return out_dir

@@ -1,0 +1,48 @@
+"""Registers keras_cmt's keras-hub classes (`keras_cmt.hub`) with Keras when keras_hub is imported.
+
+keras-hub's `from_preset` finds a preset's classes in Keras' registry of serializable objects, so they must be
+registered before a user's `keras_hub.models.ImageClassifier.from_preset(...)`. Importing keras_hub from
+`import keras_cmt` would do that, but it imports TensorFlow too (2.4 s on the JAX backend here) for every user of
+the plain model. Instead: registered at once when keras_hub is already imported, else right after keras_hub's own
+import completes (a one-shot finder on `sys.meta_path` wraps its loader); nothing happens where keras_hub is never
+imported or not installed.
+"""
+
+import importlib
+import importlib.abc
+import importlib.util
+import sys
+
+
+def _register():
+    importlib.import_module("keras_cmt.hub")
+
+
+class _AfterKerasHubImport(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name != "keras_hub":
+            return None
+        remove()
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        loader_exec = spec.loader.exec_module
+
+        def exec_module(module):
+            loader_exec(module)
+            _register()
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+def remove():
+    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _AfterKerasHubImport)]
+
+
+def install():
+    """Registers now if keras_hub is imported, else once it is."""
+    if "keras_hub" in sys.modules:
+        _register()
+    elif not any(isinstance(f, _AfterKerasHubImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _AfterKerasHubImport())
