@@ -330,6 +330,31 @@ def test_atomic_save_leaves_only_the_target(tmp_path):
     assert keras.saving.load_model(str(tmp_path / "m.keras")).count_params() == model.count_params()
 
 
+def test_exports_leave_the_optimizer_state_out(tmp_path):
+    """Keras writes a compiled model's optimizer slots into save_weights/save; the exports and best checkpoint
+    (include_optimizer=False) hold the layers only and load back to the same outputs."""
+    import h5py
+
+    model = keras.Sequential([keras.Input((256,)), keras.layers.Dense(256), keras.layers.Dense(2)])
+    model.compile(optimizer=keras.optimizers.AdamW(1e-2), loss="mse")
+    model.fit(np.ones((8, 256), "float32"), np.zeros((8, 2), "float32"), epochs=1, verbose=0)
+    callbacks.atomic_save(model, str(tmp_path / "with.weights.h5"))
+    callbacks.atomic_save(model, str(tmp_path / "without.weights.h5"), include_optimizer=False)
+    callbacks.atomic_save(model, str(tmp_path / "without.keras"), include_optimizer=False)
+    with h5py.File(tmp_path / "with.weights.h5") as f:
+        assert "optimizer" in f
+    with h5py.File(tmp_path / "without.weights.h5") as f:
+        assert "optimizer" not in f and "layers" in f
+    assert os.path.getsize(tmp_path / "without.weights.h5") < 0.5 * os.path.getsize(tmp_path / "with.weights.h5")
+    x = np.random.default_rng(0).standard_normal((4, 256)).astype("float32")
+    fresh = keras.Sequential([keras.Input((256,)), keras.layers.Dense(256), keras.layers.Dense(2)])
+    fresh.load_weights(str(tmp_path / "without.weights.h5"))
+    np.testing.assert_allclose(fresh.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+    loaded = keras.saving.load_model(str(tmp_path / "without.keras"))
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+    assert model.optimizer is not None  # the training model itself is untouched
+
+
 # ------------------------------------------------------------------------------------------ decompression bombs
 
 

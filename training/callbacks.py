@@ -17,21 +17,33 @@ from absl import logging
 from keras_cmt.training import storage
 
 
-def atomic_save(model, path, weights_only=None):
+def without_optimizer(model):
+    """The model's layers and variables as an uncompiled functional model: Keras' `save_weights` and `save` write a
+    compiled model's optimizer state too (for AdamW, twice the weights), which exports and best checkpoints do not
+    need."""
+    if getattr(model, "optimizer", None) is None:
+        return model
+    return keras.Model(model.inputs, model.outputs, name=model.name)
+
+
+def atomic_save(model, path, weights_only=None, include_optimizer=True):
     """model.save / model.save_weights to a temporary file in the same folder, then rename over `path`."""
     if weights_only is None:
         weights_only = path.endswith(".weights.h5")
+    if not include_optimizer:
+        model = without_optimizer(model)
     save = model.save_weights if weights_only else model.save
     storage.write_atomically(path, lambda tmp: save(tmp, overwrite=True))
 
 
 class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
-    """`keras.callbacks.ModelCheckpoint` whose files appear whole or not at all."""
+    """`keras.callbacks.ModelCheckpoint` whose files appear whole or not at all, without the optimizer state (a
+    third of the bytes with AdamW; resuming is the backup's job)."""
 
     def _save_model(self, epoch, batch, logs):
         filepath = self._get_file_path(epoch, batch, logs)
         if self._should_save_model(epoch, batch, logs, filepath):
-            atomic_save(self.model, filepath, weights_only=self.save_weights_only)
+            atomic_save(self.model, filepath, weights_only=self.save_weights_only, include_optimizer=False)
             if self.verbose > 0:
                 logging.info("Epoch %d: saved %s", epoch + 1, filepath)
 

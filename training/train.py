@@ -312,8 +312,8 @@ def run(argv=None):
         "skipped_files": source.skipped_files,
         "weights_sha256": fingerprint,
     }
-    cb.atomic_save(model, paths.final_weights, weights_only=True)
-    cb.atomic_save(model, paths.final_keras)
+    cb.atomic_save(model, paths.final_weights, weights_only=True, include_optimizer=False)
+    cb.atomic_save(model, paths.final_keras, include_optimizer=False)
     cb.plot_curves(paths.metrics_csv, paths.curves_png)
     storage.write_json(paths.results_json, results)  # last: its presence means the run finished
     print(f"val top-1 {results['val_accuracy'] * 100:.2f}%, top-5 {results['val_top5'] * 100:.2f}% after "
