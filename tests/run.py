@@ -6,13 +6,15 @@ TensorFlow runs every test except those needing channels-first convolutions (Ten
 and PyTorch run the tests marked `all_backends` (the model, its weights and inference) and `channels_first`. JAX
 compiles with XLA's fast settings: the tests time nothing, and XLA's optimising passes dominate their run time.
 
-The backends run side by side, `--jobs` at a time (default 2: the TensorFlow run keeps both cores of a CI machine
-busy only part of the time, while JAX's is mostly single-threaded compilation). Each run's output is printed whole
+The runs go side by side, `--jobs` at a time (default 2: one pytest process keeps both cores of a CI machine busy
+only part of the time, and JAX's is mostly single-threaded compilation). TensorFlow's run, the longest, is split
+in two by test file (training and the main job; the rest), so the two slots finish close together. Each run's output is printed whole
 when it ends. A backend whose package is not installed is a failure, not a skip. Exit status 0 only if every
 backend passed.
 """
 
 import argparse
+import glob
 import os
 import shutil
 import subprocess
@@ -21,23 +23,35 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-RUNS = (  # the longest first
-    ("tensorflow", "not channels_first"),
-    ("jax", "all_backends or channels_first"),
-    ("torch", "all_backends or channels_first"),
+TRAINING_FILES = ("test_training_*.py", "test_demo.py")
+RUNS = (  # (name, backend, marks, which files), the longest first
+    ("tensorflow", "tensorflow", "not channels_first", "others"),
+    ("tensorflow-training", "tensorflow", "not channels_first", "training"),
+    ("jax", "jax", "all_backends or channels_first", "all"),
+    ("torch", "torch", "all_backends or channels_first", "all"),
 )
 
 
-def _start(backend, marks, pytest_args, folder):
+def _files(which):
+    training = sorted({p for pattern in TRAINING_FILES for p in glob.glob(os.path.join(HERE, pattern))})
+    if which == "training":
+        return training
+    if which == "others":
+        return sorted(set(glob.glob(os.path.join(HERE, "test_*.py"))) - set(training))
+    return [HERE]
+
+
+def _start(name, backend, marks, which, pytest_args, folder):
     env = dict(os.environ, KERAS_BACKEND=backend)
     if backend == "jax":
         env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
                             " --xla_llvm_disable_expensive_passes=true").strip()
     # Each run its own pytest temporary folder: concurrent runs must not clean up each other's.
+    paths = [] if any(os.path.exists(a.split("::")[0]) for a in pytest_args) else _files(which)
     command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-m", marks,
-               f"--basetemp={os.path.join(folder, backend)}", HERE, *pytest_args]
-    log = open(os.path.join(folder, f"{backend}.log"), "w+")
-    print(f"=== KERAS_BACKEND={backend}: pytest -m '{marks}' started", flush=True)
+               f"--basetemp={os.path.join(folder, name)}", *paths, *pytest_args]
+    log = open(os.path.join(folder, f"{name}.log"), "w+")
+    print(f"=== {name} (KERAS_BACKEND={backend}): pytest -m '{marks}' started", flush=True)
     return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT), log, time.time()
 
 
@@ -46,32 +60,36 @@ def main(argv):
     parser.add_argument("--jobs", type=int, default=2, help="backends run at once (default 2)")
     args, pytest_args = parser.parse_known_args(argv)
     folder = tempfile.mkdtemp(prefix="keras_cmt_tests_")
-    pending, running, results = list(RUNS), {}, []
+    # Test paths on the command line: one TensorFlow run takes them (the split is for the whole suite).
+    named_paths = any(os.path.exists(a.split("::")[0]) for a in pytest_args)
+    runs = [run for run in RUNS if not (named_paths and run[3] == "training")]
+    pending, running, results = list(runs), {}, []
     try:
         while pending or running:
             while pending and len(running) < max(1, args.jobs):
-                backend, marks = pending.pop(0)
-                running[backend] = _start(backend, marks, pytest_args, folder)
+                name, backend, marks, which = pending.pop(0)
+                running[name] = _start(name, backend, marks, which, pytest_args, folder)
             time.sleep(1)
-            for backend, (process, log, start) in list(running.items()):
+            for name, (process, log, start) in list(running.items()):
                 if process.poll() is None:
                     continue
-                del running[backend]
+                del running[name]
                 seconds = time.time() - start
                 log.seek(0)
-                print(f"\n=== KERAS_BACKEND={backend}: exit {process.returncode} after {seconds:.0f} s", flush=True)
-                print(log.read(), flush=True)
+                print(f"\n=== {name}: exit {process.returncode} after {seconds:.0f} s", flush=True)
+                output = log.read()
+                print(output, flush=True)
                 log.close()
-                results.append((backend, process.returncode, seconds))
+                results.append((name, process.returncode, seconds))
     finally:
         for process, log, _ in running.values():
             process.kill()
             log.close()
         shutil.rmtree(folder, ignore_errors=True)
     print("=== summary")
-    for backend, code, seconds in results:
-        print(f"{backend:<11} {'passed' if code == 0 else f'FAILED (exit {code})':<16} {seconds:6.0f} s")
-    return 0 if len(results) == len(RUNS) and all(code == 0 for _, code, _ in results) else 1
+    for name, code, seconds in results:
+        print(f"{name:<20} {'passed' if code == 0 else f'FAILED (exit {code})':<16} {seconds:6.0f} s")
+    return 0 if len(results) == len(runs) and all(code == 0 for _, code, _ in results) else 1
 
 
 if __name__ == "__main__":

@@ -252,7 +252,6 @@ def test_named_preset_builds_from_the_release_once(ti_fixture, tmp_path, monkeyp
     np.testing.assert_allclose(numpy(again(io["input_nhwc"])), io["logits"], atol=1e-4)
 
 
-@pytest.mark.all_backends
 def test_any_input_size_serves_dense_models():
     """DeepLabV3 (segmentation) and RetinaNet (detection) take CMTBackbone as their image encoder at keras-hub's
     default image_shape (None, None, 3) and train a step."""
