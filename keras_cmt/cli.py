@@ -202,7 +202,7 @@ def main(argv=None):
     args = _parser().parse_args(argv)
     try:
         return {"predict": predict, "info": info, "export-preset": export_preset}[args.command](args)
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError, RuntimeError) as e:
         message = " ".join(str(e).split()) or type(e).__name__
         print(f"{PROG}: error: {message}", file=sys.stderr)
         return 1

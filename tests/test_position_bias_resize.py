@@ -151,7 +151,7 @@ def test_a_model_of_any_input_size_matches_fixed_size_models(tmp_path):
     path = str(tmp_path / "any.weights.h5")
     any_size.save_weights(path)
     rng = np.random.default_rng(3)
-    for height, width in ((64, 64), (96, 64), (32, 128)):
+    for height, width in ((64, 64), (96, 128)):
         fixed = helpers.micro_model(input_shape=image_shape(height, width))
         keras_cmt.load_weights(fixed, path)
         x = to_model_layout(rng.uniform(-1, 1, (2, height, width, 3)).astype("float32"))

@@ -91,6 +91,9 @@ class CMTBackbone(FeaturePyramidBackbone):
             "drop_path_rate": self.drop_path_rate,
             "position_bias_size": self.position_bias_size,
             "image_shape": self.image_shape,
+            # Saved, unlike keras-hub's own backbones: image_shape's order depends on it, and a preset made in a
+            # channels-first session must still build where channels-last is the default.
+            "data_format": self.data_format,
         })
         return config
 

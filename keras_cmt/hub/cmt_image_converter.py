@@ -27,6 +27,8 @@ class ShortSideResizeCenterCrop(keras.layers.Resizing):
     centre-crops `height` x `width` (torchvision's Resize + CenterCrop); `Resizing` otherwise."""
 
     def __init__(self, height, width, crop_pct=DEFAULT_CROP_PCT, **kwargs):
+        if height is not None and height != width:
+            raise ValueError(f"image_size must be square (the official crop); got ({height}, {width}).")
         super().__init__(height, width, **kwargs)
         self.crop_pct = float(crop_pct)
 
@@ -35,7 +37,8 @@ class ShortSideResizeCenterCrop(keras.layers.Resizing):
         images = ops.cast(images, "float32")
         shape = ops.shape(images)
         height, width = shape[self.height_axis], shape[self.width_axis]
-        shorter = min(height, width) if isinstance(height, int) else ops.numpy.minimum(height, width)
+        static = isinstance(height, int) and isinstance(width, int)
+        shorter = min(height, width) if static else ops.numpy.minimum(height, width)
         new_h, new_w = _resized_shape(height, width, shorter, short_side(self.height, self.crop_pct))
         for size in ((height, new_w), (new_h, new_w)):  # PIL's two passes, each rounded
             images = ops.image.resize(images, size, interpolation=interpolation, antialias=self.antialias,
@@ -55,7 +58,7 @@ class CMTImageConverter(ImageConverter):
     """Raw RGB images (uint8 or float in [0, 255], any size) to CMT's input.
 
     Args:
-        image_size: (height, width) of the model's input, e.g. (224, 224); None leaves the size alone.
+        image_size: (size, size), the model's square input, e.g. (224, 224); None leaves the size alone.
         crop_pct: the crop's share of the resized shorter side (0.875, the official evaluation).
         scale, offset: per-channel `x * scale + offset` after resizing; default the ImageNet mean and std on
             [0, 255] pixels.
@@ -79,7 +82,9 @@ class CMTImageConverter(ImageConverter):
             dtype=self.dtype_policy, name="resizing")
 
     def get_config(self):
-        return {**super().get_config(), "crop_pct": self.crop_pct}
+        # data_format too: keras-hub's ImageConverter leaves it out, and a converter saved channels-first must not
+        # crop the wrong axes where the default is channels-last.
+        return {**super().get_config(), "crop_pct": self.crop_pct, "data_format": self.data_format}
 
     @classproperty
     def presets(cls):

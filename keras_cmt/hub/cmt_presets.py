@@ -85,7 +85,20 @@ def named_preset(name, cache_dir=None):
     if os.path.isdir(path):  # an interrupted or damaged copy: build it again
         shutil.rmtree(path)
     variant = PRESETS[name]["variant"]
-    _exporter(variant, path, weights="imagenet")
+    # Always in channels-last order, whatever this session's default: the cached preset is shared by every session
+    # (the weights are the same in both layouts; a channels-first user loads it with image_shape=(3, H, W)).
+    import keras
+
+    data_format = keras.config.image_data_format()
+    keras.config.set_image_data_format("channels_last")
+    try:
+        _exporter(variant, path, weights="imagenet")
+    except (ValueError, OSError):
+        if os.path.isdir(path) and _missing(path, classifier_files()) is None:
+            return path  # another process built it meanwhile
+        raise
+    finally:
+        keras.config.set_image_data_format(data_format)
     return path
 
 

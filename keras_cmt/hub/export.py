@@ -70,7 +70,9 @@ def task_from_model(model, source="model"):
     size = _spatial(backbone.image_shape, backbone.data_format)
     if None in size:
         raise ValueError(f"{source}: the preprocessor needs a fixed input size; the model takes any size.")
-    converter = CMTImageConverter(image_size=size)
+    if size[0] != size[1]:
+        raise ValueError(f"{source}: the preprocessor's official crop is square; the model takes {size[0]}x{size[1]}.")
+    converter = CMTImageConverter(image_size=size, data_format=backbone.data_format)
     names = {layer.name for layer in model.layers}
     if "head" not in names:
         return backbone, converter
@@ -123,6 +125,26 @@ def load_plain_model(model, weights=None, size=None):
     return built, f"{variant.name} ({weights or 'random'} weights)"
 
 
+def _swap_into_place(tmp, out_dir, overwrite):
+    """Renames the finished `tmp` to `out_dir`. An empty or missing `out_dir` is replaced by one rename (which
+    fails rather than replace a folder that filled up meanwhile); with `overwrite`, an existing preset is moved
+    aside first and deleted only once the new one is in place."""
+    if not (os.path.isdir(out_dir) and os.listdir(out_dir)):
+        os.rename(tmp, out_dir)
+        return
+    if not overwrite or not os.path.isfile(os.path.join(out_dir, "config.json")):
+        raise ValueError(f"{out_dir}: filled up during the export; left as it is.")
+    aside = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.old.", dir=os.path.dirname(out_dir))
+    os.rename(out_dir, os.path.join(aside, "preset"))
+    try:
+        os.rename(tmp, out_dir)
+    except BaseException:
+        os.rename(os.path.join(aside, "preset"), out_dir)
+        os.rmdir(aside)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+
+
 def export_preset(model, out_dir, weights=None, size=None, overwrite=False):
     """Writes a keras-hub preset directory for a CMT model and returns its path.
 
@@ -154,23 +176,13 @@ def export_preset(model, out_dir, weights=None, size=None, overwrite=False):
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.", dir=parent)
-    old = None
     try:
+        os.chmod(tmp, 0o755)  # mkdtemp's 0700 would keep the preset from other users
         exported.save_to_preset(tmp)
         if isinstance(exported, CMTBackbone):
             converter.save_to_preset(tmp)
-        if os.path.isdir(out_dir) and os.listdir(out_dir):
-            old = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.old.", dir=parent)
-            os.rename(out_dir, os.path.join(old, "preset"))
-        elif os.path.isdir(out_dir):
-            os.rmdir(out_dir)
-        os.rename(tmp, out_dir)
+        _swap_into_place(tmp, out_dir, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and not os.path.exists(out_dir):
-            os.rename(os.path.join(old, "preset"), out_dir)
         raise
-    finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
     return out_dir
