@@ -54,6 +54,7 @@ def test_demo_trains_converts_and_reports_on_a_quiet_screen(tmp_path):
     again = _demo(*args)  # a finished run with the same settings is reused, not trained again
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"[1/3] reusing the finished run in {model_dir}" in again.stdout
+    assert f"[2/3] reusing the TFLite files converted from {model_dir}/model.keras" in again.stdout
     other = _demo(*args[:-2], "--batch_size", "32")  # ... one with other settings is refused, not overwritten
     assert other.returncode == 1
     assert other.stderr.strip().splitlines()[-1] == (

@@ -94,10 +94,15 @@ def _convert(args, labels):
     from keras_cmt.tflite import convert
 
     keras_path = os.path.join(args.model_dir, "model.keras")
+    paths = {mode: os.path.join(args.model_dir, f"cmt_ti_digits_{name}.tflite") for mode, name in MODES.items()}
+    # A reused run whose files were converted from this very model.keras (written atomically, after it) keeps them.
+    if all(os.path.isfile(p) and os.path.getmtime(p) >= os.path.getmtime(keras_path) for p in paths.values()):
+        print(f"[2/3] reusing the TFLite files converted from {keras_path}", flush=True)
+        return paths
     model = keras.saving.load_model(keras_path, compile=False)
     outputs = {}
     for mode, name in MODES.items():
-        path = os.path.join(args.model_dir, f"cmt_ti_digits_{name}.tflite")
+        path = paths[mode]
         print(f"[2/3] converting {keras_path} to {name}: {path}", flush=True)
         convert.convert(model, path, quantize=mode, labels=labels,
                         representative_data="digits" if mode == "int8" else None)
