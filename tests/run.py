@@ -24,7 +24,10 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TRAINING_FILES = ("test_training_*.py", "test_demo.py")
-RUNS = (  # (name, backend, marks, which files), the longest first
+NOT_TRAINING = ("test_training_units.py",)  # quick unit tests: with the others, to even the two slots
+# Two slots: TensorFlow's other tests then PyTorch's, and TensorFlow's training tests then JAX's (the files are
+# split so that the two come out about even: 760 + 130 s and 430 + 590 s on a 2-core CI machine).
+RUNS = (  # (name, backend, marks, which files)
     ("tensorflow", "tensorflow", "not channels_first", "others"),
     ("tensorflow-training", "tensorflow", "not channels_first", "training"),
     ("jax", "jax", "all_backends or channels_first", "all"),
@@ -33,7 +36,8 @@ RUNS = (  # (name, backend, marks, which files), the longest first
 
 
 def _files(which):
-    training = sorted({p for pattern in TRAINING_FILES for p in glob.glob(os.path.join(HERE, pattern))})
+    training = sorted({p for pattern in TRAINING_FILES for p in glob.glob(os.path.join(HERE, pattern))
+                       if os.path.basename(p) not in NOT_TRAINING})
     if which == "training":
         return training
     if which == "others":
@@ -48,7 +52,8 @@ def _start(name, backend, marks, which, pytest_args, folder):
                             " --xla_llvm_disable_expensive_passes=true").strip()
     # Each run its own pytest temporary folder: concurrent runs must not clean up each other's.
     paths = [] if any(os.path.exists(a.split("::")[0]) for a in pytest_args) else _files(which)
-    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-m", marks,
+    # The slowest tests are listed with each run's output: where the suite's time goes, for keeping it short.
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-m", marks, "--durations=15",
                f"--basetemp={os.path.join(folder, name)}", *paths, *pytest_args]
     log = open(os.path.join(folder, f"{name}.log"), "w+")
     print(f"=== {name} (KERAS_BACKEND={backend}): pytest -m '{marks}' started", flush=True)
