@@ -62,23 +62,32 @@ def _validate_weights_argument(weights):
         )
 
 
-def _resolve_input_shape(input_shape, input_tensor, default_size, data_format):
+def check_stage_lists(**lists):
+    """Each per-stage argument (depths=..., embed_dims=...) has 4 entries."""
+    for arg_name, value in lists.items():
+        if len(value) != 4:
+            raise ValueError(f"{arg_name} must have 4 entries (one per stage); got {list(value)}.")
+
+
+def resolve_input_shape(input_shape, input_tensor, default_size, data_format, arg_name="input_shape"):
+    """(input_shape, (height, width) the relative-position biases are held at): sides multiples of 32 or None, an
+    unknown side taking `default_size` (an int, or a (height, width) pair)."""
+    default_h, default_w = (default_size, default_size) if isinstance(default_size, int) else default_size
     if input_shape is None and input_tensor is not None:
         input_shape = tuple(input_tensor.shape[1:])
     if input_shape is None:
-        input_shape = (default_size, default_size, 3) if data_format == "channels_last" else (3, default_size,
-                                                                                             default_size)
+        input_shape = (default_h, default_w, 3) if data_format == "channels_last" else (3, default_h, default_w)
     input_shape = tuple(input_shape)
     if len(input_shape) != 3:
-        raise ValueError(f"input_shape must have 3 entries (height, width and channels); got {input_shape}.")
+        raise ValueError(f"{arg_name} must have 3 entries (height, width and channels); got {input_shape}.")
     height, width = input_shape[:2] if data_format == "channels_last" else input_shape[1:]
     if any(size is not None and (size <= 0 or size % 32) for size in (height, width)):
         raise ValueError(
-            f"input_shape {input_shape}: height and width must be multiples of 32 (CMT downsamples by 32), or None."
+            f"{arg_name} {input_shape}: height and width must be multiples of 32 (CMT downsamples by 32), or None."
         )
     # An unknown height or width (any size at run time): the biases are learned at the default size and resized to
     # each input's grid when called.
-    return input_shape, (height or default_size, width or default_size)
+    return input_shape, (height or default_h, width or default_w)
 
 
 def CMT(
@@ -116,10 +125,8 @@ def CMT(
         weights_variant: the `keras_cmt.VARIANTS` name whose official weights `weights="imagenet"` loads
             (set by the variant builders; `CMT` alone has no ImageNet weights).
     """
-    for arg_name, value in (("depths", depths), ("embed_dims", embed_dims), ("num_heads", num_heads),
-                            ("mlp_ratios", mlp_ratios), ("sr_ratios", sr_ratios)):
-        if len(value) != 4:
-            raise ValueError(f"{arg_name} must have 4 entries (one per stage); got {list(value)}.")
+    check_stage_lists(depths=depths, embed_dims=embed_dims, num_heads=num_heads, mlp_ratios=mlp_ratios,
+                      sr_ratios=sr_ratios)
     _validate_weights_argument(weights)
     if weights == "imagenet" and weights_variant is None:
         raise ValueError("weights='imagenet' needs a released variant: use CMTTiny, CMTXS, CMTSmall or CMTBase.")
@@ -132,7 +139,7 @@ def CMT(
         raise ValueError(f"pooling must be None, 'avg' or 'max'; got {pooling!r}.")
 
     data_format = keras.config.image_data_format()
-    input_shape, (height, width) = _resolve_input_shape(input_shape, input_tensor, default_size, data_format)
+    input_shape, (height, width) = resolve_input_shape(input_shape, input_tensor, default_size, data_format)
     if input_tensor is None:
         img_input = keras.layers.Input(shape=input_shape)
     elif not keras.backend.is_keras_tensor(input_tensor):

@@ -37,23 +37,15 @@ class CMTBackbone(FeaturePyramidBackbone):
                  position_bias_size=(224, 224), image_shape=(None, None, 3), data_format=None, dtype=None,
                  **kwargs):
         data_format = standardize_data_format(data_format)
-        for arg_name, value in (("depths", depths), ("embed_dims", embed_dims), ("num_heads", num_heads),
-                                ("mlp_ratios", mlp_ratios), ("sr_ratios", sr_ratios)):
-            if len(value) != 4:
-                raise ValueError(f"{arg_name} must have 4 entries (one per stage); got {list(value)}.")
+        cmt.check_stage_lists(depths=depths, embed_dims=embed_dims, num_heads=num_heads, mlp_ratios=mlp_ratios,
+                              sr_ratios=sr_ratios)
         if isinstance(position_bias_size, int):
             position_bias_size = (position_bias_size, position_bias_size)
         position_bias_size = tuple(int(s) for s in position_bias_size)
         if len(position_bias_size) != 2 or any(s <= 0 or s % 32 for s in position_bias_size):
             raise ValueError(f"position_bias_size must be (height, width), multiples of 32; got {position_bias_size}.")
-        image_shape = tuple(image_shape)
-        if len(image_shape) != 3:
-            raise ValueError(f"image_shape must have 3 entries (height, width and channels); got {image_shape}.")
-        spatial = image_shape[:2] if data_format == "channels_last" else image_shape[1:]
-        if any(size is not None and (size <= 0 or size % 32) for size in spatial):
-            raise ValueError(f"image_shape {image_shape}: height and width must be multiples of 32 (CMT "
-                             "downsamples by 32), or None.")
-        bias_size = tuple(size or default for size, default in zip(spatial, position_bias_size))
+        image_shape, bias_size = cmt.resolve_input_shape(image_shape, None, position_bias_size, data_format,
+                                                         arg_name="image_shape")
 
         # === Functional model ===
         image_input = keras.layers.Input(shape=image_shape)

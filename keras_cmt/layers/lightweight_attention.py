@@ -14,7 +14,7 @@ import keras
 from keras import ops
 
 from keras_cmt.layers import initializers
-from keras_cmt.layers.data_format import channel_axis, standardize_data_format
+from keras_cmt.layers.data_format import channel_axis, spatial_size, standardize_data_format
 
 
 @keras.saving.register_keras_serializable(package="keras_cmt")
@@ -67,18 +67,9 @@ class LightweightAttention(keras.layers.Layer):
             self.sr.build(inputs_shape)
             self.sr_norm.build(self.sr.compute_output_shape(inputs_shape))
 
-    def _spatial_size(self, x):
-        """(height, width), static where known, else read at run time (a model built for any input size)."""
-        axes = (1, 2) if self.data_format == "channels_last" else (2, 3)
-        static = [x.shape[axis] for axis in axes]
-        if None not in static:
-            return tuple(static)
-        dynamic = ops.shape(x)
-        return tuple(dynamic[axis] if size is None else size for axis, size in zip(axes, static))
-
     def _split_heads(self, x):
         """Feature map -> (batch, heads, positions, head_dim)."""
-        height, width = self._spatial_size(x)
+        height, width = spatial_size(x, self.data_format)
         if self.data_format == "channels_last":
             x = ops.reshape(x, (-1, height * width, self.num_heads, self.head_dim))
             return ops.transpose(x, (0, 2, 1, 3))
@@ -92,7 +83,7 @@ class LightweightAttention(keras.layers.Layer):
         return ops.reshape(ops.transpose(x, (0, 1, 3, 2)), (-1, self.dim, height, width))
 
     def call(self, inputs, relative_position_bias, training=None):
-        height, width = self._spatial_size(inputs)
+        height, width = spatial_size(inputs, self.data_format)
         reduced = self.sr_norm(self.sr(inputs), training=training) if self.sr_ratio > 1 else inputs
         q = self._split_heads(self.q(inputs))
         k = self._split_heads(self.k(reduced))

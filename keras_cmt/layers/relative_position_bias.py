@@ -15,7 +15,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_cmt.layers.data_format import standardize_data_format
+from keras_cmt.layers.data_format import spatial_axes, spatial_size, standardize_data_format
 from keras_cmt.weights import position_bias_resize
 
 
@@ -76,15 +76,12 @@ class RelativePositionBias(keras.layers.Layer):
                                     initializer=keras.initializers.RandomNormal(stddev=1.0))
 
     def _grid(self, shape):
-        return tuple(shape[1:3]) if self.data_format == "channels_last" else tuple(shape[2:4])
+        return tuple(shape[axis] for axis in spatial_axes(self.data_format))
 
     def call(self, inputs):
-        grid = self._grid(inputs.shape)
         bias = self.bias
-        if grid != self.query_size:  # another input size, or one known only at run time
-            dynamic = ops.shape(inputs)
-            grid = tuple(dynamic[axis] if size is None else size
-                         for axis, size in zip((1, 2) if self.data_format == "channels_last" else (2, 3), grid))
+        if self._grid(inputs.shape) != self.query_size:  # another input size, or one known only at run time
+            grid = spatial_size(inputs, self.data_format)
             keys = (grid[0] // self.sr_ratio, grid[1] // self.sr_ratio)
             bias = resize_bias(bias, self.query_size, self.key_size, grid, keys)
         return ops.expand_dims(ops.cast(bias, self.compute_dtype), 0)
