@@ -62,7 +62,7 @@ def evaluate():
     from keras_cmt.training import train
 
     if FLAGS.model_path:
-        model = keras.saving.load_model(FLAGS.model_path, compile=False)
+        model = _load_model(FLAGS.model_path)
         size = model.input_shape[1]
         if FLAGS.image_size and FLAGS.image_size != size:
             _fail(f"--model_path takes {size}x{size} input; to evaluate at {FLAGS.image_size}, pass its weights "
@@ -70,8 +70,11 @@ def evaluate():
     else:
         size = FLAGS.image_size or keras_cmt.VARIANTS[FLAGS.model].default_size
         model = train.build_model(FLAGS.model, size, source.num_classes, 0.0, FLAGS.model_overrides)
-        with storage.local_copy(FLAGS.weights) as weights:
-            keras_cmt.load_weights(model, weights)
+        try:
+            with storage.local_copy(FLAGS.weights) as weights:
+                keras_cmt.load_weights(model, weights)
+        except Exception as e:  # noqa: BLE001 - a truncated or foreign file: h5py, zip and pickle errors alike
+            _fail(f"--weights={FLAGS.weights}: cannot load it: {train._reason(e, FLAGS.weights)}")
     if model.output_shape[-1] != source.num_classes:
         _fail(f"the model has {model.output_shape[-1]} classes, {source.name} has {source.num_classes}")
     crop_pct = FLAGS.crop_pct or (1.0 if FLAGS.dataset == "digits" else 0.875)
@@ -90,6 +93,27 @@ def evaluate():
     if FLAGS.output:
         storage.write_json(FLAGS.output, results)
     return results
+
+
+def _load_model(path):
+    """keras.saving.load_model, or one line naming the file and what is wrong with it (Keras says "File not found"
+    for an existing file that is not a zip archive)."""
+    import zipfile
+
+    import keras
+
+    from keras_cmt.training import storage, train
+
+    with storage.local_copy(path) as local:
+        if local.endswith(".keras") and not zipfile.is_zipfile(local):
+            _fail(f"--model_path={path}: not a .keras model: not a zip archive (truncated, or another format)")
+        try:
+            return keras.saving.load_model(local, compile=False)
+        except Exception as e:  # noqa: BLE001 - whatever Keras, zipfile or h5py raised: one line
+            reason = train._reason(e, local)
+            if "not found" in reason.lower():
+                reason = "Keras cannot read it as a model (truncated, or another format)"
+            _fail(f"--model_path={path}: cannot load it: {reason}")
 
 
 def main(argv):
