@@ -9,6 +9,7 @@ only when its upload completes, and the remote path here is written the same way
 """
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -20,6 +21,75 @@ from keras_cmt import atomic_files
 
 class StorageError(OSError):
     """A path the command cannot use (no such bucket, no credentials, unknown scheme); one line naming it."""
+
+
+class NoSpaceError(StorageError):
+    """The folder's disk or quota is full at start-up."""
+
+
+class WriteError(OSError):
+    """A write that failed (a full disk, a quota, a read-only or vanished folder); `path` and a one-line `reason`."""
+
+    def __init__(self, path, reason, no_space=False):
+        super().__init__(f"cannot write {path}: {reason}")
+        self.path, self.reason, self.no_space = path, reason, no_space
+
+
+def is_no_space(error):
+    """Whether `error` says the disk or quota is full (errno, TensorFlow's error class, or h5py's message text)."""
+    if isinstance(error, WriteError):
+        return error.no_space
+    if getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if isinstance(error, tf.errors.ResourceExhaustedError):
+        return True
+    text = str(error)
+    return "No space left" in text or "errno = 28" in text or "Disk quota exceeded" in text
+
+
+def as_write_error(path, error):
+    """`error` (an OSError, TensorFlow's OpError, or h5py's RuntimeError from a failed write) as a WriteError."""
+    if isinstance(error, WriteError):
+        return error
+    if is_no_space(error):
+        return WriteError(path, "no space left on device", no_space=True)
+    reason = getattr(error, "strerror", None) if isinstance(error, OSError) else None
+    return WriteError(path, reason or _first_line(error))
+
+
+def _is_write_failure(error):
+    """OSError and TensorFlow's OpError are I/O; h5py reports some failed writes and flushes as RuntimeError."""
+    if isinstance(error, (OSError, tf.errors.OpError)):
+        return True
+    return isinstance(error, RuntimeError) and any(
+        word in str(error) for word in ("write failed", "flush", "errno", "No space left"))
+
+
+def close_h5_files(path):
+    """Closes h5py files still open on `path`. Keras' `save_weights` does not close its H5 file when a write fails
+    (the open `h5py.File` then lives on in the traceback); HDF5 flushes it again at garbage collection or exit, onto
+    a removed temporary file or a full disk, which raised more errors and then crashed the interpreter. Closed here,
+    before the temporary file is removed, nothing is left to flush."""
+    try:
+        import h5py
+    except ImportError:
+        return
+    target = os.path.abspath(path)
+    try:
+        ids = h5py.h5f.get_obj_ids(types=h5py.h5f.OBJ_FILE)
+    except Exception:  # noqa: BLE001 - nothing open, or h5py cannot say
+        return
+    for fid in ids:
+        try:
+            name = fid.name.decode() if isinstance(fid.name, bytes) else fid.name
+            if os.path.abspath(name) == target:
+                h5py.File(fid).close()  # closes every object of the file, then the file
+        except Exception:  # noqa: BLE001 - a flush onto a full disk fails; the file is closed all the same
+            try:
+                while fid.valid:
+                    fid.close()
+            except Exception:  # noqa: BLE001
+                pass
 
 
 def normalize(path):
@@ -93,10 +163,28 @@ def local_copy(path):
 
 def write_atomically(path, write):
     """Calls `write(local_tmp_path)` for a local temporary file whose name ends like `path` (as Keras' savers want),
-    then puts it at `path` in one rename (locally) or one upload-then-rename (elsewhere)."""
+    then puts it at `path` in one rename (locally) or one upload-then-rename (elsewhere). A failed write leaves
+    `path` as it was and raises WriteError (h5 files it left open closed, its temporary file removed)."""
     path = normalize(path)
-    if not is_remote(path):
-        return atomic_files.write_atomically(path, write)
+
+    def guarded(tmp):
+        try:
+            write(tmp)
+        except BaseException:
+            close_h5_files(tmp)
+            raise
+
+    try:
+        if not is_remote(path):
+            return atomic_files.write_atomically(path, guarded)
+        return _write_remote(path, guarded)
+    except Exception as e:  # noqa: BLE001 - only write failures are turned into WriteError
+        if _is_write_failure(e):
+            raise as_write_error(path, e) from None
+        raise
+
+
+def _write_remote(path, write):
     folder, name = path.rsplit("/", 1)
     makedirs(folder)
     with tempfile.TemporaryDirectory() as tmp:
@@ -162,6 +250,8 @@ def check_writable(path, flag):
             f.write("probe")
         tf.io.gfile.remove(probe)
     except (tf.errors.OpError, OSError) as e:
+        if is_no_space(e):
+            raise NoSpaceError(f"{flag}={path}: no space left on device") from None
         raise StorageError(f"{flag}={path}: cannot use it: {_first_line(e)}") from None
 
 
@@ -172,6 +262,11 @@ def check_readable(path, flag):
             raise StorageError(f"{flag}={path}: no such file")
     except tf.errors.OpError as e:
         raise StorageError(f"{flag}={path}: cannot read there: {_first_line(e)}") from None
+
+
+def first_line(error):
+    """The first line of an error's message (its class name when it has none)."""
+    return _first_line(error)
 
 
 def _first_line(error):
