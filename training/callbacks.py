@@ -90,6 +90,18 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
                 storage.remove(storage.join(self.backup_dir, old))
 
 
+class CheckRunLock(keras.callbacks.Callback):
+    """Stops the run when another process has taken over its run folder's lease (`run_folder.Lease.check`), before
+    the next epoch's backup would overwrite that process's."""
+
+    def __init__(self, lock):
+        super().__init__()
+        self.lock = lock
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.lock.check()
+
+
 def read_backup_metadata(backup_dir):
     """The last complete backup's {'epoch', 'batch', 'weights'}, or None when there is none."""
     path = storage.join(backup_dir, "training_metadata.json")

@@ -27,10 +27,10 @@ class RunError(ValueError):
     """A weights problem found before training; one line."""
 
 
-def _fail(message):
+def _fail(message, status=2):
     sys.stderr.write(f"keras_cmt.training.train: error: {message}\n")
     sys.stderr.flush()
-    sys.exit(2)
+    sys.exit(status)
 
 
 def build_optimizer(recipe, model, steps_per_epoch, epochs, batch_size):
@@ -73,14 +73,44 @@ def load_start_weights(model, weights, model_name, image_size):
             donor.save_weights(path)
             keras_cmt.load_weights(model, path, exclude_head=model.output_shape[-1] != 1000)
         return
-    with storage.local_copy(weights) as local:
-        try:
-            keras_cmt.load_weights(model, local, exclude_head=False)
-            logging.info("Loaded %s", weights)
-        except ValueError as e:
-            logging.info("Checkpoint %s does not fit the head (%s); loading all but the head.", weights,
-                         str(e).splitlines()[0][:200])
-            keras_cmt.load_weights(model, local, exclude_head=True)
+    try:
+        with storage.local_copy(weights) as local:
+            try:
+                keras_cmt.load_weights(model, local, exclude_head=False)
+                logging.info("Loaded %s", weights)
+            except ValueError as e:
+                logging.info("Checkpoint %s does not fit the head (%s); loading all but the head.", weights,
+                             str(e).splitlines()[0][:200])
+                keras_cmt.load_weights(model, local, exclude_head=True)
+    except Exception as e:  # noqa: BLE001 - a truncated or foreign file: h5py, zip and pickle errors alike
+        raise RunError(f"--weights={weights}: cannot load it: {_reason(e, weights)}") from None
+
+
+def check_weights_file(weights):
+    """A truncated or foreign `--weights` file fails in one line before the run folder is touched; whether its
+    weights fit the model is checked when they are loaded."""
+    if weights.endswith(".keras"):
+        raise RunError(f"--weights={weights}: a .keras model, not a weights file; give its .weights.h5 (a run "
+                       "folder's model.weights.h5) or an official .pth")
+    if not weights.endswith(".h5"):
+        return
+    import h5py
+
+    try:
+        with storage.local_copy(weights) as local:
+            h5py.File(local, "r").close()
+    except Exception as e:  # noqa: BLE001 - h5py's OSError names the damage (truncated, no signature)
+        raise RunError(f"--weights={weights}: not a readable .weights.h5 file: {_reason(e, weights)}") from None
+
+
+def _reason(error, path):
+    """The first line of a loading error without the path the caller already names (Keras and h5py repeat it)."""
+    text = " ".join(storage.first_line(error).split())
+    local = os.path.basename(path)
+    for prefix in (f"{path}: ", f"{local}: "):
+        if text.startswith(prefix):
+            text = text[len(prefix):]
+    return text[:300]
 
 
 def build_model(model_name, image_size, num_classes, drop_path, overrides_json=None):
@@ -144,7 +174,6 @@ def _fit_verbosity():
 
 def run(argv=None):
     """Everything after flag parsing. Returns the results dict (chief) or None."""
-    from keras_cmt.training import callbacks as cb
     from keras_cmt.training import data
     from keras_cmt.training import strategy as strategy_lib
 
@@ -163,18 +192,81 @@ def run(argv=None):
         start_mode, start_line = run_folder.plan(FLAGS.model_dir, run_identity, FLAGS.overwrite)
         if FLAGS.weights and FLAGS.weights != "imagenet":
             storage.check_readable(FLAGS.weights, "--weights")
+            check_weights_file(FLAGS.weights)
         source = data.resolve_source(FLAGS.dataset, FLAGS.data_dir, FLAGS.manual_dir, FLAGS.val_fraction,
                                      FLAGS.train_split, FLAGS.val_split, FLAGS.seed, FLAGS.split_seed)
         strategy = strategy_lib.make_strategy(FLAGS.strategy, FLAGS.tpu, FLAGS.num_cpu_devices)
         strategy_lib.check_batch_size(strategy, recipe.batch_size)
-        storage.check_writable(FLAGS.model_dir, "--model_dir")  # last: it creates the folder
+        task_type, task_id, is_chief = strategy_lib.worker_info(strategy)
+        # One command per folder: only the chief locks it (the workers of a multi-worker run share it). Taken
+        # before anything is written there; the plan is made again under the lock, so that of two commands started
+        # together the second sees what the first made of the folder.
+        lock = run_folder.lock(FLAGS.model_dir) if is_chief else None
+    except storage.NoSpaceError as e:
+        _fail(str(e), status=1)
     except (training_flags.ConfigError, data.DatasetError, strategy_lib.StrategyError, RunError,
             run_folder.RunFolderError, storage.StorageError) as e:
         _fail(str(e))
+    try:
+        try:
+            storage.check_writable(FLAGS.model_dir, "--model_dir")
+            if lock is not None:
+                start_mode, start_line = run_folder.plan(FLAGS.model_dir, run_identity, FLAGS.overwrite)
+        except storage.NoSpaceError as e:
+            _fail(str(e), status=1)
+        except (run_folder.RunFolderError, storage.StorageError) as e:
+            _fail(str(e))
+        return _train(recipe, source, strategy, start_mode, start_line, run_identity, lock, t_start,
+                      task_type, task_id, is_chief)
+    except RunError as e:
+        _fail(str(e))
+    except run_folder.RunFolderInUse as e:  # the lease was taken over during the run
+        _fail(str(e), status=1)
+    except Exception as e:  # noqa: BLE001 - write failures only; anything else is re-raised
+        if not _is_write_failure(e):
+            raise
+        _fail(_write_failure_line(e), status=1)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _is_write_failure(error):
+    """storage's WriteError, a full disk wherever it was met (TensorBoard's writer too), an OSError on model_dir."""
+    return isinstance(error, storage.WriteError) or storage.is_no_space(error) or (
+        isinstance(error, OSError) and _under_model_dir(getattr(error, "filename", None)))
+
+
+def _under_model_dir(path):
+    if not path:
+        return False
+    folder = storage.normalize(FLAGS.model_dir).rstrip("/")
+    path = storage.normalize(os.fspath(path))
+    if not storage.is_remote(folder):
+        folder, path = os.path.abspath(folder), os.path.abspath(path)
+    return path == folder or path.startswith(folder + "/")
+
+
+def _write_failure_line(error):
+    """One line for a failed write: the folder, the cause, the file it was writing."""
+    path = getattr(error, "path", None) or getattr(error, "filename", None)
+    where = f" (writing {path})" if path else ""
+    if storage.is_no_space(error):
+        return f"--model_dir={FLAGS.model_dir}: no space left on device{where}; free some and run the same " \
+               "command again to resume after the last completed epoch"
+    reason = getattr(error, "reason", None) or getattr(error, "strerror", None) or storage.first_line(error)
+    return f"--model_dir={FLAGS.model_dir}: {reason}{where}"
+
+
+def _train(recipe, source, strategy, start_mode, start_line, run_identity, lock, t_start, task_type, task_id,
+           is_chief):
+    """The run itself, once the flags are checked and the folder locked."""
+    from keras_cmt.training import callbacks as cb
+    from keras_cmt.training import data
+    from keras_cmt.training import strategy as strategy_lib
 
     import keras
 
-    task_type, task_id, is_chief = strategy_lib.worker_info(strategy)
     multi_worker = multiworker_compat.is_multi_worker(strategy)
     paths = Paths(FLAGS.model_dir, task_type, task_id, multi_worker)
     if is_chief:
@@ -248,6 +340,8 @@ def run(argv=None):
                                          save_weights_only=True, initial_value_threshold=best),
                 keras.callbacks.TensorBoard(paths.logs, write_graph=False, profile_batch=0),
             ]
+        if lock is not None:
+            result.append(cb.CheckRunLock(lock))
         # Last, so that a kill between the two leaves an extra CSV row (trimmed on resume), never a missing one.
         result.append(cb.AtomicBackupAndRestore(
             backup_dir, last_copy=storage.join(paths.checkpoints, "last.weights.h5") if is_chief else None))
