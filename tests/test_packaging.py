@@ -3,8 +3,11 @@ environment, and the core install (`pip install keras-cmt`) needs Keras, NumPy, 
 
 * The wheel is built from a copy of the checkout (setuptools writes build/ and *.egg-info next to setup.py), offline
   and without build isolation (the installed setuptools), and its file list is checked.
-* It is installed (`--no-deps`) into a venv made with `--system-site-packages`, so TensorFlow, Keras, ... come from
-  this environment and nothing is downloaded. That environment also holds the checkout's editable install, whose
+* It is installed (`--no-deps`) into a new venv that sees the package folders of the interpreter running the tests
+  (a `.pth` file adds each of its sys.path folders outside the standard library), so TensorFlow, Keras, ... come
+  from this environment and nothing is downloaded: its own venv, the system site-packages, a `pip install --user`
+  folder, whichever holds them. (`venv --system-site-packages` would not do: made from inside a venv, it exposes the
+  base interpreter's packages, not the venv's.) That environment also holds the checkout's editable install, whose
   `__editable__.keras_cmt-*.pth` appends a meta path finder mapping `keras_cmt`, `keras_cmt.training` and
   `keras_cmt.tflite` to this checkout. Appended after the path finder, it does not shadow the wheel's `keras_cmt`,
   but it would answer for any module the wheel lacks, hiding exactly what this test looks for. The venv therefore
@@ -129,20 +132,44 @@ sys.keras_cmt_test_hidden = [repr(f) for f in _removed]
 '''
 
 
+def package_folders():
+    """The running interpreter's sys.path folders outside the standard library and the checkout: where its
+    packages are, whether it is a venv, the system interpreter or has a user site."""
+    import sysconfig
+
+    stdlib = {os.path.realpath(sysconfig.get_path(name)) for name in ("stdlib", "platstdlib")}
+    repo = os.path.realpath(REPO)
+    folders = []
+    for entry in sys.path:
+        path = os.path.realpath(entry or os.getcwd())
+        if (not os.path.isdir(path) or path in folders or any(path == s or path.startswith(s + os.sep + "lib-dynload")
+                                                              for s in stdlib)
+                or (path + os.sep).startswith(repo + os.sep) or path.endswith(".zip")):
+            continue
+        folders.append(path)
+    return folders
+
+
 @pytest.fixture(scope="module")
 def venv(wheel, tmp_path_factory):
-    """A fresh venv (system site-packages visible) with the wheel installed; returns (bin, site-packages)."""
+    """A fresh venv that sees this environment's packages, with the wheel installed; returns (bin, site-packages)."""
     root = tmp_path_factory.mktemp("venv")
     path = root / "venv"
-    # --without-pip: the venv's python runs the environment's pip (visible through the system site-packages),
-    # which installs into the venv; no ensurepip, no download.
-    _run([sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", str(path)], cwd=root)
+    # --without-pip: the venv's python runs the environment's pip (visible through the .pth below), which installs
+    # into the venv; no ensurepip, no download.
+    _run([sys.executable, "-m", "venv", "--without-pip", str(path)], cwd=root)
     bin_dir = path / "bin"
     site = pathlib.Path(_run([str(bin_dir / "python"), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
                              cwd=root).stdout.strip())
     assert site.is_dir() and site.resolve().is_relative_to(path.resolve()), site
+    folders = package_folders()
+    assert folders, f"no package folder on {sys.path}"
+    # addsitedir, not plain lines: the folders' own .pth files (namespace packages, the editable install) run as
+    # they do in this environment; sitecustomize.py then hides the checkout.
+    (site / "keras_cmt_test_environment.pth").write_text(
+        f"import site; list(map(site.addsitedir, {folders!r}))\n")
     (site / "sitecustomize.py").write_text(SITECUSTOMIZE.format(repo=os.path.realpath(REPO)))
-    # --ignore-installed: the editable keras-cmt of the system site-packages is not this venv's to replace.
+    # --ignore-installed: the editable keras-cmt this environment holds is not this venv's to replace.
     _run([str(bin_dir / "python"), "-m", "pip", "install", "--no-deps", "--no-index", "--ignore-installed",
           "--no-compile", str(wheel)], cwd=root)
     return bin_dir, site
@@ -239,7 +266,8 @@ def test_console_scripts_from_the_wheel_in_a_fresh_venv(venv, tmp_path):
     bin_dir, site = venv
     elsewhere = tmp_path / "elsewhere"  # not the checkout, no training/ or tflite/ folder
     elsewhere.mkdir()
-    installed = sorted(p.name for p in site.iterdir() if p.name not in ("sitecustomize.py", "__pycache__"))
+    installed = sorted(p.name for p in site.iterdir()
+                       if p.name not in ("sitecustomize.py", "keras_cmt_test_environment.pth", "__pycache__"))
     assert installed == ["keras_cmt", next(p for p in installed if p.endswith(".dist-info"))], installed
     for script in CONSOLE_SCRIPTS:
         assert (bin_dir / script).is_file(), f"the wheel installed no {script} script"
