@@ -1,7 +1,8 @@
 """Datasets for training: a tfds name, a folder of class sub-folders, or `digits`, as tf.data pipelines.
 
 `resolve_source` checks the `--dataset` argument and scans what it names before any training starts, so that an
-unknown name or an empty folder is a one-line error. `train_dataset` / `val_dataset` build the per-replica
+unknown name, an empty folder or class, one class, or links that loop into other classes are a one-line error (see
+`_Walk` for which links are followed). `train_dataset` / `val_dataset` build the per-replica
 pipelines (parallel decode, shuffle, per-replica batches from the global batch, prefetch, autotune) that
 `strategy.distribute_datasets_from_function` calls once per input pipeline (one per worker).
 
@@ -419,7 +420,7 @@ def folder_source(root, val_fraction=0.2, seed=0):
         if missing and len(val_paths):
             logging.warning("%d class(es) have no validation image in %s, e.g. %s", len(missing), val_dir,
                             ", ".join(_show(m) for m in missing[:3]))
-        folders_root, scanned_labels = train_dir, labels
+        folders_root, scanned_labels, scanned_skipped = train_dir, labels, skipped
         skipped = skipped + val_skipped
     else:
         all_paths, all_labels, class_names, skipped, _ = _scan_classes(root)
@@ -434,10 +435,10 @@ def folder_source(root, val_fraction=0.2, seed=0):
             labels = all_labels[train_idx]
             val_paths = [all_paths[i] for i in val_idx]
             val_labels = all_labels[val_idx]
-        folders_root, scanned_labels = root, all_labels
+        folders_root, scanned_labels, scanned_skipped = root, all_labels, skipped
     if not class_names or len(paths) == 0:
         raise DatasetError(f"--dataset={root}: no images found in class sub-folders {expected}")
-    _check_classes(root, class_names, folders_root, scanned_labels, skipped)
+    _check_classes(root, class_names, folders_root, scanned_labels, scanned_skipped)
     if len(class_names) < 2:
         raise DatasetError(f"--dataset={root}: only one class folder ({os.path.join(folders_root, class_names[0])}); "
                            "a classifier needs two or more")
