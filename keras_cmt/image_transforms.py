@@ -12,6 +12,11 @@ label: (eval_transform(image, 224), label))`), it runs as TensorFlow ops instead
 `tf.image.resize` passes (width, then height, rounded after each, as PIL does) with the same a=-0.5 kernel, within
 one grey level of PIL (PIL works in fixed point). TensorFlow is imported only on that path. Both paths share the
 size and crop arithmetic below.
+
+Memory is bounded by the crop, not by the resized image: a 1x8000 image's shorter side scaled to 256 would be
+256x2048000 pixels. The TensorFlow path computes only the crop, from the source pixels it reads; the Pillow path
+does so too (Pillow's fixed-point arithmetic for those pixels alone, the same bytes) wherever Pillow's own passes
+would grow beyond a few times the source or the resized shorter side squared.
 """
 
 import io
@@ -82,6 +87,77 @@ def _normalise(crop):
     return (crop / np.float32(255.0) - mean) / std
 
 
+# Pillow's fixed-point resampling: coefficients with 22 fractional bits, accumulated in integers (Resample.c).
+_PRECISION_BITS = 22
+# The PIL path hands the resize to Pillow itself (exact by construction, and fast) while neither of its passes
+# produces more than this many times the pixels of the source or of the resized shorter side squared.
+_PIL_GROWTH = 4
+
+
+def _bicubic(x):
+    """Pillow's bicubic filter (a = -0.5), evaluated in Pillow's order of operations."""
+    x = np.abs(x)
+    near = ((1.5 * x - 2.5) * x) * x + 1.0
+    far = (((x - 5.0) * x + 8.0) * x - 4.0) * -0.5
+    return np.where(x < 1.0, near, np.where(x < 2.0, far, 0.0))
+
+
+def _pil_taps(in_size, out_size, first, count):
+    """Pillow's `precompute_coeffs` + `normalize_coeffs_8bpc` for the output pixels first..first+count-1 of a resize
+    from `in_size` to `out_size` along one axis: (start index per pixel, integer coefficients (count, taps))."""
+    scale = float(np.float32(in_size)) / out_size  # Pillow's box is float32: (in1 - in0) rounded so, then double
+    filterscale = max(scale, 1.0)
+    support = 2.0 * filterscale
+    taps = int(math.ceil(support)) * 2 + 1
+    center = (np.arange(first, first + count, dtype=np.float64) + 0.5) * scale
+    xmin = np.maximum(np.trunc(center - support + 0.5), 0).astype(np.int64)
+    xmax = np.minimum(np.trunc(center + support + 0.5), in_size).astype(np.int64) - xmin
+    weights = np.zeros((count, taps))
+    total = np.zeros(count)
+    for t in range(taps):  # summed tap by tap, as Pillow does (np.sum's pairwise order could round differently)
+        w = np.where(t < xmax, _bicubic(((xmin + t).astype(np.float64) - center + 0.5) * (1.0 / filterscale)), 0.0)
+        weights[:, t] = w
+        total += w
+    weights = np.where(total[:, None] != 0.0, weights / np.where(total == 0.0, 1.0, total)[:, None], weights)
+    fixed = weights * float(1 << _PRECISION_BITS)
+    fixed = np.trunc(np.where(weights < 0, fixed - 0.5, fixed + 0.5)).astype(np.int64)
+    return xmin, fixed
+
+
+def _resample(image, axis, taps, offset):
+    """One Pillow resampling pass of a uint8 image along `axis` (1: width, 0: height) with `_pil_taps`' output;
+    `offset` is the source index of the image's first row or column along that axis."""
+    start, coefficients = taps
+    length = image.shape[axis]
+    total = np.full((len(start),) + tuple(np.delete(image.shape, axis)), 1 << (_PRECISION_BITS - 1), np.int64)
+    for t in range(coefficients.shape[1]):
+        index = np.minimum(start - offset + t, length - 1)  # a tap past the window has coefficient 0
+        k = coefficients[:, t].reshape((-1,) + (1,) * (image.ndim - 1))
+        total += np.moveaxis(np.take(image, index, axis=axis), axis, 0).astype(np.int64) * k
+    out = np.clip(total >> _PRECISION_BITS, 0, 255).astype(np.uint8)
+    return np.moveaxis(out, 0, axis)
+
+
+def _window(taps, limit):
+    """The source range [lo, hi) the pixels of `_pil_taps` read."""
+    start, coefficients = taps
+    return int(start.min()), int(min(limit, start.max() + coefficients.shape[1]))
+
+
+def _crop_pil_exact(image, size, new_h, new_w, top, left):
+    """The centre crop of the official resize, computing only the crop: Pillow's arithmetic for those pixels alone
+    (the same bytes as Pillow's resize and crop), from just the source rows and columns they read."""
+    height, width = image.shape[:2]
+    rows = _pil_taps(height, new_h, top, size) if new_h != height else None
+    cols = _pil_taps(width, new_w, left, size) if new_w != width else None
+    r0, r1 = _window(rows, height) if rows is not None else (top, top + size)
+    c0, c1 = _window(cols, width) if cols is not None else (left, left + size)
+    region = image[r0:r1, c0:c1]
+    region = _resample(region, 1, cols, c0) if cols is not None else region
+    region = _resample(region, 0, rows, r0) if rows is not None else region
+    return region
+
+
 def _transform_pil(image, size, normalize, crop_pct):
     from PIL import Image
 
@@ -95,16 +171,36 @@ def _transform_pil(image, size, normalize, crop_pct):
     height, width = image.shape[:2]
     if height == 0 or width == 0:
         raise _shape_error(image.shape)
-    new_h, new_w = _resized_shape(height, width, min(height, width), short_side(size, crop_pct))
-    # torchvision's Resize on a PIL image is PIL's bicubic resize (antialiased, a=-0.5, rounded to uint8 after
-    # each of its two passes). Pillow < 12.2 always resamples the width first; newer Pillow runs the height first
-    # for some tall images, which rounds differently. The width-then-height passes spelled out give the official
-    # result on every Pillow version (the same bytes as one `.resize` whenever Pillow goes width first).
-    resized = Image.fromarray(np.ascontiguousarray(image))
-    resized = resized.resize((new_w, height), Image.BICUBIC).resize((new_w, new_h), Image.BICUBIC)
+    short = short_side(size, crop_pct)
+    new_h, new_w = _resized_shape(height, width, min(height, width), short)
     top, left = _crop_offset(new_h - size), _crop_offset(new_w - size)
-    crop = np.asarray(resized.crop((left, top, left + size, top + size)), dtype=np.float32)
+    bound = _PIL_GROWTH * max(height * width, short * short)
+    if new_w * height > bound or size * new_h > bound:
+        # An extreme aspect ratio (e.g. 1x8000): the full resize would hold up to a few GB for a 224 crop.
+        crop = _crop_pil_exact(np.ascontiguousarray(image), size, new_h, new_w, top, left)
+    else:
+        # torchvision's Resize on a PIL image is PIL's bicubic resize (antialiased, a=-0.5, rounded to uint8 after
+        # each of its two passes). Pillow < 12.2 always resamples the width first; newer Pillow runs the height
+        # first for some tall images, which rounds differently. The width-then-height passes spelled out give the
+        # official result on every Pillow version; the height pass resamples columns independently, so cropping
+        # the columns in between changes nothing.
+        resized = Image.fromarray(np.ascontiguousarray(image))
+        resized = resized.resize((new_w, height), Image.BICUBIC).crop((left, 0, left + size, height))
+        resized = resized.resize((size, new_h), Image.BICUBIC)
+        crop = np.asarray(resized.crop((0, top, size, top + size)))
+    crop = np.asarray(crop, dtype=np.float32)
     return _normalise(crop) if normalize else crop
+
+
+def _tf_window(first, count, in_size, out_size):
+    """A source range [lo, hi) holding every pixel an antialiased bicubic resize from `in_size` to `out_size` reads
+    for its output pixels first..first+count-1 (integer tensors; a margin of a pixel either side)."""
+    import tensorflow as tf
+
+    support = tf.maximum(tf.constant(2, tf.int64), (2 * in_size + out_size - 1) // out_size)
+    lo = tf.maximum(tf.constant(0, tf.int64), ((2 * first + 1) * in_size) // (2 * out_size) - support - 2)
+    hi = tf.minimum(in_size, ((2 * (first + count) - 1) * in_size) // (2 * out_size) + support + 3)
+    return lo, hi
 
 
 def _transform_tf(image, size, normalize, crop_pct):
@@ -117,14 +213,26 @@ def _transform_tf(image, size, normalize, crop_pct):
     height, width = shape[0], shape[1]
     short = tf.constant(short_side(size, crop_pct), tf.int64)
     new_h, new_w = _resized_shape(height, width, tf.minimum(height, width), short)
-    new_h, new_w = tf.cast(new_h, tf.int32), tf.cast(new_w, tf.int32)
-    # PIL resamples the width first, then the height, rounding to uint8 after each pass: so do we.
-    resized = tf.cast(image, tf.float32)
-    for target in (tf.stack([tf.cast(height, tf.int32), new_w]), tf.stack([new_h, new_w])):
-        resized = tf.image.resize(resized, target, method="bicubic", antialias=True)
-        resized = tf.clip_by_value(tf.round(resized), 0.0, 255.0)
     top, left = _crop_offset(new_h - size), _crop_offset(new_w - size)
-    cropped = tf.slice(resized, tf.stack([top, left, 0]), [size, size, 3])
+    # Only the crop is computed, from the source rows and columns it reads: tf.image.resize's own kernel
+    # (ScaleAndTranslate, antialiased Keys cubic) with the crop's offset as a translation, so an extreme aspect
+    # ratio never materialises the full resize. PIL resamples the width first, then the height, rounding to uint8
+    # after each pass: so do we.
+    r0, r1 = _tf_window(top, size, height, new_h)
+    c0, c1 = _tf_window(left, size, width, new_w)
+    region = tf.cast(image[r0:r1, c0:c1][None], tf.float32)
+    f32 = lambda x: tf.cast(x, tf.float32)  # noqa: E731
+    scale_w = f32(new_w) / f32(width)  # what tf.image.resize computes: float32 output / input size
+    scale_h = f32(new_h) / f32(height)
+    passes = ((tf.stack([r1 - r0, tf.constant(size, tf.int64)]), tf.stack([1.0, scale_w]),
+               tf.stack([0.0, f32(c0) * scale_w - f32(left)])),
+              (tf.constant([size, size], tf.int64), tf.stack([scale_h, 1.0]),
+               tf.stack([f32(r0) * scale_h - f32(top), 0.0])))
+    for target, scale, translation in passes:
+        region = tf.raw_ops.ScaleAndTranslate(images=region, size=tf.cast(target, tf.int32), scale=scale,
+                                              translation=translation, kernel_type="keyscubic", antialias=True)
+        region = tf.clip_by_value(tf.round(region), 0.0, 255.0)
+    cropped = tf.ensure_shape(region[0], [size, size, 3])
     if not normalize:
         return cropped
     mean = tf.constant(IMAGENET_MEAN, tf.float32)
