@@ -32,8 +32,36 @@ def atomic_save(model, path, weights_only=None, include_optimizer=True):
         weights_only = path.endswith(".weights.h5")
     if not include_optimizer:
         model = without_optimizer(model)
+    if weights_only:
+        data = weights_h5_bytes(model)
+        if data is not None:
+            storage.write_bytes(path, data)
+            return
     save = model.save_weights if weights_only else model.save
     storage.write_atomically(path, lambda tmp: save(tmp, overwrite=True))
+
+
+def weights_h5_bytes(model):
+    """What `model.save_weights` writes, built in memory (None where this Keras lacks the internals used).
+
+    HDF5 must never meet a failed write: on a full disk its flushes of a half-written file fail again as each
+    object is freed and closing the file then crashes the interpreter (a segmentation fault). In memory the file
+    is completed first; the bytes are then written by Python, whose OSError is clean. (`.keras` archives already
+    hold their H5 in memory inside Keras.)"""
+    import io
+
+    from keras.src.saving import saving_lib
+
+    store_class, save_state = getattr(saving_lib, "H5IOStore", None), getattr(saving_lib, "_save_state", None)
+    if store_class is None or save_state is None:
+        return None
+    buffer = io.BytesIO()
+    store = store_class(buffer, mode="w")
+    try:
+        save_state(model, weights_store=store, assets_store=None, inner_path="", visited_saveables=set())
+    finally:
+        store.close()
+    return buffer.getbuffer()
 
 
 class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):

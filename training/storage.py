@@ -65,33 +65,6 @@ def _is_write_failure(error):
         word in str(error) for word in ("write failed", "flush", "errno", "No space left"))
 
 
-def close_h5_files(path):
-    """Closes h5py files still open on `path`. Keras' `save_weights` does not close its H5 file when a write fails
-    (the open `h5py.File` then lives on in the traceback); HDF5 flushes it again at garbage collection or exit, onto
-    a removed temporary file or a full disk, which raised more errors and then crashed the interpreter. Closed here,
-    before the temporary file is removed, nothing is left to flush."""
-    try:
-        import h5py
-    except ImportError:
-        return
-    target = os.path.abspath(path)
-    try:
-        ids = h5py.h5f.get_obj_ids(types=h5py.h5f.OBJ_FILE)
-    except Exception:  # noqa: BLE001 - nothing open, or h5py cannot say
-        return
-    for fid in ids:
-        try:
-            name = fid.name.decode() if isinstance(fid.name, bytes) else fid.name
-            if os.path.abspath(name) == target:
-                h5py.File(fid).close()  # closes every object of the file, then the file
-        except Exception:  # noqa: BLE001 - a flush onto a full disk fails; the file is closed all the same
-            try:
-                while fid.valid:
-                    fid.close()
-            except Exception:  # noqa: BLE001
-                pass
-
-
 def normalize(path):
     """`file:///x` -> `/x`; other paths unchanged (None stays None)."""
     if path is None:
@@ -164,20 +137,19 @@ def local_copy(path):
 def write_atomically(path, write):
     """Calls `write(local_tmp_path)` for a local temporary file whose name ends like `path` (as Keras' savers want),
     then puts it at `path` in one rename (locally) or one upload-then-rename (elsewhere). A failed write leaves
-    `path` as it was and raises WriteError (h5 files it left open closed, its temporary file removed)."""
+    `path` as it was, removes its temporary file and raises WriteError."""
     path = normalize(path)
-
-    def guarded(tmp):
-        try:
-            write(tmp)
-        except BaseException:
-            close_h5_files(tmp)
-            raise
-
-    try:
+    with _write_errors(path):
         if not is_remote(path):
-            return atomic_files.write_atomically(path, guarded)
-        return _write_remote(path, guarded)
+            return atomic_files.write_atomically(path, write)
+        return _write_remote(path, write)
+
+
+@contextlib.contextmanager
+def _write_errors(path):
+    """Write failures inside become WriteError naming `path`; other errors pass unchanged."""
+    try:
+        yield
     except Exception as e:  # noqa: BLE001 - only write failures are turned into WriteError
         if _is_write_failure(e):
             raise as_write_error(path, e) from None
@@ -204,7 +176,8 @@ def write_bytes(path, data):
     """`atomic_files.write_bytes` (fsynced) for a local path; for a remote one, an upload-then-rename."""
     path = normalize(path)
     if not is_remote(path):
-        return atomic_files.write_bytes(path, data)
+        with _write_errors(path):
+            return atomic_files.write_bytes(path, data)
 
     def write(tmp):
         with open(tmp, "wb") as f:
@@ -225,7 +198,8 @@ def publish_copy(source, path):
     """`path` becomes a copy of the finished file `source`: a hard link on a local file system, else a copy."""
     source, path = normalize(source), normalize(path)
     if not is_remote(source) and not is_remote(path):
-        return atomic_files.publish_copy(source, path)
+        with _write_errors(path):
+            return atomic_files.publish_copy(source, path)
     return write_atomically(path, lambda tmp: tf.io.gfile.copy(source, tmp, overwrite=True))
 
 
