@@ -5,7 +5,8 @@
 
 `model_dir` receives: backup/ (BackupAndRestore: a killed run, even by SIGKILL, resumes at the epoch it reached,
 optimizer state included), checkpoints/best.weights.h5 and last.weights.h5, metrics.csv, logs/ (TensorBoard),
-curves.png, results.json, model.keras and model.weights.h5. With several workers only the chief writes these;
+curves.png, results.json, model.keras and model.weights.h5, and .lock while it runs (training/run_folder.py: one
+command per folder). With several workers only the chief writes these and holds the lock;
 every worker keeps its own backup/<task>-<index>/ (Keras' callback has no chief logic; a shared folder would race).
 """
 
