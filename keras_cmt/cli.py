@@ -79,16 +79,15 @@ def _positive_int(text):
 
 
 def _load_model(args):
-    import keras
-
     import keras_cmt
+    from keras_cmt.weights.loading import load_model_file
 
     if args.model.endswith(".keras"):
         if not os.path.isfile(args.model):
             raise ValueError(f"--model {args.model}: no such file.")
         if args.size is not None:
             raise ValueError("--size applies to variants; a .keras model keeps the input size it was saved with.")
-        model = keras.saving.load_model(args.model)
+        model = load_model_file(args.model)  # Keras' safe mode; a bad file is one line naming it
         if args.weights not in (None, "none"):
             if args.weights == "imagenet":
                 raise ValueError("--weights imagenet needs a variant --model; a .keras model has its own weights.")

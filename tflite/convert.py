@@ -72,7 +72,9 @@ def load_model(model, *, weights=None, image_size=None, classes=None, logits=Fal
             raise FileNotFoundError(f"model file not found: {model}")
         if weights is not None or image_size is not None:
             raise ValueError("--weights and --image_size do not apply to a .keras file (it holds both)")
-        return keras.saving.load_model(model, compile=False)
+        from keras_cmt.weights.loading import load_model_file
+
+        return load_model_file(model)  # Keras' safe mode; a bad file is one ValueError line naming it
     if model not in keras_cmt.VARIANTS:
         raise ValueError(
             f"unknown model {model!r}: expected one of {', '.join(keras_cmt.VARIANTS)} or a .keras file"

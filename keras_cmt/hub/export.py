@@ -101,7 +101,7 @@ def _check_same_outputs(model, exported, source):
 def load_plain_model(model, weights=None, size=None):
     """A plain CMT model from a variant name (with `weights`: "imagenet", a file or None) or a `.keras` file
     (optionally with `weights` loaded onto it); returns (model, source text)."""
-    from keras_cmt.weights.loading import load_weights
+    from keras_cmt.weights.loading import load_model_file, load_weights
 
     if isinstance(model, keras.Model):
         return model, model.name
@@ -113,7 +113,7 @@ def load_plain_model(model, weights=None, size=None):
             raise ValueError(f"{model}: a .keras model keeps its input size; size applies to variants.")
         if weights == "imagenet":
             raise ValueError(f"{model}: weights='imagenet' needs a variant; a .keras model has its own weights.")
-        loaded = keras.saving.load_model(model, compile=False)
+        loaded = load_model_file(model)  # Keras' safe mode; a bad file is one ValueError line naming it
         if weights is not None:
             load_weights(loaded, weights)
         return loaded, model

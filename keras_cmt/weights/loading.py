@@ -1,4 +1,5 @@
-"""Loads weights into a CMT model from an official PyTorch `.pth` checkpoint or a Keras `.weights.h5` file.
+"""Loads weights into a CMT model from an official PyTorch `.pth` checkpoint or a Keras `.weights.h5` file, and
+`.keras` model files (`load_model_file`, in Keras' safe mode), each failing in one line that names the file.
 
 A `.pth` goes through the official key mapping (`keras_cmt.checkpoint_mapping`); a `.weights.h5` through Keras' own
 `load_weights`, after its layout has been compared with the one the model saves, so that a file of another model
@@ -266,6 +267,115 @@ def load_keras_weights(model, path, exclude_head=False):
             variable.assign(value)
         raise ValueError(f"{path}: {' '.join(str(e).split())[:300]}") from None
     return model
+
+
+def check_weights_file(path):
+    """Raises one ValueError line naming `path` unless it is a Keras `.weights.h5` file whose every dataset reads
+    back whole: for loaders that hand the file to Keras (keras-hub presets), so that a truncated or corrupt file
+    fails before any variable is assigned, with its path (h5py's own errors do not name it)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: no such weights file.")
+    shapes, _, dtypes = _h5_layout(path)
+    _check_data(path, sorted(shapes), shapes, dtypes)
+    return path
+
+
+# A `.keras` file's config.json is parsed whole (by Keras too): beyond this it is not a model's configuration.
+MAX_KERAS_CONFIG_BYTES = 64 << 20
+_KERAS_PACKAGES = ("keras", "keras_hub", "keras_cv", "keras_nlp")  # the modules Keras itself imports from a config
+
+
+def _resolvable(entry):
+    """Whether Keras can find the class a serialised object in a .keras config names (its registered name, or a
+    class of a Keras package's module), without importing anything else."""
+    import importlib
+
+    registered = entry.get("registered_name")
+    if isinstance(registered, str) and keras.saving.get_registered_object(registered) is not None:
+        return True
+    name, module = entry.get("class_name"), entry.get("module")
+    if name in keras.saving.get_custom_objects():
+        return True
+    if not (isinstance(module, str) and module.split(".")[0] in _KERAS_PACKAGES):
+        return False
+    if name == "function":  # a Keras function (activation, loss, ...): the function's name is its config
+        name = entry.get("config")
+    try:
+        return isinstance(name, str) and hasattr(importlib.import_module(module), name)
+    except ImportError:
+        return False
+
+
+def _unresolvable_class(config):
+    """The first "module.class_name" in a .keras config that Keras cannot resolve, or None."""
+    stack = [config]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            name = node.get("class_name")
+            if (isinstance(name, str) and not name.startswith("__") and "module" in node
+                    and not _resolvable(node)):
+                return _clean(f"{node.get('module')}.{name}" if node.get("module") else name)
+            stack.extend(reversed(list(node.values())))
+        elif isinstance(node, list):
+            stack.extend(reversed(node))
+    return None
+
+
+def _keras_error(error):
+    """Keras' load error on one short line: the innermost cause, without the object config it prints."""
+    text = str(error)
+    if "Exception encountered:" in text:
+        text = text.rsplit("Exception encountered:", 1)[1]
+    for cut in (" Full object config", "config={", " Make sure custom classes"):
+        text = text.split(cut, 1)[0]
+    return _clean(text or type(error).__name__, 240)
+
+
+def load_model_file(path):
+    """Loads a `.keras` model file with Keras in safe mode (`safe_mode=True`: lambdas and other arbitrary code in
+    the file are refused, never run) and without compiling it; any way the file can be wrong (missing, not a zip,
+    truncated, a config naming a class Keras cannot resolve such as os.system, weights that do not load) is one
+    ValueError line naming the file."""
+    import json
+    import zipfile
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: no such .keras file.")
+    try:
+        if not zipfile.is_zipfile(path):
+            raise ValueError(f"{path}: not a Keras .keras file (not a zip archive: truncated, or another format).")
+        with zipfile.ZipFile(path) as archive:
+            try:
+                info = archive.getinfo("config.json")
+            except KeyError:
+                raise ValueError(f"{path}: not a Keras .keras file (no config.json in the archive).") from None
+            if info.file_size > MAX_KERAS_CONFIG_BYTES:
+                raise ValueError(f"{path}: its config.json declares {info.file_size} bytes, more than a model's "
+                                 f"configuration takes; refused.")
+            text = archive.read(info)
+    except ValueError:
+        raise
+    except (OSError, zipfile.BadZipFile, EOFError, RuntimeError, NotImplementedError) as e:
+        raise ValueError(f"{path}: corrupt .keras archive ({_clean(e, 200)}).") from None
+    try:
+        config = json.loads(text)
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ValueError(f"{path}: its config.json is not valid JSON ({_clean(e, 120)}).") from None
+    if not isinstance(config, dict) or "class_name" not in config:
+        raise ValueError(f"{path}: its config.json is not a Keras model configuration.")
+    try:
+        return keras.saving.load_model(path, compile=False, safe_mode=True)
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - Keras raises TypeError, ValueError, KeyError, OSError (h5py), ...
+        unknown = _unresolvable_class(config)
+        if unknown:
+            raise ValueError(f"{path}: refused: its config names {unknown}, which is neither a Keras class nor one "
+                             "registered with Keras (loaded in safe mode; nothing in the file was run).") from None
+        raise ValueError(f"{path}: cannot load it as a Keras model: {_keras_error(e)}") from None
 
 
 def load_weights(model, path, exclude_head=False, prefer="auto"):
