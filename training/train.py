@@ -223,7 +223,10 @@ def run(argv=None):
         _fail(str(e))
     except run_folder.RunFolderInUse as e:  # the lease was taken over during the run
         _fail(str(e), status=1)
-    except Exception as e:  # noqa: BLE001 - write failures only; anything else is re-raised
+    except Exception as e:  # noqa: BLE001 - write failures and a stream with nothing decodable; else re-raised
+        undecodable = data.pipeline_error(e)
+        if undecodable is not None:
+            _fail(undecodable)
         if not _is_write_failure(e):
             raise
         _fail(_write_failure_line(e), status=1)
