@@ -2,6 +2,8 @@
 same weights, plus the stage outputs as `pyramid_outputs` P2..P5 (strides 4, 8, 16, 32) for keras-hub's
 detection and segmentation models."""
 
+import os
+
 import keras
 from keras_hub.models import FeaturePyramidBackbone
 from keras_hub.src.utils.python_utils import classproperty
@@ -88,6 +90,27 @@ class CMTBackbone(FeaturePyramidBackbone):
             "data_format": self.data_format,
         })
         return config
+
+    def load_weights(self, filepath, *args, **kwargs):
+        """Keras' `load_weights`, which keras-hub's `from_preset` calls with the preset's model.weights.h5 (through
+        its generic classes too): a truncated or corrupt file, or one of another model, fails in one line naming
+        it, before any variable is assigned for a damaged file; and a classifier whose task.weights.h5 is missing
+        from the preset is refused rather than left with a random head."""
+        from keras_cmt.weights import loading
+
+        path = os.fspath(filepath)
+        self._cmt_weights_file = path
+        task = getattr(self, "_cmt_task", lambda: None)()
+        if task is not None and not getattr(task, "_cmt_head_loaded", False) and \
+                os.path.basename(path) in ("model.weights.h5", "model.weights.json"):
+            cmt_presets.check_head_weights(os.path.dirname(path), task.num_classes)
+        if path.endswith(".h5"):
+            loading.check_weights_file(path)
+        try:
+            return super().load_weights(filepath, *args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - Keras and h5py raise ValueError, OSError, KeyError, ...
+            raise ValueError(f"{path}: cannot load it into the CMT backbone (another model's weights?): "
+                             f"{' '.join(str(e).split())[:240]}") from None
 
     @classproperty
     def presets(cls):

@@ -15,6 +15,12 @@ class CMTImageClassifierPreprocessor(ImageClassifierPreprocessor):
     backbone_cls = CMTBackbone
     image_converter_cls = CMTImageConverter
 
+    def load_preset_assets(self, preset):
+        """keras-hub's hook after loading a preset's preprocessor: remembered, so that a classifier keras-hub then
+        builds without num_classes (a preset whose task.json is missing or another model's) names the preset."""
+        self._cmt_preset = preset
+        return super().load_preset_assets(preset)
+
     @classproperty
     def presets(cls):
         """keras_cmt's named presets ({name: {"metadata": ..., "variant": ...}}), built on first use."""

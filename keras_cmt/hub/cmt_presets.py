@@ -7,6 +7,8 @@ handles only, so the names are served by the CMT classes' `from_preset` (`CMTIma
 "cmt_small_imagenet")`); once built, the directory is an ordinary preset any keras-hub entry point loads.
 """
 
+import contextlib
+import contextvars
 import json
 import os
 import shutil
@@ -59,6 +61,64 @@ def classifier_files(load_weights=True, new_head=False):
     if load_weights:
         files += ((("task.weights.h5",), "the classifier head's weights"),)
     return files
+
+
+TASK_CLASS = "keras_cmt>CMTImageClassifier"
+# Set while CMTImageClassifier.from_preset(..., num_classes=N) runs: a new head, so no task.weights.h5 is expected.
+_new_head = contextvars.ContextVar("keras_cmt_new_head", default=False)
+
+
+@contextlib.contextmanager
+def new_head(active):
+    token = _new_head.set(bool(active))
+    try:
+        yield
+    finally:
+        _new_head.reset(token)
+
+
+def _registered_name(path):
+    """The registered name a preset's JSON file names, or None if it names none (raises ValueError, one line, for a
+    file that is not JSON)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ValueError(f"{path}: cannot read it as JSON ({' '.join(str(e).split())[:120]}).") from None
+    if not isinstance(config, dict):
+        return None
+    return config.get("registered_name") or config.get("class_name")
+
+
+def task_json_error(preset):
+    """Why the CMT preset directory `preset` gives no CMTImageClassifier configuration (one line naming the file),
+    or None if its task.json is one."""
+    path = os.path.join(preset, "task.json")
+    if not os.path.isfile(path):
+        return f"{preset}: no task.json (the classifier); pass num_classes= to put a new head on the backbone."
+    found = _registered_name(path)
+    if found != TASK_CLASS:
+        return (f"{path}: the configuration of {found or 'an unknown model'}, not of keras_cmt's CMTImageClassifier "
+                "(a damaged or mixed preset; pass num_classes= to put a new head on the backbone).")
+    return None
+
+
+def check_head_weights(preset, num_classes):
+    """Raises one ValueError line when a CMTImageClassifier built from the preset's task.json would keep a randomly
+    initialised head: task.json there, task.weights.h5 missing, and no new head asked for (num_classes= to
+    CMTImageClassifier.from_preset, or a class count other than task.json's)."""
+    task_json = os.path.join(preset, "task.json")
+    if _new_head.get() or not os.path.isfile(task_json) or os.path.isfile(os.path.join(preset, "task.weights.h5")):
+        return
+    try:
+        with open(task_json, encoding="utf-8") as f:
+            saved = json.load(f)["config"]["num_classes"]
+    except (OSError, ValueError, KeyError, TypeError):
+        saved = None
+    if saved is not None and saved != num_classes:
+        return  # keras-hub's from_preset(..., num_classes=N): a new head by request
+    raise ValueError(f"{preset}: incomplete CMT preset, missing task.weights.h5 (the classifier head's weights): "
+                     "the head would be random; for a new head, CMTImageClassifier.from_preset(..., num_classes=N).")
 
 
 def listing():
@@ -124,6 +184,10 @@ def check_preset_dir(path, need):
     missing = _missing(path, need)
     if missing:
         raise ValueError(f"{path}: incomplete CMT preset, missing {missing}.")
+    if any("task.json" in names for names, _ in need):
+        error = task_json_error(path)
+        if error:
+            raise ValueError(error)
 
 
 def resolve(preset, need):
