@@ -17,15 +17,28 @@ import sys
 from keras_cmt import quiet
 
 
-def evaluate(models, dataset: str, reference=None, limit=None, data_dir=None, threads: int = 2) -> dict:
-    from keras_cmt.tflite import representative_data
+def _open(path, threads):
+    """A LiteRT interpreter for `path`; a file LiteRT cannot read is one ValueError line naming it."""
     from keras_cmt.tflite.runner import LiteRTModel
 
+    try:
+        return LiteRTModel(path, num_threads=threads)
+    except FileNotFoundError:
+        raise
+    except (ValueError, RuntimeError) as e:
+        detail = " ".join(str(e).split())[:200] or type(e).__name__
+        raise ValueError(f"{path}: not a readable .tflite model ({detail}).") from None
+
+
+def evaluate(models, dataset: str, reference=None, limit=None, data_dir=None, threads: int = 2) -> dict:
+    from keras_cmt.tflite import representative_data
+
     paths = list(models) + ([reference] if reference and reference not in models else [])
-    size = LiteRTModel(paths[0], num_threads=threads).input_shape[1]
+    opened = {p: _open(p, threads) for p in paths}  # every file checked before the data is read
+    size = opened[paths[0]].input_shape[1]
     images, labels = representative_data.load_images(dataset, size, limit=limit, split="validation",
                                                      data_dir=data_dir)
-    predictions = {p: LiteRTModel(p, num_threads=threads).predict(images).argmax(-1) for p in paths}
+    predictions = {p: opened[p].predict(images).argmax(-1) for p in paths}
     results = {"dataset": dataset, "images": int(len(images)), "image_size": int(size), "models": []}
     for p in paths:
         entry = {"model": os.path.basename(p), "accuracy": float((predictions[p] == labels).mean())}

@@ -371,6 +371,9 @@ def load_model_file(path):
     except MemoryError:
         raise
     except Exception as e:  # noqa: BLE001 - Keras raises TypeError, ValueError, KeyError, OSError (h5py), ...
+        if "safe_mode" in str(e):
+            raise ValueError(f"{path}: refused: it holds Python code (a lambda) that Keras' safe mode does not load; "
+                             "nothing in the file was run.") from None
         unknown = _unresolvable_class(config)
         if unknown:
             raise ValueError(f"{path}: refused: its config names {unknown}, which is neither a Keras class nor one "
