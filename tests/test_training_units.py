@@ -355,6 +355,28 @@ def test_exports_leave_the_optimizer_state_out(tmp_path):
     assert model.optimizer is not None  # the training model itself is untouched
 
 
+def test_weights_h5_bytes_pins_the_keras_internals_it_uses(tmp_path):
+    """callbacks.weights_h5_bytes builds a .weights.h5 in memory through two private names of Keras' saving_lib
+    (H5IOStore, _save_state), so that a full disk is Python's clean OSError rather than HDF5's crash. Without them
+    it falls back to save_weights on disk: this test fails first, on a Keras release that moves them. The bytes are
+    what save_weights writes: they load back to the same outputs."""
+    from keras.src.saving import saving_lib
+
+    assert hasattr(saving_lib, "H5IOStore") and hasattr(saving_lib, "_save_state"), keras.__version__
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4), keras.layers.BatchNormalization(),
+                              keras.layers.Dense(2)])
+    model(np.ones((2, 8), "float32"))
+    data_bytes = callbacks.weights_h5_bytes(model)
+    assert data_bytes is not None and bytes(data_bytes[:8]) == b"\x89HDF\r\n\x1a\n"
+    path = tmp_path / "memory.weights.h5"
+    path.write_bytes(bytes(data_bytes))
+    fresh = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4), keras.layers.BatchNormalization(),
+                              keras.layers.Dense(2)])
+    fresh.load_weights(str(path))
+    x = np.random.default_rng(0).standard_normal((3, 8)).astype("float32")
+    np.testing.assert_allclose(fresh.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+
+
 # ------------------------------------------------------------------------------------------ decompression bombs
 
 
