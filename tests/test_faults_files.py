@@ -290,3 +290,16 @@ def test_a_missing_head_is_refused_not_random(micro_preset, tmp_path):
     assert hub.CMTImageClassifier.from_preset(path, num_classes=10).num_classes == 10
     path = _damaged(micro_preset, tmp_path, "no_task_json", lambda folder: os.remove(folder / "task.json"))
     _fails(keras_hub.models.ImageClassifier.from_preset, path, ["task.json"])
+
+
+def test_missing_backbone_weights_are_refused_naming_the_file(micro_preset, tmp_path):
+    """A preset without model.weights.h5 never builds a randomly initialised model, through any of the classes.
+    keras-hub's generic classes read a local preset without single-file weights as a sharded one, so their line
+    names the shard index (model.weights.json); ours name the file that is missing."""
+    path = _damaged(micro_preset, tmp_path, "no_weights", lambda folder: os.remove(folder / "model.weights.h5"))
+    for name, load in _loaders().items():
+        with pytest.raises((ValueError, FileNotFoundError)) as excinfo:
+            load(path)
+        line = _one_line(str(excinfo.value), path)
+        expected = "model.weights.h5" if name.startswith("CMT") else "model.weights.json"
+        assert expected in line, (name, line)
