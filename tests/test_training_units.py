@@ -419,3 +419,34 @@ def test_pipelines_skip_a_decompression_bomb_before_decoding_it():
         assert len(images) == 2 and all(tuple(i.shape) == (32, 32, 3) for i in images)
     with pytest.raises(tf.errors.InvalidArgumentError, match="decompression-bomb limit"):
         augment.decode(tf.constant(_png_declaring(40000, 30000)))
+
+
+def test_metrics_csv_times_each_epoch_and_a_waiting_validation_shows_as_a_stall(tmp_path):
+    import time
+
+    from keras_cmt.training import benchmark_digits
+
+    class WaitBeforeValidation(keras.callbacks.Callback):
+        """Sleeps where Keras replaces the validation iterator (after the last step, before validation)."""
+
+        def on_test_begin(self, logs=None):
+            if self.epoch == 1:
+                time.sleep(3.0)
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+    x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
+    y = keras.utils.to_categorical(np.arange(32) % 2, 2)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
+    model.compile("sgd", "categorical_crossentropy", metrics=["accuracy"])
+    path = tmp_path / "metrics.csv"
+    model.fit(x, y, validation_data=(x, y), epochs=3, batch_size=8, verbose=0,
+              callbacks=[callbacks.MetricsCSV(str(path)), WaitBeforeValidation()])
+    assert path.read_text().splitlines()[0].split(",")[-4:] == list(callbacks.TIMING_KEYS)
+    timings = benchmark_digits.epoch_timings(str(path))
+    assert [row["epoch"] for row in timings] == [0, 1, 2]
+    assert all(row[key] >= 0 for row in timings for key in callbacks.TIMING_KEYS)
+    assert timings[1]["wall_val_s"] >= 3.0 > timings[2]["wall_val_s"]
+    found = [(s["epoch"], s["phase"]) for s in benchmark_digits.stalls(timings, min_wall_s=2.5)]
+    assert (1, "val") in found and (2, "val") not in found, timings

@@ -10,6 +10,8 @@ file whole after each epoch. All paths go through `storage`, so a run folder may
 
 import csv
 import io
+import os
+import time
 
 import keras
 from absl import logging
@@ -174,24 +176,55 @@ def trim_metrics_csv(path, before_epoch):
         storage.write_text(path, "\n".join(kept) + "\n")
 
 
+# Wall and CPU seconds of an epoch's training steps and of its validation (from the last training step to the end of
+# validation: Keras replaces the validation iterator in between), appended to each row. CPU time well below the wall
+# time (computing keeps it at 1-2x the wall time on 2 cores) shows a stall: the process waiting, not computing.
+TIMING_KEYS = ("wall_train_s", "cpu_train_s", "wall_val_s", "cpu_val_s")
+
+
+def _clock():
+    times = os.times()
+    return time.perf_counter(), times.user + times.system
+
+
 class MetricsCSV(keras.callbacks.Callback):
-    """One row per epoch (`epoch`, then the logs' keys sorted, as Keras' CSVLogger writes them), the whole file
-    rewritten atomically each time: a few hundred bytes, on any file system `storage` reaches."""
+    """One row per epoch (`epoch`, then the logs' keys sorted, as Keras' CSVLogger writes them, then TIMING_KEYS),
+    the whole file rewritten atomically each time: a few hundred bytes, on any file system `storage` reaches."""
 
     def __init__(self, path):
         super().__init__()
         self.path = path
+        self._marks = {}
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._marks = {"epoch": _clock()}
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._marks["steps_end"] = _clock()
+
+    def on_test_end(self, logs=None):
+        self._marks["val_end"] = _clock()
+
+    def _timings(self):
+        marks = self._marks
+        if "epoch" not in marks or "steps_end" not in marks:
+            return {}
+        spans = {"train": (marks["epoch"], marks["steps_end"]),
+                 "val": (marks["steps_end"], marks.get("val_end", marks["steps_end"]))}
+        return {f"{kind}_{name}_s": round(end[i] - begin[i], 2) for name, (begin, end) in spans.items()
+                for i, kind in enumerate(("wall", "cpu"))}
 
     def on_epoch_end(self, epoch, logs=None):
-        logs = dict(logs or {})
+        logs = {**(logs or {}), **self._timings()}
         text = storage.read_text(self.path) if storage.exists(self.path) else ""
         lines = text.splitlines()
         if lines:
             keys = next(csv.reader([lines[0]]))[1:]
         else:
-            keys = sorted(logs)
+            keys = sorted(k for k in logs if k not in TIMING_KEYS)
             if keys and not any(k.startswith("val_") for k in keys):
                 keys += [f"val_{k}" for k in keys]
+            keys += list(TIMING_KEYS)
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
         if not lines:
