@@ -444,3 +444,25 @@ def test_random_trees_count_each_image_once_with_its_label_or_refuse(tmp_path):
             outcomes["ok"] += 1
         assert time.monotonic() - start < 3, t
     assert min(outcomes.values()) >= 20, outcomes  # both outcomes are exercised
+
+
+def test_training_on_a_folder_where_nothing_decodes_ends_in_one_line(tmp_path):
+    """The whole command, not only the stream: exit status 2, the scan's one line, no traceback, within a pass."""
+    import subprocess
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "fixtures", "training"))
+    import helpers
+
+    folder = tmp_path / "data"
+    for name in ("a", "b"):
+        for i in range(4):
+            _write(str(folder / name / f"{i}.png"), _bad_idat_png())
+    result = helpers.run_train(f"--model_dir={tmp_path / 'run'}", f"--dataset={folder}", "--image_size=32",
+                               "--batch_size=4", "--steps_per_epoch=2", "--epochs=1",
+                               '--model_overrides={"depths": [1, 1, 1, 1]}', timeout=400)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("keras_cmt.training.train: error:")]
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert errors == [f"keras_cmt.training.train: error: --dataset={folder}: no training image could be decoded in "
+                      f"a whole pass over its {data.resolve_source(str(folder)).num_train} files"], result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
