@@ -17,7 +17,7 @@ import numpy as np
 
 from keras_cmt import variants
 from keras_cmt.weights import loading, pretrained
-from keras_cmt.layers import CMTBlock, PatchEmbedding, RelativePositionBias, initializers
+from keras_cmt.layers import CMTBlock, PatchEmbedding, RelativePositionBias, exact_gelu, initializers
 
 BASE_DOCSTRING = """Instantiates the {name} architecture.
 
@@ -189,7 +189,7 @@ def cmt_features(img_input, depths, embed_dims, num_heads, mlp_ratios, stem_chan
         x = keras.layers.Conv2D(stem_channels, 3, strides=stride, padding="valid" if stride == 2 else "same",
                                 data_format=data_format, kernel_initializer=initializers.conv_kernel(),
                                 name=f"stem_conv{i}", dtype=dtype)(x)
-        x = keras.layers.Activation("gelu", name=f"stem_gelu{i}", dtype=dtype)(x)  # exact (erf) GELU, as nn.GELU()
+        x = keras.layers.Activation(exact_gelu, name=f"stem_gelu{i}", dtype=dtype)(x)  # erf GELU, as nn.GELU()
         x = batch_norm(f"stem_norm{i}")(x)
 
     # Four stages: patch aggregation (stride 2), the stage's relative-position bias, then its CMT blocks.

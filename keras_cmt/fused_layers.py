@@ -20,6 +20,8 @@ Channels last only: the form TensorFlow, TFLite and ONNX serve.
 import keras
 from keras import ops
 
+from keras_cmt.layers.gelu import exact_gelu
+
 
 def pointwise(x, kernel, bias, gelu=False):
     """A 1x1 convolution as MatMul + bias (+ exact GELU) on the flattened positions; kernel (C_in, C_out).
@@ -28,7 +30,7 @@ def pointwise(x, kernel, bias, gelu=False):
     the GELU into one kernel (`+` would be an AddV2, which keeps the GELU apart)."""
     y = ops.add(ops.matmul(ops.reshape(x, (-1, x.shape[-1])), kernel), bias)
     if gelu:
-        y = keras.activations.gelu(y, approximate=False)
+        y = exact_gelu(y)
     return ops.reshape(y, (-1,) + tuple(x.shape[1:-1]) + (kernel.shape[-1],))
 
 
@@ -257,7 +259,7 @@ class FusedCMTBlock(keras.layers.Layer):
             x = x + pointwise(out, self.proj_kernel, self.proj_bias)
         hidden = pointwise(_layer_norm(x, self.ln_epsilon), self.fc1_kernel, self.fc1_bias, gelu=True)
         hidden = ops.depthwise_conv(hidden + self.dw_shift, self.dw_kernel, padding="same") + self.dw_bias
-        hidden = keras.activations.gelu(hidden, approximate=False)
+        hidden = exact_gelu(hidden)
         return x + pointwise(hidden, self.fc2_kernel, self.fc2_bias)
 
     def compute_output_shape(self, inputs_shape, relative_position_bias_shape=None):

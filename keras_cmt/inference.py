@@ -15,7 +15,7 @@ from keras import tree
 
 from keras_cmt.fused_layers import (HEAD_PROJECTIONS, ChannelShift, FusedCMTBlock, HeadsLastBias, absorbs_projections,
                                     key_side_weights)
-from keras_cmt.layers import CMTBlock, PatchEmbedding, RelativePositionBias
+from keras_cmt.layers import CMTBlock, PatchEmbedding, RelativePositionBias, exact_gelu
 
 
 def _np(variable):
@@ -193,6 +193,10 @@ class _Folding:
                 bias = _np(layer.bias).transpose(1, 0, 2).reshape(n_q, heads * n_k)
                 self.assignments.append((replacement, {"bias": bias}))
                 return replacement
+        if isinstance(layer, keras.layers.Activation) and layer.activation is keras.activations.gelu:
+            # A model saved before the stem's GELUs were `exact_gelu`: Activation("gelu") is the same function,
+            # but on TensorFlow it is tf.nn.gelu, whose Erfc ONNX lacks.
+            return keras.layers.Activation(exact_gelu, name=layer.name, dtype=layer.dtype_policy)
         clone = layer.__class__.from_config(layer.get_config())
         if isinstance(layer, keras.layers.Conv2D):
             kernel, bias = self._fold_conv(layer.name, *_conv_weights(layer))

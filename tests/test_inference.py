@@ -100,8 +100,10 @@ def test_onednn_fuses_each_ffn_expansion_with_its_gelu(micro_checkpoint):
     _, counts, _ = trace_kernels(lambda x: fused(x, training=False), tf.TensorSpec((1, 64, 64, 3)))
     blocks = sum(MICRO_CONFIG["depths"])
     assert counts["_MklNativeFusedMatMul"] >= blocks  # at least fc1 of every block
-    # GELUs left as separate kernels: the stem's three and the one after each block's depthwise convolution.
-    assert counts["Erfc"] == 3 + blocks
+    # GELUs left as separate kernels (one Erf each): the stem's three and the one after each block's depthwise
+    # convolution; each fc1's GELU is inside its fused MatMul (unfused, there would be 3 + 2 * blocks).
+    assert counts["Erf"] == 3 + blocks
+    assert "Erfc" not in counts  # exact_gelu's erf form, not tf.nn.gelu's erfc one (no Erfc in ONNX)
 
 
 def _block_forms(model):

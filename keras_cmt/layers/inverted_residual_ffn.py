@@ -2,13 +2,14 @@
 
 1x1 expand -> GELU -> BN, then a 3x3 depthwise convolution with a shortcut, DWConv(x) + x (the LPU's
 computation, `LocalPerceptionUnit`) -> GELU -> BN, then 1x1 project -> BN (the official `Mlp`). The hidden width is `int(dim * mlp_ratio)`, truncated as the official code does
-(CMT-Ti: int(46 * 3.6) = 165, not 166). GELU is the exact (erf) one, as PyTorch's nn.GELU().
+(CMT-Ti: int(46 * 3.6) = 165, not 166). GELU is the exact (erf) one, as PyTorch's nn.GELU() (`exact_gelu`).
 """
 
 import keras
 
 from keras_cmt.layers import initializers
 from keras_cmt.layers.data_format import channel_axis, standardize_data_format
+from keras_cmt.layers.gelu import exact_gelu
 from keras_cmt.layers.local_perception_unit import LocalPerceptionUnit
 
 
@@ -47,8 +48,8 @@ class InvertedResidualFFN(keras.layers.Layer):
         self.norm3.build(input_shape)
 
     def call(self, inputs, training=None):
-        x = self.norm1(keras.activations.gelu(self.conv1(inputs), approximate=False), training=training)
-        x = self.norm2(keras.activations.gelu(self.dwconv(x), approximate=False), training=training)
+        x = self.norm1(exact_gelu(self.conv1(inputs)), training=training)
+        x = self.norm2(exact_gelu(self.dwconv(x)), training=training)
         return self.norm3(self.conv2(x), training=training)
 
     def compute_output_shape(self, input_shape):

@@ -17,7 +17,7 @@ import keras
 import numpy as np
 
 from keras_cmt import checkpoint_mapping
-from keras_cmt.layers import RelativePositionBias
+from keras_cmt.layers import RelativePositionBias, exact_gelu
 from keras_cmt.weights import position_bias_resize
 from keras_cmt.weights.torch_checkpoint import read_torch_checkpoint, select_state_dict
 
@@ -367,7 +367,7 @@ def load_model_file(path):
     if not isinstance(config, dict) or "class_name" not in config:
         raise ValueError(f"{path}: its config.json is not a Keras model configuration.")
     try:
-        return keras.saving.load_model(path, compile=False, safe_mode=True)
+        model = keras.saving.load_model(path, compile=False, safe_mode=True)
     except MemoryError:
         raise
     except Exception as e:  # noqa: BLE001 - Keras raises TypeError, ValueError, KeyError, OSError (h5py), ...
@@ -379,6 +379,17 @@ def load_model_file(path):
             raise ValueError(f"{path}: refused: its config names {unknown}, which is neither a Keras class nor one "
                              "registered with Keras (loaded in safe mode; nothing in the file was run).") from None
         raise ValueError(f"{path}: cannot load it as a Keras model: {_keras_error(e)}") from None
+    _stem_gelus_as_exact_gelu(model)
+    return model
+
+
+def _stem_gelus_as_exact_gelu(model):
+    """A CMT saved before its stem's GELUs were `exact_gelu` has Activation("gelu") there: the same function, but
+    on TensorFlow tf.nn.gelu, whose Erfc ONNX lacks. Those layers get `exact_gelu` (they hold no weights)."""
+    for layer in model._flatten_layers(include_self=False):
+        if (isinstance(layer, keras.layers.Activation) and layer.name.startswith("stem_gelu")
+                and layer.activation is keras.activations.gelu):
+            layer.activation = exact_gelu
 
 
 def load_weights(model, path, exclude_head=False, prefer="auto"):
