@@ -386,10 +386,11 @@ def load_model_file(path):
 def _stem_gelus_as_exact_gelu(model):
     """A CMT saved before its stem's GELUs were `exact_gelu` has Activation("gelu") there: the same function, but
     on TensorFlow tf.nn.gelu, whose Erfc ONNX lacks. Those layers get `exact_gelu` (they hold no weights)."""
-    for layer in model._flatten_layers(include_self=False):
+    for layer in getattr(model, "layers", ()):
         if (isinstance(layer, keras.layers.Activation) and layer.name.startswith("stem_gelu")
                 and layer.activation is keras.activations.gelu):
             layer.activation = exact_gelu
+        _stem_gelus_as_exact_gelu(layer)  # nested models (a keras-hub task's backbone)
 
 
 def load_weights(model, path, exclude_head=False, prefer="auto"):
