@@ -424,8 +424,6 @@ def test_pipelines_skip_a_decompression_bomb_before_decoding_it():
 def test_metrics_csv_times_each_epoch_and_a_waiting_validation_shows_as_a_stall(tmp_path):
     import time
 
-    from keras_cmt.training import benchmark_digits
-
     class WaitBeforeValidation(keras.callbacks.Callback):
         """Sleeps where Keras replaces the validation iterator (after the last step, before validation)."""
 
@@ -444,9 +442,9 @@ def test_metrics_csv_times_each_epoch_and_a_waiting_validation_shows_as_a_stall(
     model.fit(x, y, validation_data=(x, y), epochs=3, batch_size=8, verbose=0,
               callbacks=[callbacks.MetricsCSV(str(path)), WaitBeforeValidation()])
     assert path.read_text().splitlines()[0].split(",")[-4:] == list(callbacks.TIMING_KEYS)
-    timings = benchmark_digits.epoch_timings(str(path))
+    timings = callbacks.epoch_timings(str(path))
     assert [row["epoch"] for row in timings] == [0, 1, 2]
     assert all(row[key] >= 0 for row in timings for key in callbacks.TIMING_KEYS)
     assert timings[1]["wall_val_s"] >= 3.0 > timings[2]["wall_val_s"]
-    found = [(s["epoch"], s["phase"]) for s in benchmark_digits.stalls(timings, min_wall_s=2.5)]
+    found = [(s["epoch"], s["phase"]) for s in callbacks.stalls(timings, min_wall_s=2.5)]
     assert (1, "val") in found and (2, "val") not in found, timings

@@ -53,38 +53,17 @@ def main_job(seed, model_dir):
     wall = time.time() - start
     with open(os.path.join(model_dir, "report.json")) as f:
         report = json.load(f)
-    epochs = epoch_timings(os.path.join(model_dir, "metrics.csv"))
+    from keras_cmt.training import callbacks
+
+    epochs = callbacks.epoch_timings(os.path.join(model_dir, "metrics.csv"))
     return {"seed": seed, "wall_s": round(wall, 1), "val_top1": report["keras"]["val_accuracy"],
-            "epoch_timings": epochs, "stalls": stalls(epochs),
+            "epoch_timings": epochs, "stalls": callbacks.stalls(epochs),
             "val_top5": report["keras"]["val_top5"], "epochs": report["keras"]["epochs"],
             "stage_wall_time_s": report["stage_wall_time_s"],
             "tflite": {row["format"]: {"val_top1": row["val_accuracy"], "median_ms": row["median_ms"],
                                        "agreement_with_fp32": row["top1_agreement_with_fp32"]}
                        for row in report["tflite"]},
             "load_average_before": load_before, "load_average_after": os.getloadavg()}
-
-
-def epoch_timings(metrics_csv):
-    """Per epoch: wall and CPU seconds of the training steps and of the validation (training/callbacks.py)."""
-    import csv
-
-    from keras_cmt.training.callbacks import TIMING_KEYS
-
-    with open(metrics_csv, newline="") as f:
-        return [{"epoch": int(row["epoch"]), **{k: float(row[k]) for k in TIMING_KEYS if row.get(k) not in (None, "NA")}}
-                for row in csv.DictReader(f)]
-
-
-def stalls(epochs, min_wall_s=3.0, max_cpu_share=0.3):
-    """The phases in which the process mostly waited: at least `min_wall_s` of wall time with CPU time under
-    `max_cpu_share` of it (computing keeps it at 1-2x the wall time on 2 cores)."""
-    found = []
-    for row in epochs:
-        for phase in ("train", "val"):
-            wall, cpu = row.get(f"wall_{phase}_s"), row.get(f"cpu_{phase}_s")
-            if wall is not None and cpu is not None and wall >= min_wall_s and cpu < max_cpu_share * wall:
-                found.append({"epoch": row["epoch"], "phase": phase, "wall_s": wall, "cpu_s": cpu})
-    return found
 
 
 def main_job_over_seeds(seeds, work_dir):

@@ -187,6 +187,25 @@ def _clock():
     return time.perf_counter(), times.user + times.system
 
 
+def epoch_timings(metrics_csv):
+    """Per epoch of a metrics.csv written by MetricsCSV: the TIMING_KEYS it holds."""
+    rows = csv.DictReader(io.StringIO(storage.read_text(metrics_csv)))
+    return [{"epoch": int(row["epoch"]), **{k: float(row[k]) for k in TIMING_KEYS if row.get(k) not in (None, "NA")}}
+            for row in rows]
+
+
+def stalls(epochs, min_wall_s=3.0, max_cpu_share=0.3):
+    """The phases in which the process mostly waited: at least `min_wall_s` of wall time with CPU time under
+    `max_cpu_share` of it (computing keeps it at 1-2x the wall time on 2 cores)."""
+    found = []
+    for row in epochs:
+        for phase in ("train", "val"):
+            wall, cpu = row.get(f"wall_{phase}_s"), row.get(f"cpu_{phase}_s")
+            if wall is not None and cpu is not None and wall >= min_wall_s and cpu < max_cpu_share * wall:
+                found.append({"epoch": row["epoch"], "phase": phase, "wall_s": wall, "cpu_s": cpu})
+    return found
+
+
 class MetricsCSV(keras.callbacks.Callback):
     """One row per epoch (`epoch`, then the logs' keys sorted, as Keras' CSVLogger writes them, then TIMING_KEYS),
     the whole file rewritten atomically each time: a few hundred bytes, on any file system `storage` reaches."""
