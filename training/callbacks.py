@@ -189,9 +189,8 @@ def _clock():
 
 def epoch_timings(metrics_csv):
     """Per epoch of a metrics.csv written by MetricsCSV: the TIMING_KEYS it holds."""
-    rows = csv.DictReader(io.StringIO(storage.read_text(metrics_csv)))
-    return [{"epoch": int(row["epoch"]), **{k: float(row[k]) for k in TIMING_KEYS if row.get(k) not in (None, "NA")}}
-            for row in rows]
+    return [{"epoch": row["epoch"], **{k: row[k] for k in TIMING_KEYS if k in row}}
+            for row in read_metrics_csv(metrics_csv)]
 
 
 def stalls(epochs, min_wall_s=3.0, max_cpu_share=0.3):
