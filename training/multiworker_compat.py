@@ -19,7 +19,7 @@ import inspect
 
 import tensorflow as tf
 from absl import logging
-from keras.src import tree
+from keras import tree
 from keras.src.backend.tensorflow import trainer as _tf_trainer
 
 _ORIGINAL_REDUCE_PER_REPLICA = _tf_trainer.reduce_per_replica
