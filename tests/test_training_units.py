@@ -276,6 +276,16 @@ def test_trim_metrics_csv_keeps_epochs_before_the_resume_point(tmp_path):
     assert [r["epoch"] for r in callbacks.read_metrics_csv(str(path))] == [0, 1]
 
 
+def test_read_metrics_csv_keeps_a_row_with_an_na_cell(tmp_path):
+    """MetricsCSV writes NA for a metric an epoch lacks: that cell is absent, the row and its timings stay."""
+    path = tmp_path / "metrics.csv"
+    path.write_text("epoch,loss,val_accuracy,wall_train_s\n0,2.0,NA,12.5\n1,1.5,0.2,11.0\n2,1.2")
+    rows = callbacks.read_metrics_csv(str(path))
+    assert rows[:2] == [{"epoch": 0, "loss": 2.0, "wall_train_s": 12.5},
+                        {"epoch": 1, "loss": 1.5, "val_accuracy": 0.2, "wall_train_s": 11.0}]
+    assert [t.get("wall_train_s") for t in callbacks.epoch_timings(str(path))] == [12.5, 11.0, None]
+
+
 def test_atomic_backup_restores_weights_optimizer_and_epoch(tmp_path):
     def make():
         keras.utils.set_random_seed(0)

@@ -144,14 +144,14 @@ def read_backup_metadata(backup_dir):
 
 
 def read_metrics_csv(path):
-    """Rows of metrics.csv as dicts of floats (epoch as int); [] when absent."""
+    """Rows of metrics.csv as dicts of floats (epoch as int), less the cells MetricsCSV wrote as NA; [] if absent."""
     if not storage.exists(path):
         return []
     rows = list(csv.DictReader(io.StringIO(storage.read_text(path))))
     out = []
     for row in rows:
         try:
-            out.append({k: (int(v) if k == "epoch" else float(v)) for k, v in row.items() if v not in (None, "")})
+            out.append({k: (int(v) if k == "epoch" else float(v)) for k, v in row.items() if v not in (None, "", "NA")})
         except ValueError:
             continue  # a half-written last line
     return out
