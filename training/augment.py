@@ -31,7 +31,8 @@ def _resize_bicubic(image, height, width):
 
 
 def _crop_window(shape, scale_min, seed=None):
-    """A random crop window (offset_y, offset_x, h, w) covering `scale_min`..1 of the area, aspect 3/4..4/3."""
+    """A random crop window (offset_y, offset_x, h, w) covering `scale_min`..1 of the area, aspect 3/4..4/3.
+    Unlike TensorFlow's other random ops, this one ignores the global seed: without `seed` it is never repeatable."""
     begin, size, _ = tf.image.sample_distorted_bounding_box(
         shape,
         bounding_boxes=tf.zeros([1, 0, 4], tf.float32),
@@ -100,28 +101,28 @@ def decode(encoded):
     return image
 
 
-def random_resized_crop(image, size, scale_min=0.08):
+def random_resized_crop(image, size, scale_min=0.08, seed=None):
     """Random resized crop of a decoded (H, W, C) image to (size, size), float32 in [0, 255]."""
-    oy, ox, h, w = _crop_window(tf.shape(image), scale_min)
+    oy, ox, h, w = _crop_window(tf.shape(image), scale_min, seed)
     crop = tf.slice(image, tf.stack([oy, ox, 0]), tf.stack([h, w, -1]))
     image = _resize_bicubic(tf.cast(crop, tf.float32), size, size)
     image.set_shape([size, size, 3])
     return image
 
 
-def decode_random_resized_crop(encoded, size, scale_min=0.08):
+def decode_random_resized_crop(encoded, size, scale_min=0.08, seed=None):
     """Random resized crop from encoded bytes; JPEGs decode only the cropped window. Decompression bombs are
     refused first (`check_declared_size`)."""
     encoded = check_declared_size(encoded)
 
     def from_jpeg():
         shape = tf.image.extract_jpeg_shape(encoded)
-        oy, ox, h, w = _crop_window(shape, scale_min)
+        oy, ox, h, w = _crop_window(shape, scale_min, seed)
         crop = tf.image.decode_and_crop_jpeg(encoded, tf.stack([oy, ox, h, w]), channels=3)
         return _resize_bicubic(tf.cast(crop, tf.float32), size, size)
 
     def from_other():
-        return random_resized_crop(decode(encoded), size, scale_min)
+        return random_resized_crop(decode(encoded), size, scale_min, seed)
 
     image = tf.cond(tf.io.is_jpeg(encoded), from_jpeg, from_other)
     image.set_shape([size, size, 3])

@@ -565,18 +565,23 @@ def _options(deterministic=False, autotune=True):
     return options
 
 
-def train_dataset(source, recipe, global_batch, input_context=None, seed=None, shuffle_buffer=None):
-    """Endless, shuffled, augmented batches of (normalised images, one-hot labels) for one input pipeline."""
+def train_dataset(source, recipe, global_batch, input_context=None, seed=None, shuffle_buffer=None,
+                  deterministic=False):
+    """Endless, shuffled, augmented batches of (normalised images, one-hot labels) for one input pipeline;
+    `deterministic`: the same batches on every run of a seed (order kept, the random augmentations drawn in
+    sequence: slower)."""
     size = recipe.image_size
     per_replica = _per_replica_batch(global_batch, input_context)
     ds = source.train_fn(input_context)
     ds = ds.shuffle(shuffle_buffer or min(source.num_train, 10_000), seed=seed, reshuffle_each_iteration=True)
 
+    crop_seed = None if seed is None else seed + 1  # 0 would mean "unseeded" to TensorFlow's crop sampler
+
     def transform(image, label):
         if source.encoded:
-            image = augment.decode_random_resized_crop(image, size, recipe.crop_scale_min)
+            image = augment.decode_random_resized_crop(image, size, recipe.crop_scale_min, crop_seed)
         else:
-            image = augment.random_resized_crop(image, size, recipe.crop_scale_min)
+            image = augment.random_resized_crop(image, size, recipe.crop_scale_min, crop_seed)
         if recipe.hflip:
             image = tf.image.random_flip_left_right(image)
         if recipe.randaugment_magnitude > 0:
@@ -584,15 +589,17 @@ def train_dataset(source, recipe, global_batch, input_context=None, seed=None, s
                                               recipe.randaugment_ops)
         return image, label
 
-    ds = ds.map(transform, num_parallel_calls=AUTOTUNE)
+    # Stateful random ops called in parallel draw in the order the calls happen to run.
+    random_calls = None if deterministic else AUTOTUNE
+    ds = ds.map(transform, num_parallel_calls=random_calls)
     if source.encoded:
         ds = ds.ignore_errors(log_warning=True)  # a corrupt image is logged and skipped, never a crash
     # Errors are dropped within each pass, before repeat(): a pass that yields nothing ends repeat() (where
     # dropping after it would loop forever), and the stream then fails with a message `pipeline_error` reads.
     ds = ds.repeat().concatenate(_exhausted(source, ds.element_spec))
     ds = ds.batch(per_replica, drop_remainder=True)
-    ds = ds.map(augment.BatchAugment(recipe, source.num_classes, seed=seed), num_parallel_calls=AUTOTUNE)
-    return ds.prefetch(AUTOTUNE).with_options(_options())
+    ds = ds.map(augment.BatchAugment(recipe, source.num_classes, seed=seed), num_parallel_calls=random_calls)
+    return ds.prefetch(AUTOTUNE).with_options(_options(deterministic=deterministic))
 
 
 _EXHAUSTED = "keras_cmt.training.data: no training image decodes"
