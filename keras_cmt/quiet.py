@@ -28,13 +28,15 @@ LIBRARIES = ("tensorflow", "keras", "absl", "jax", "jaxlib", "torch", "ai_edge_l
              "matplotlib", "tf_keras", "numpy", "sklearn", "tensorflow_datasets", "mediapipe")
 # Native stderr lines dropped in quiet mode: absl/glog-format records (TensorFlow logs through absl, which writes
 # everything to stderr until absl::InitializeLog() is called, whatever TF_CPP_MIN_LOG_LEVEL says), the second line
-# of TensorFlow's CPU-feature notice, LiteRT's INFO lines and the MLIR quantizer's settings line.
+# of TensorFlow's CPU-feature notice, LiteRT's INFO lines, the MLIR quantizer's settings line and JAX's CPU
+# collectives (gloo) reporting its peers.
 NATIVE_NOISE = re.compile(
     rb"^([IWE]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [^\]]+\] "
     rb"|WARNING: All log messages before absl::InitializeLog\(\) is called"
     rb"|To enable the following instructions: "
     rb"|INFO: "
-    rb"|fully_quantize: \d+, inference_type: )")
+    rb"|fully_quantize: \d+, inference_type: "
+    rb"|\[Gloo\] Rank \d+ is connected to )")
 
 _quiet = False
 
