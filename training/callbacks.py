@@ -84,13 +84,18 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
     Each backup goes to `epoch-<n>.weights.h5`; then `training_metadata.json`, naming that file, is replaced
     atomically; then older weight files are deleted. A restart reads whichever metadata was last complete. With
     `last_copy`, that path becomes the same file (a hard link where possible): the last epoch's weights without a
-    second save per epoch.
+    second save per epoch. With `keep_previous`, the epoch before stays too (named in the metadata), and
+    `restore_epoch` picks which of the two a restart loads: processes of one run killed a moment apart hold
+    backups an epoch apart, and must all resume from the older.
     """
 
-    def __init__(self, backup_dir, save_freq="epoch", delete_checkpoint=True, last_copy=None):
+    def __init__(self, backup_dir, save_freq="epoch", delete_checkpoint=True, last_copy=None, keep_previous=False,
+                 restore_epoch=None):
         super().__init__(backup_dir, save_freq=save_freq, delete_checkpoint=delete_checkpoint,
                          double_checkpoint=False)
         self.last_copy = last_copy
+        self.keep_previous = keep_previous
+        self.restore_epoch = restore_epoch
 
     def _metadata(self):
         return read_backup_metadata(self.backup_dir)
@@ -98,7 +103,7 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
     def _load_model(self):
         if not self.model.built:
             raise ValueError("BackupAndRestore needs a built model before fit().")
-        metadata = self._metadata()
+        metadata = read_backup_metadata(self.backup_dir, epoch=self.restore_epoch)
         if metadata is None:
             return
         if self.model.optimizer is not None and not self.model.optimizer.built:
@@ -110,13 +115,17 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
     def _save_model(self):
         storage.makedirs(self.backup_dir)
         name = f"epoch-{self._current_epoch:06d}-batch-{self._last_batch_seen:09d}.weights.h5"
+        previous = self._metadata() if self.keep_previous else None
         atomic_save(self.model, storage.join(self.backup_dir, name), weights_only=True)
-        storage.write_json(storage.join(self.backup_dir, "training_metadata.json"),
-                           {"epoch": self._current_epoch, "batch": self._last_batch_seen, "weights": name})
+        record = {"epoch": self._current_epoch, "batch": self._last_batch_seen, "weights": name}
+        if previous and previous["weights"] != name:
+            record["previous"] = {key: previous[key] for key in ("epoch", "batch", "weights")}
+        storage.write_json(storage.join(self.backup_dir, "training_metadata.json"), record)
         if self.last_copy:
             storage.publish_copy(storage.join(self.backup_dir, name), self.last_copy)
+        keep = {name, record.get("previous", {}).get("weights")}
         for old in storage.listdir(self.backup_dir):
-            if old.endswith(".weights.h5") and old != name:
+            if old.endswith(".weights.h5") and old not in keep:
                 storage.remove(storage.join(self.backup_dir, old))
 
 
@@ -132,12 +141,17 @@ class CheckRunLock(keras.callbacks.Callback):
         self.lock.check()
 
 
-def read_backup_metadata(backup_dir):
-    """The last complete backup's {'epoch', 'batch', 'weights'}, or None when there is none."""
+def read_backup_metadata(backup_dir, epoch=None):
+    """The last complete backup's {'epoch', 'batch', 'weights'}, or with `epoch` the kept backup of that epoch
+    (the last or the one before it); None when there is none."""
     path = storage.join(backup_dir, "training_metadata.json")
     if not storage.exists(path):
         return None
     metadata = storage.read_json(path)
+    if epoch is not None and metadata.get("epoch") != epoch:
+        metadata = metadata.get("previous") or {}
+        if metadata.get("epoch") != epoch:
+            return None
     if "weights" not in metadata or not storage.exists(storage.join(backup_dir, metadata["weights"])):
         return None
     return metadata

@@ -10,6 +10,7 @@ import sys
 from absl import app, flags
 
 from keras_cmt.training import presets
+from keras_cmt.training.keras_distribution import DISTRIBUTIONS
 from keras_cmt.training.strategy import STRATEGIES
 from keras_cmt.variants import VARIANTS
 
@@ -61,7 +62,21 @@ def define_flags():
     flags.DEFINE_string("tpu", None, "TPU name or grpc:// address, for --strategy=tpu ('local' on a TPU VM).")
     flags.DEFINE_integer("num_cpu_devices", 0, "With --strategy=mirrored and no GPU: split the CPU into this many "
                          "logical devices (to try distribution on a laptop or in tests).")
-    flags.DEFINE_bool("mixed_precision", False, "bfloat16 on TPU/CPU, float16 with loss scaling on GPU.")
+    flags.DEFINE_enum("distribution", "none", DISTRIBUTIONS, "Keras' distribution API, on KERAS_BACKEND=jax: "
+                      "data_parallel over every device of every process, or model_parallel (data parallel, with the "
+                      "head's widest weights split over --model_parallel_size devices). Instead of --strategy.")
+    flags.DEFINE_integer("model_parallel_size", 2, "With --distribution=model_parallel: devices each split weight "
+                         "spans (the mesh's model axis; within one process).")
+    flags.DEFINE_string("coordinator_address", None, "With --distribution and several processes: host:port of "
+                        "process 0, the same on every process (else KERAS_DISTRIBUTION_JOB_ADDRESSES).")
+    flags.DEFINE_integer("num_processes", None, "With --distribution: the number of processes (hosts) of the run "
+                         "(else KERAS_DISTRIBUTION_NUM_PROCESSES; default 1).")
+    flags.DEFINE_integer("process_id", None, "With --distribution and several processes: this process, 0 to "
+                         "num_processes - 1; 0 is the chief (else KERAS_DISTRIBUTION_PROCESS_ID).")
+    flags.DEFINE_bool("deterministic", False, "The same batches on every run of a --seed: the input pipeline keeps "
+                      "its order and draws its random augmentations in sequence (slower input).")
+    flags.DEFINE_bool("mixed_precision", False, "bfloat16 on TPU/CPU and under --distribution, float16 with loss "
+                      "scaling on GPU (tf.distribute).")
     flags.DEFINE_bool("jit_compile", False, "Compile the train step with XLA.")
     flags.DEFINE_integer("steps_per_execution", 1, "Train steps per tf.function call.")
     flags.DEFINE_integer("steps_per_epoch", 0, "0: training examples // batch size.")

@@ -1,4 +1,5 @@
-"""Train or fine-tune CMT with `model.fit` under any tf.distribute strategy: `python -m keras_cmt.training.train --help`.
+"""Train or fine-tune CMT with `model.fit` under any tf.distribute strategy, or Keras' distribution API on JAX
+(`--distribution`): `python -m keras_cmt.training.train --help`.
 
     python -m keras_cmt.training.train --model=cmt_ti --dataset=digits --image_size=64 --epochs=15 --batch_size=64 \\
         --model_dir=/tmp/cmt_digits
@@ -6,8 +7,8 @@
 `model_dir` receives: backup/ (BackupAndRestore: a killed run, even by SIGKILL, resumes at the epoch it reached,
 optimizer state included), checkpoints/best.weights.h5 and last.weights.h5, metrics.csv, logs/ (TensorBoard),
 curves.png, results.json, model.keras and model.weights.h5, and .lock while it runs (training/run_folder.py: one
-command per folder). With several workers only the chief writes these and holds the lock;
-every worker keeps its own backup/<task>-<index>/ (Keras' callback has no chief logic; a shared folder would race).
+command per folder). With several workers (or processes) only the chief writes these and holds the lock; every
+worker keeps its own backup/<task>-<index>/ (Keras' callback has no chief logic; a shared folder would race).
 """
 
 import hashlib
@@ -18,8 +19,12 @@ import time
 from absl import logging
 
 from keras_cmt import quiet
-from keras_cmt.training import flags as training_flags
-from keras_cmt.training import multiworker_compat, run_folder, storage
+
+# On the JAX and PyTorch backends TensorFlow (tf.data, tf.distribute) is first imported here, after keras_cmt's own
+# start-up filter: its start-up records are filtered the same way.
+with quiet.native_stderr_filtered():
+    from keras_cmt.training import flags as training_flags
+    from keras_cmt.training import keras_distribution, multiworker_compat, run_folder, storage
 
 FLAGS = training_flags.FLAGS
 
@@ -161,6 +166,12 @@ class Paths:
         return storage.join(self.backup_root, phase)
 
 
+def keras_backend():
+    import keras
+
+    return keras.config.backend()
+
+
 def _replicas(n):
     return f"{n} replica{'' if n == 1 else 's'}"
 
@@ -186,6 +197,10 @@ def run(argv=None):
         training_flags.apply_config_file()
         recipe = training_flags.recipe_from_flags()
         strategy_lib.check_flags(FLAGS.strategy, FLAGS.tpu)
+        processes = keras_distribution.check_flags(
+            FLAGS.distribution, FLAGS.strategy, backend=keras_backend(), coordinator_address=FLAGS.coordinator_address,
+            num_processes=FLAGS.num_processes, process_id=FLAGS.process_id,
+            model_parallel_size=FLAGS.model_parallel_size)
         if recipe.image_size % 32:
             raise training_flags.ConfigError(f"image_size={recipe.image_size} is not a multiple of 32")
         storage.check_reachable(FLAGS.model_dir, "--model_dir")  # a bad URL fails here, before any work
@@ -196,9 +211,16 @@ def run(argv=None):
             check_weights_file(FLAGS.weights)
         source = data.resolve_source(FLAGS.dataset, FLAGS.data_dir, FLAGS.manual_dir, FLAGS.val_fraction,
                                      FLAGS.train_split, FLAGS.val_split, FLAGS.seed, FLAGS.split_seed)
-        strategy = strategy_lib.make_strategy(FLAGS.strategy, FLAGS.tpu, FLAGS.num_cpu_devices)
+        if FLAGS.distribution == "none":
+            strategy = strategy_lib.make_strategy(FLAGS.strategy, FLAGS.tpu, FLAGS.num_cpu_devices)
+            task_type, task_id, is_chief = strategy_lib.worker_info(strategy)
+        else:
+            keras_distribution.check_model_parallel_classes(FLAGS.distribution, source.num_classes,
+                                                            FLAGS.model_parallel_size)
+            strategy = keras_distribution.make(FLAGS.distribution, *processes,
+                                               model_parallel_size=FLAGS.model_parallel_size)
+            task_type, task_id, is_chief = "process", strategy.process_id, strategy.is_chief
         strategy_lib.check_batch_size(strategy, recipe.batch_size)
-        task_type, task_id, is_chief = strategy_lib.worker_info(strategy)
         # One command per folder: only the chief locks it (the workers of a multi-worker run share it). Taken
         # before anything is written there; the plan is made again under the lock, so that of two commands started
         # together the second sees what the first made of the folder.
@@ -206,7 +228,7 @@ def run(argv=None):
     except storage.NoSpaceError as e:
         _fail(str(e), status=1)
     except (training_flags.ConfigError, data.DatasetError, strategy_lib.StrategyError, RunError,
-            run_folder.RunFolderError, storage.StorageError) as e:
+            run_folder.RunFolderError, storage.StorageError, keras_distribution.DistributionError) as e:
         _fail(str(e))
     try:
         try:
@@ -271,7 +293,8 @@ def _train(recipe, source, strategy, start_mode, start_line, run_identity, lock,
 
     import keras
 
-    multi_worker = multiworker_compat.is_multi_worker(strategy)
+    jax_distribution = keras_distribution.is_keras_distribution(strategy)
+    multi_worker = strategy.is_multi_process if jax_distribution else multiworker_compat.is_multi_worker(strategy)
     paths = Paths(FLAGS.model_dir, task_type, task_id, multi_worker)
     if is_chief:
         if start_mode == "restart":
@@ -283,7 +306,8 @@ def _train(recipe, source, strategy, start_mode, start_line, run_identity, lock,
         storage.makedirs(FLAGS.model_dir)
 
     if FLAGS.mixed_precision:
-        keras.mixed_precision.set_global_policy(strategy_lib.mixed_precision_policy(strategy))
+        keras.mixed_precision.set_global_policy(
+            "mixed_bfloat16" if jax_distribution else strategy_lib.mixed_precision_policy(strategy))
     keras.utils.set_random_seed(FLAGS.seed)
 
     global_batch = recipe.batch_size
@@ -300,7 +324,8 @@ def _train(recipe, source, strategy, start_mode, start_line, run_identity, lock,
 
     train_ds = strategy.distribute_datasets_from_function(
         lambda ctx: data.train_dataset(source, recipe, global_batch, ctx, seed=FLAGS.seed,
-                                       shuffle_buffer=FLAGS.shuffle_buffer or None))
+                                       shuffle_buffer=FLAGS.shuffle_buffer or None,
+                                       deterministic=FLAGS.deterministic))
     val_ds = strategy.distribute_datasets_from_function(
         lambda ctx: data.val_dataset(source, recipe.image_size, recipe.crop_pct, global_batch, ctx))
 
@@ -320,7 +345,9 @@ def _train(recipe, source, strategy, start_mode, start_line, run_identity, lock,
                 weighted_metrics=[keras.metrics.CategoricalAccuracy(name="accuracy"),
                                   keras.metrics.TopKCategoricalAccuracy(k=min(5, source.num_classes),
                                                                         name="top5")],
-                jit_compile=FLAGS.jit_compile, steps_per_execution=FLAGS.steps_per_execution)
+                # Under Keras' distribution the step is always compiled: JAX's eager step would run the
+                # devices' collectives one op at a time (on CPU devices they then wait on each other forever).
+                jit_compile=FLAGS.jit_compile or jax_distribution, steps_per_execution=FLAGS.steps_per_execution)
             # Built here, not on the first step: under the default strategy Keras would create the optimizer's
             # slots inside the first trace of the train step, and TensorFlow then traces it a second time
             # (about 25 s of CMT-Ti's start-up on 2 cores).
@@ -329,9 +356,20 @@ def _train(recipe, source, strategy, start_mode, start_line, run_identity, lock,
     def callbacks_for(phase, backup_dir):
         metadata = cb.read_backup_metadata(backup_dir)
         phase_start = freeze_epochs if phase == "train" else 0
-        resume_epoch = metadata["epoch"] if metadata else phase_start
-        # First: BatchNorm statistics are averaged over workers before anything saves them (collective).
-        result = [cb.SyncBatchNormStatistics(strategy), keras.callbacks.TerminateOnNaN()]
+        own_epoch = metadata["epoch"] if metadata else phase_start
+        # Processes killed a moment apart hold backups an epoch apart (each keeps the one before): all resume
+        # from the oldest.
+        resume_epoch = strategy.min_over_processes(own_epoch) if jax_distribution else own_epoch
+        if resume_epoch not in (own_epoch, phase_start) and \
+                cb.read_backup_metadata(backup_dir, epoch=resume_epoch) is None:
+            raise RunError(f"{backup_dir}: this process's backup is of epoch {own_epoch}, another process's of "
+                           f"epoch {resume_epoch}, which this one no longer has: run again with --overwrite")
+        if is_chief and resume_epoch != own_epoch:
+            print(f"another process's backup is of epoch {resume_epoch}: every process resumes after it", flush=True)
+        # First: BatchNorm statistics are averaged over workers before anything saves them (collective). Not
+        # under Keras' distribution: its step is one program over the global batch, whose statistics are global.
+        result = [] if jax_distribution else [cb.SyncBatchNormStatistics(strategy)]
+        result.append(keras.callbacks.TerminateOnNaN())
         if is_chief:
             cb.trim_metrics_csv(paths.metrics_csv, resume_epoch)
             best = max((r["val_accuracy"] for r in cb.read_metrics_csv(paths.metrics_csv)
@@ -348,7 +386,8 @@ def _train(recipe, source, strategy, start_mode, start_line, run_identity, lock,
             result.append(cb.CheckRunLock(lock))
         # Last, so that a kill between the two leaves an extra CSV row (trimmed on resume), never a missing one.
         result.append(cb.AtomicBackupAndRestore(
-            backup_dir, last_copy=storage.join(paths.checkpoints, "last.weights.h5") if is_chief else None))
+            backup_dir, last_copy=storage.join(paths.checkpoints, "last.weights.h5") if is_chief else None,
+            keep_previous=multi_worker, restore_epoch=resume_epoch))
         return result
 
     # shuffle=False: the tf.data pipeline shuffles (Keras would only warn that it ignores shuffle=True).
@@ -402,6 +441,7 @@ def _train(recipe, source, strategy, start_mode, start_line, run_identity, lock,
         "steps": steps * epochs,
         "global_batch_size": global_batch,
         "replicas": strategy.num_replicas_in_sync,
+        "distribution": FLAGS.distribution,
         "seed": FLAGS.seed,
         "split_seed": FLAGS.split_seed,
         "wall_time_s": round(time.time() - t_start, 1),
