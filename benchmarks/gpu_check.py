@@ -45,7 +45,8 @@ process (a Keras backend is fixed at import), in this order, each given what is 
 2. `train`: CMT-S@224 training throughput in bfloat16, batch `--train_batch` (128), AdamW (1e-3, weight decay
    0.05), cross-entropy on random labels, the batch resident on the GPU: the official model (`--official`, eager,
    `torch.autocast(bfloat16)`, optionally `torch.compile` with `--compile_official`), then ours through
-   `model.fit` on each of `--train_configs` (default: jax channels_last, torch channels_first); images/s = batch /
+   `model.fit` on each of `--train_configs` (default: jax channels_last; jax under `keras.distribution.DataParallel`
+   over every local device, the path of `train --distribution=data_parallel`; torch channels_first); images/s = batch /
    the median step time after `--train_warmup` steps (Keras: the interval between `on_train_batch_end` callbacks,
    which read the loss and so wait for the step), with peak GPU memory. cuDNN autotuning
    (`torch.backends.cudnn.benchmark`) is on for both PyTorch processes, as in the official training recipe.
@@ -73,6 +74,8 @@ RESULT_MARKER = "GPU_CHECK_RESULT "
 TOLERANCE = 1e-4
 TRAIN_CONFIGS = {
     "jax": ("jax", "channels_last"),
+    # Keras' distribution API over every local device, as `train --distribution=data_parallel` trains.
+    "jax-data_parallel": ("jax", "channels_last"),
     "jax-channels_first": ("jax", "channels_first"),
     "torch": ("torch", "channels_last"),
     "torch-channels_first": ("torch", "channels_first"),
@@ -93,7 +96,7 @@ def parse_args(argv):
     parser.add_argument("--skip_checks", action="store_true", help="only part 2")
     parser.add_argument("--skip_train", action="store_true", help="only part 1")
     parser.add_argument("--bf16_steps", type=int, default=30)
-    parser.add_argument("--train_configs", nargs="+", default=["jax", "torch-channels_first"],
+    parser.add_argument("--train_configs", nargs="+", default=["jax", "jax-data_parallel", "torch-channels_first"],
                         choices=list(TRAIN_CONFIGS))
     parser.add_argument("--train_variant", default="cmt_s", choices=["cmt_ti", "cmt_xs", "cmt_s", "cmt_b"])
     parser.add_argument("--train_size", type=int, default=224)
@@ -336,6 +339,11 @@ def train_keras(args, config):
     s = train_sizes(args)
     keras.config.set_image_data_format(data_format)
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    extra = {}
+    if config.endswith("data_parallel"):
+        devices = keras.distribution.list_devices()
+        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+        extra["data_parallel_devices"] = len(devices)
     shape = (s["size"], s["size"], 3) if data_format == "channels_last" else (3, s["size"], s["size"])
     model = randomize_like_trained(keras_cmt.build_model(args.train_variant, input_shape=shape,
                                                          classifier_activation=None))
@@ -355,7 +363,7 @@ def train_keras(args, config):
     steps = [p / per_execution for p in periods[warmup_executions:]]
     return throughput_row(config, s, steps, sum(periods[:warmup_executions]), recorder.losses[-1],
                           gpu_memory_peak_mib(backend), jit_compile=bool(model.jit_compile),
-                          steps_per_execution=per_execution, data_format=data_format)
+                          steps_per_execution=per_execution, data_format=data_format, **extra)
 
 
 def train_official(args, compiled):
