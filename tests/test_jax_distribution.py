@@ -83,6 +83,14 @@ def test_two_devices_match_one_device_on_the_same_global_batch(tmp_path):
         assert weights.keys() == reference.keys()
         worst = max(float(np.abs(weights[k] - reference[k]).max()) for k in reference)
         assert worst <= 1e-4, (name, worst)
+    # The export of the run with split weights is a whole model, here on this test's backend.
+    import keras
+
+    exported = keras.saving.load_model(tmp_path / "model_parallel" / "model.keras")
+    logits = np.asarray(exported.predict(np.zeros((1, 32, 32, 3), "float32"), verbose=0))
+    assert logits.shape == (1, 10) and np.isfinite(logits).all()
+    np.testing.assert_array_equal(np.asarray(exported.get_layer("head").kernel),
+                                  weights_of(tmp_path / "model_parallel" / "model.weights.h5")["layers/dense/vars/0"])
 
 
 def _backup(model_dir, process):
