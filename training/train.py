@@ -19,12 +19,8 @@ import time
 from absl import logging
 
 from keras_cmt import quiet
-
-# On the JAX and PyTorch backends TensorFlow (tf.data, tf.distribute) is first imported here, after keras_cmt's own
-# start-up filter: its start-up records are filtered the same way.
-with quiet.native_stderr_filtered():
-    from keras_cmt.training import flags as training_flags
-    from keras_cmt.training import keras_distribution, multiworker_compat, run_folder, storage
+from keras_cmt.training import flags as training_flags
+from keras_cmt.training import keras_distribution, multiworker_compat, run_folder, storage
 
 FLAGS = training_flags.FLAGS
 
