@@ -1,10 +1,12 @@
 """LayerNorm over the channels of a feature map, in either data format.
 
-CMT normalises each position over its channels (nn.LayerNorm on tokens). In channels_last that is
-`keras.layers.LayerNormalization()` as it stands. In channels_first the channel axis is not the last one, and Keras
-3.15's torch backend hands any single axis to `F.layer_norm`, which normalises the *trailing* axis instead (an error,
-or silently the wrong axis when width equals channels; keras-team/keras#23510, fixed after 3.15). That layout gets
-the same layer with the moments written out in `keras.ops`, the composed path Keras takes on its other backends.
+CMT normalises each position over its channels (nn.LayerNorm on tokens). Keras' `LayerNormalization` computes
+that on TensorFlow and JAX with `keras.ops.moments`, but on PyTorch it calls `F.layer_norm` with a shape read off
+the input, which breaks twice: in channels_first it normalises the *trailing* axis instead (keras-team/keras#23510,
+fixed after 3.15), and under `torch.onnx.export`'s tracer that shape becomes a traced value the ONNX LayerNorm
+cannot take ("onnx::Gather ... is not constant", so `model.export(format="onnx")` fails). This layer is Keras'
+layer with the moments form written out in `keras.ops` (the same operations, in the same order, that Keras runs on
+its other backends), so every backend and every exporter sees the same graph.
 """
 
 import keras
@@ -14,8 +16,8 @@ from keras_cmt.layers.data_format import channel_axis
 
 
 @keras.saving.register_keras_serializable(package="keras_cmt")
-class ChannelsFirstLayerNormalization(keras.layers.LayerNormalization):
-    """`keras.layers.LayerNormalization(axis=1)` computed with `keras.ops.moments` on every backend."""
+class ChannelLayerNormalization(keras.layers.LayerNormalization):
+    """`keras.layers.LayerNormalization` over the channel axis, computed with `keras.ops.moments` everywhere."""
 
     def call(self, inputs):
         x = ops.cast(inputs, keras.backend.result_type(inputs.dtype, "float32"))
@@ -23,16 +25,20 @@ class ChannelsFirstLayerNormalization(keras.layers.LayerNormalization):
         shape = [1] * len(x.shape)
         for axis in self.axis:
             shape[axis] = x.shape[axis]
-        outputs = (x - mean) * ops.rsqrt(variance + self.epsilon)
+        inv = ops.rsqrt(variance + self.epsilon)
         if self.scale:
-            outputs = outputs * ops.reshape(ops.cast(self.gamma, x.dtype), shape)
+            inv = inv * ops.reshape(ops.cast(self.gamma, x.dtype), shape)
+        shift = -mean * inv
         if self.center:
-            outputs = outputs + ops.reshape(ops.cast(self.beta, x.dtype), shape)
-        return ops.cast(outputs, self.compute_dtype)
+            shift = shift + ops.reshape(ops.cast(self.beta, x.dtype), shape)
+        return ops.cast(x * inv + shift, self.compute_dtype)
+
+
+@keras.saving.register_keras_serializable(package="keras_cmt")
+class ChannelsFirstLayerNormalization(ChannelLayerNormalization):
+    """The name this layer had when only channels_first used it (configs that name it still load)."""
 
 
 def channel_layer_norm(epsilon, data_format, **kwargs):
-    """A LayerNormalization over the channel axis: Keras' own in channels_last."""
-    if data_format == "channels_last":
-        return keras.layers.LayerNormalization(axis=-1, epsilon=epsilon, **kwargs)
-    return ChannelsFirstLayerNormalization(axis=channel_axis(data_format), epsilon=epsilon, **kwargs)
+    """A LayerNormalization over the channel axis of `data_format`."""
+    return ChannelLayerNormalization(axis=channel_axis(data_format), epsilon=epsilon, **kwargs)
