@@ -48,6 +48,13 @@ BACKENDS = [
 # keras-hub's Backbone / Task / preset classes (keras_cmt.hub). 0.32 is the release tested here: it installs beside
 # TensorFlow 2.21 (bringing tensorflow-text 2.21.1) and Keras 3.15.
 HUB = ["keras-hub>=0.32,<0.33"]
+# The runtimes and exporters behind `keras-cmt export` that Keras imports on demand: OpenVINO (its runtime and
+# `ov.convert_model`) for every backend; jax2onnx (Keras' ONNX export on JAX) and litert-torch (Keras' LiteRT export on
+# PyTorch) apart, as each brings its backend. litert-torch brings transformers and pins typing_extensions 4.12, which
+# pip resolves beside the rest by taking chex 0.1.90.
+EXPORT = ["openvino>=2026.4,<2026.5"]
+EXPORT_JAX = ["jax2onnx>=0.17,<0.18"]
+EXPORT_TORCH = ["litert-torch>=0.10,<0.11"]
 # keras-hub's test harness (keras_hub.src.tests.test_case, shipped in its wheel) imports grain, which keras-hub does
 # not depend on.
 TEST = ["pytest>=8", "grain>=0.2.18,<0.3"] + BACKENDS + HUB
@@ -70,7 +77,10 @@ setup(
     extras_require={
         "train": TRAIN,
         "tflite": TFLITE + TRAIN,  # representative data comes through keras_cmt.training.data
-        "test": TEST + TRAIN + TFLITE,
+        "test": TEST + TRAIN + TFLITE + EXPORT + EXPORT_JAX + EXPORT_TORCH,
+        "export": TFLITE + EXPORT,
+        "export-jax": EXPORT + EXPORT_JAX,
+        "export-torch": EXPORT + EXPORT_TORCH,
         "hub": HUB,
         "all": TRAIN + TFLITE + HUB,
     },
