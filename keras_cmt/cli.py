@@ -3,13 +3,15 @@
     keras-cmt predict IMAGE... [--model cmt_small] [--weights imagenet|PATH|none] [--top 5] [--size N]
     keras-cmt info [--model NAME ...]
     keras-cmt export-preset --model cmt_s|MODEL.keras [--weights imagenet|PATH|none] [--size N] [--overwrite] DIR
+    keras-cmt export --model cmt_s|MODEL.keras --format litert|onnx|openvino|saved_model|torch [--output PATH] ...
 
 `predict` decodes each image (JPEG/PNG/GIF/BMP), applies the official evaluation transform
 (`keras_cmt.eval_transform`) at the model's input size and prints the top-k classes with their probabilities.
 `--model` takes a variant name or a saved `.keras` model (a fine-tuned one, with `--labels` for its class names).
 `info` prints the variant table: params counted from the built models (a few seconds per variant), GMACs from
 `keras_cmt.VARIANTS` (counted from each variant's TensorFlow graph by the tests). `export-preset` writes a keras-hub
-preset directory (`keras_cmt.hub.export_preset`; needs keras-hub). Any Keras backend.
+preset directory (`keras_cmt.hub.export_preset`; needs keras-hub). `export` writes the model in one of Keras'
+export formats, checked in the runtime that reads it (`keras_cmt.tflite.export`). Any Keras backend.
 Errors are one line on stderr and exit status 1.
 """
 
@@ -65,6 +67,28 @@ def _parser():
     export.add_argument("--size", type=_positive_int, default=None,
                         help="input size for a variant, a multiple of 32 (default: the variant's)")
     export.add_argument("--overwrite", action="store_true", help="replace DIR if it holds a keras-hub preset")
+
+    files = commands.add_parser(
+        "export", parents=[common], help="write the model as a LiteRT, ONNX, OpenVINO, SavedModel or torch file",
+        description="Keras' model.export on the serving form (normalisations folded, ImageNet normalisation "
+                    "inside), the file checked in its runtime within 1e-4 of Keras before it is written.")
+    files.add_argument("--model", required=True,
+                       help="variant (cmt_ti, cmt_xs, cmt_s, cmt_b, ...) or a saved keras_cmt .keras model")
+    files.add_argument("--format", required=True, choices=("litert", "onnx", "openvino", "saved_model", "torch"),
+                       help="litert: .tflite (TensorFlow: with metadata and --quantize); onnx; openvino: .xml + "
+                            ".bin; saved_model: a folder; torch: a torch.export .pt2 (PyTorch backend)")
+    files.add_argument("--weights", default=None,
+                       help="'imagenet' (default for variants), a .weights.h5 or official .pth file, or 'none'")
+    files.add_argument("--size", type=_positive_int, default=None,
+                       help="input size for a variant, a multiple of 32 (default: the variant's)")
+    files.add_argument("--input_range", default="0-255", choices=("0-255", "0-1", "normalized"),
+                       help="what the file takes: RGB in [0, 255] (default), [0, 1], or preprocess_input's output")
+    files.add_argument("--logits", action="store_true", help="output logits instead of softmax probabilities")
+    files.add_argument("--no_fuse", action="store_true", help="export the training graph as it is")
+    files.add_argument("--quantize", default="none", choices=("none", "float16", "dynamic"),
+                       help="litert on TensorFlow only (int8 with calibration: python -m keras_cmt.tflite.convert)")
+    files.add_argument("--output", default=None, help="the file (or SavedModel folder) to write; default: "
+                                                      "derived from --model and --format")
     return parser
 
 
@@ -78,7 +102,7 @@ def _positive_int(text):
     return value
 
 
-def _load_model(args):
+def _load_model(args, logits=False):
     import keras_cmt
     from keras_cmt.weights.loading import load_model_file
 
@@ -97,7 +121,7 @@ def _load_model(args):
     size = args.size or variant.default_size
     weights = args.weights or "imagenet"
     return keras_cmt.build_model(variant.name, weights=None if weights == "none" else weights,
-                                 input_shape=(size, size, 3))
+                                 input_shape=(size, size, 3), classifier_activation=None if logits else "softmax")
 
 
 def _labels(args, classes):
@@ -196,11 +220,34 @@ def export_preset(args, out=None):
     return 0
 
 
+def export_file(args, out=None):
+    out = out or sys.stdout
+    from keras_cmt.tflite import export
+
+    export.check_format(args.format)  # a format this backend cannot write is refused before the model is built
+    if args.quantize != "none" and args.format != "litert":
+        raise ValueError(f"--quantize {args.quantize} applies to --format litert only")
+    suffix = export.FORMATS[args.format][1]
+    base = os.path.splitext(os.path.basename(args.model))[0] + (f"_{args.size}" if args.size else "")
+    output = args.output or base + (suffix or "_saved_model")
+    export.check_output(args.format, output)
+    if args.logits and args.model.endswith(".keras"):
+        raise ValueError("--logits applies to variants; a .keras model keeps the output it was saved with.")
+    model = _load_model(args, logits=args.logits)
+    options = {"quantize": args.quantize} if args.quantize != "none" else {}
+    error = export.export(model, output, args.format, input_range=args.input_range, fuse=not args.no_fuse,
+                          **options)
+    print(f"wrote {os.path.abspath(output)} ({args.format}, checked in {export.RUNTIMES[args.format]}: max abs "
+          f"{error:.2g} from Keras)", file=out, flush=True)
+    return 0
+
+
 def main(argv=None):
     """Runs the command line; returns the exit status (0, 1 for errors, 2 for usage errors)."""
     args = _parser().parse_args(argv)
     try:
-        return {"predict": predict, "info": info, "export-preset": export_preset}[args.command](args)
+        commands = {"predict": predict, "info": info, "export-preset": export_preset, "export": export_file}
+        return commands[args.command](args)
     except (ValueError, OSError, RuntimeError) as e:
         message = " ".join(str(e).split()) or type(e).__name__
         print(f"{PROG}: error: {message}", file=sys.stderr)
