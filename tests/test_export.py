@@ -109,3 +109,22 @@ def test_keras_cmt_export_command(micro_checkpoint, micro_io, tmp_path, capsys):
                      "--output", str(tmp_path / ("r" + (export.FORMATS[refused][1] or "_sm")))]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"keras-cmt: error: --format {refused} on the {BACKEND} backend")
+
+
+def test_files_written_beside_the_entry_point_are_published_with_it(tmp_path):
+    """A large model's ONNX keeps its weights in `<name>.onnx.data` (JAX's exporter does so for CMT-S), named in the
+    graph relative to the .onnx: both must arrive; a SavedModel folder replaces an older one whole."""
+    work = tmp_path / ".export-1"
+    work.mkdir()
+    (work / "m.onnx").write_bytes(b"graph")
+    (work / "m.onnx.data").write_bytes(b"weights")
+    export._publish(str(work / "m.onnx"), str(tmp_path / "m.onnx"))
+    assert (tmp_path / "m.onnx").read_bytes() == b"graph" and (tmp_path / "m.onnx.data").read_bytes() == b"weights"
+    old = tmp_path / "sm"
+    old.mkdir()
+    (old / "saved_model.pb").write_bytes(b"old")
+    (work / "sm").mkdir()
+    (work / "sm" / "saved_model.pb").write_bytes(b"new")
+    export._publish(str(work / "sm"), str(old))
+    assert (old / "saved_model.pb").read_bytes() == b"new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".export-1", "m.onnx", "m.onnx.data", "sm"]

@@ -151,18 +151,20 @@ def check_images(model, input_range: str, count: int = 2, seed: int = 0) -> np.n
     return np.random.default_rng(seed).uniform(low, high, shape).astype(np.float32)
 
 
-def _publish(fmt: str, written: str, output: str) -> None:
-    """Moves the checked file(s) over `output`: one rename per file (OpenVINO's weights before the .xml that names
-    them); a SavedModel folder replaces an older one only once it is complete."""
-    if fmt == "openvino":
-        os.replace(os.path.splitext(written)[0] + ".bin", os.path.splitext(output)[0] + ".bin")
-        os.replace(written, output)
-    elif fmt == "saved_model":
+def _publish(written: str, output: str) -> None:
+    """Moves the checked export over `output`: first the files written beside it (OpenVINO's .bin, the external
+    weights of a large ONNX model, `<name>.onnx.data`, named in the graph relative to it), then the entry point
+    that names them, so a reader never finds the entry without its weights. A SavedModel folder replaces an older
+    one only once it is complete."""
+    work, folder = os.path.dirname(written), os.path.dirname(output)
+    for name in sorted(os.listdir(work)):  # the export ran under the output's own name, so theirs are final
+        if name != os.path.basename(written):
+            os.replace(os.path.join(work, name), os.path.join(folder, name))
+    if os.path.isdir(written):
         old = None
         if os.path.lexists(output):
-            old = output + ".old"
-            shutil.rmtree(old, ignore_errors=True)
-            os.rename(output, old)
+            old = tempfile.mkdtemp(prefix=".replaced-", dir=folder)
+            os.rename(output, os.path.join(old, "previous"))
         os.rename(written, output)
         if old:
             shutil.rmtree(old, ignore_errors=True)
@@ -229,7 +231,7 @@ def export(model, output: str, fmt: str, *, input_range: str = "0-255", fuse: bo
             error = float(np.max(np.abs(got - expected)))
             if not quantized and not error <= atol:
                 raise ExportError(f"the {fmt} file differs from the Keras model by {error:.3g} (max abs) > {atol:g}")
-        _publish(fmt, written, output)
+        _publish(written, output)
         return error
     finally:
         shutil.rmtree(work, ignore_errors=True)
