@@ -348,6 +348,9 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError, ConversionError, OSError, ImportError) as e:
         print(f"error: {_first_line(e)}", file=sys.stderr)
         return 2
+    except RuntimeError as e:  # keras_cmt.tflite.export.ExportError: the ONNX file failed its check
+        print(f"error: {_first_line(e)}", file=sys.stderr)
+        return 2
     print(f"wrote {os.path.abspath(output)} ({os.path.getsize(output) / 1e6:.2f} MB)")
     return 0
 
