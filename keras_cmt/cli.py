@@ -237,8 +237,9 @@ def export_file(args, out=None):
     options = {"quantize": args.quantize} if args.quantize != "none" else {}
     error = export.export(model, output, args.format, input_range=args.input_range, fuse=not args.no_fuse,
                           **options)
+    held = f"{args.quantize}-quantized, not held to 1e-4" if args.quantize != "none" else "within 1e-4"
     print(f"wrote {os.path.abspath(output)} ({args.format}, checked in {export.RUNTIMES[args.format]}: max abs "
-          f"{error:.2g} from Keras)", file=out, flush=True)
+          f"{error:.2g} from Keras, {held})", file=out, flush=True)
     return 0
 
 
