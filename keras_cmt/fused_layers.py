@@ -71,8 +71,8 @@ def absorbs_projections(query_count, key_count, dim, num_heads, projection_cost=
 
 # How the key-side form's per-head products k_h Wq_h^T and v_h Wo_h run, for a multi-head stage. The same weights
 # and numbers either way; the engines differ:
-# - "matmul": one batch matmul over the heads. TensorFlow (oneDNN) runs it faster than a grouped convolution:
-#   CMT-S@224 batch 1 fused, 86-89 vs 99-112 ms in three alternating rounds.
+# - "matmul": one batch matmul over the heads. TensorFlow (oneDNN) runs it faster than a grouped convolution
+#   (benchmarks/RESULTS.md).
 # - "conv": one grouped 1x1 convolution (group h: head h's channels times its matrix). For TFLite: XNNPACK's fp16
 #   path cannot take a BATCH_MATMUL with a constant operand (a file marked for fp16 inference would fail to prepare
 #   on a phone with fp16 arithmetic), and takes a CONV_2D; XNNPACK's fp32 speed is the same.

@@ -2,7 +2,7 @@
 
 keras-hub's `from_preset` finds a preset's classes in Keras' registry of serializable objects, so they must be
 registered before a user's `keras_hub.models.ImageClassifier.from_preset(...)`. Importing keras_hub from
-`import keras_cmt` would do that, but it imports TensorFlow too (2.4 s on the JAX backend here) for every user of
+`import keras_cmt` would do that, but it imports TensorFlow too (seconds, on every backend) for every user of
 the plain model. Instead: registered at once when keras_hub is already imported, else right after keras_hub's own
 import completes (a finder on `sys.meta_path` wraps the loader of the module that is actually executed);
 nothing happens where keras_hub is never imported or not installed. A failure to register is a warning: it must

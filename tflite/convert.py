@@ -223,8 +223,8 @@ def add_metadata(tflite_bytes: bytes, model, *, labels=None, input_range: str = 
     return metadata_lib.populate(tflite_bytes, meta, {"labels.txt": metadata_lib.labels_text(labels)})
 
 
-# XNNPACK's int8-weight GEMM against its fp32 GEMM on this project's machine (768 vs 216 GOPS, 2 threads;
-# benchmarks/RESULTS.md): the relative cost of a projection multiply-add in a `dynamic` file.
+# The relative cost of a projection multiply-add in a `dynamic` file: XNNPACK's fp32 GEMM rate over its int8-weight
+# GEMM rate, as measured in benchmarks/RESULTS.md ("XNNPACK fp32 GEMM" and "int8-weight GEMM" rows).
 DYNAMIC_PROJECTION_COST = 216 / 768
 
 

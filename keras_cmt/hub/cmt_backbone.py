@@ -6,11 +6,11 @@ import os
 
 import keras
 from keras_hub.models import FeaturePyramidBackbone
-from keras_hub.src.utils.python_utils import classproperty
 
 from keras_cmt import cmt, pyramid, variants
 from keras_cmt.layers.data_format import standardize_data_format
 from keras_cmt.hub import cmt_presets
+from keras_cmt.hub.class_property import classproperty
 
 
 @keras.saving.register_keras_serializable(package="keras_cmt")

@@ -6,11 +6,11 @@ import weakref
 
 import keras
 from keras_hub.models import ImageClassifier
-from keras_hub.src.utils.python_utils import classproperty
 
 from keras_cmt.hub.cmt_backbone import CMTBackbone
 from keras_cmt.hub.cmt_image_classifier_preprocessor import CMTImageClassifierPreprocessor
 from keras_cmt.hub import cmt_presets
+from keras_cmt.hub.class_property import classproperty
 
 
 @keras.saving.register_keras_serializable(package="keras_cmt")

@@ -3,11 +3,11 @@ run on raw images (labels and sample weights pass through)."""
 
 import keras
 from keras_hub.models import ImageClassifierPreprocessor
-from keras_hub.src.utils.python_utils import classproperty
 
 from keras_cmt.hub.cmt_backbone import CMTBackbone
 from keras_cmt.hub.cmt_image_converter import CMTImageConverter
 from keras_cmt.hub import cmt_presets
+from keras_cmt.hub.class_property import classproperty
 
 
 @keras.saving.register_keras_serializable(package="keras_cmt")

@@ -9,12 +9,12 @@ bicubic (a=-0.5), width first, then height, rounded to whole grey levels after e
 
 import keras
 from keras_hub.layers import ImageConverter
-from keras_hub.src.utils.python_utils import classproperty
 
 from keras_cmt.hub.cmt_backbone import CMTBackbone
 from keras_cmt.image_transforms import DEFAULT_CROP_PCT, _crop_offset, _resized_shape, short_side
 from keras_cmt.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 from keras_cmt.hub import cmt_presets
+from keras_cmt.hub.class_property import classproperty
 
 # x / 255 then (x - mean) / std, as one scale and offset per channel.
 IMAGENET_SCALE = [1.0 / (255.0 * s) for s in IMAGENET_STD]

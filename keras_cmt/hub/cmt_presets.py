@@ -202,9 +202,9 @@ def resolve(preset, need):
         preset = preset[len("file://"):]
     if "://" in preset:
         return preset
-    from keras_hub.src.utils.preset_utils import BUILTIN_PRESETS
+    import keras_hub
 
-    if preset in BUILTIN_PRESETS:
+    if preset in keras_hub.models.Backbone.presets:  # every model preset keras-hub ships
         return preset
     check_preset_dir(preset, need)
     return preset
