@@ -65,8 +65,13 @@ import subprocess
 import sys
 import time
 
-from benchmarks.training_backends import (load_atomic_files, machine_description, peak_rss_mib, run_measuring_child,
-                                          step_timer)
+from benchmarks.training_backends import (
+    load_atomic_files,
+    machine_description,
+    peak_rss_mib,
+    run_measuring_child,
+    step_timer,
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(REPO, "tests", "fixtures")
@@ -83,21 +88,30 @@ TRAIN_CONFIGS = {
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+    )
     parser.add_argument("--official", default=None, help="path to the official cmt_pytorch/cmt.py (for part 2)")
-    parser.add_argument("--ti_fixture_dir", default=None,
-                        help="folder with cmt_ti_seed0.pth and cmt_ti_seed0_io.npz (default: ../shared/fixtures or "
-                             "shared/fixtures beside/inside the repository)")
+    parser.add_argument(
+        "--ti_fixture_dir",
+        default=None,
+        help="folder with cmt_ti_seed0.pth and cmt_ti_seed0_io.npz (default: ../shared/fixtures or "
+        "shared/fixtures beside/inside the repository)",
+    )
     parser.add_argument("--output_dir", default=os.environ.get("OUT") or "/tmp/gpu_check")
     parser.add_argument("--budget_s", type=float, default=480, help="total seconds for everything")
     parser.add_argument("--backends", nargs="+", default=["jax", "torch"], choices=["jax", "torch"])
     parser.add_argument("--skip_checks", action="store_true", help="only part 2")
     parser.add_argument("--skip_train", action="store_true", help="only part 1")
     parser.add_argument("--bf16_steps", type=int, default=30)
-    parser.add_argument("--train_configs", nargs="+", default=["jax", "jax-data_parallel", "torch-channels_first"],
-                        choices=list(TRAIN_CONFIGS))
+    parser.add_argument(
+        "--train_configs",
+        nargs="+",
+        default=["jax", "jax-data_parallel", "torch-channels_first"],
+        choices=list(TRAIN_CONFIGS),
+    )
     parser.add_argument("--train_variant", default="cmt_s", choices=["cmt_ti", "cmt_xs", "cmt_s", "cmt_b"])
     parser.add_argument("--train_size", type=int, default=224)
     parser.add_argument("--train_batch", type=int, default=128)
@@ -190,8 +204,11 @@ def precision_setting(backend, setting):
 
 
 def find_ti_fixture(args):
-    folders = [args.ti_fixture_dir] if args.ti_fixture_dir else [
-        os.path.join(os.path.dirname(REPO), "shared", "fixtures"), os.path.join(REPO, "shared", "fixtures")]
+    folders = (
+        [args.ti_fixture_dir]
+        if args.ti_fixture_dir
+        else [os.path.join(os.path.dirname(REPO), "shared", "fixtures"), os.path.join(REPO, "shared", "fixtures")]
+    )
     for folder in folders:
         if os.path.isfile(os.path.join(folder, "cmt_ti_seed0.pth")):
             return folder
@@ -207,41 +224,75 @@ def parity(args, backend):
 
     with open(os.path.join(FIXTURES, "cmt_micro_seed0.json")) as f:
         micro = json.load(f)["official_CMT_kwargs"]
-    micro_config = dict(depths=micro["depths"], embed_dims=micro["embed_dims"], num_heads=micro["num_heads"],
-                        mlp_ratios=micro["mlp_ratios"], stem_channels=micro["stem_channel"],
-                        head_channels=micro["fc_dim"], classes=micro["num_classes"])
+    micro_config = dict(
+        depths=micro["depths"],
+        embed_dims=micro["embed_dims"],
+        num_heads=micro["num_heads"],
+        mlp_ratios=micro["mlp_ratios"],
+        stem_channels=micro["stem_channel"],
+        head_channels=micro["fc_dim"],
+        classes=micro["num_classes"],
+    )
     fixtures = [("micro", FIXTURES, "cmt_micro_seed0", 64, lambda **kw: keras_cmt.CMT(**micro_config, **kw))]
     ti_folder = find_ti_fixture(args)
     rows = []
     if ti_folder:
         fixtures.append(("cmt_ti", ti_folder, "cmt_ti_seed0", 160, keras_cmt.CMTTiny))
     else:
-        rows.append({"check": "parity", "fixture": "cmt_ti", "status": "skipped",
-                     "note": "cmt_ti_seed0.pth not found: pass --ti_fixture_dir (carry ../shared/fixtures)"})
+        rows.append(
+            {
+                "check": "parity",
+                "fixture": "cmt_ti",
+                "status": "skipped",
+                "note": "cmt_ti_seed0.pth not found: pass --ti_fixture_dir (carry ../shared/fixtures)",
+            }
+        )
     for name, folder, stem, size, builder in fixtures:
         io = np.load(os.path.join(folder, stem + "_io.npz"))
         for data_format in ("channels_last", "channels_first"):
             if time_left(args) < 20:
-                rows.append({"check": "parity", "fixture": name, "data_format": data_format, "status": "skipped",
-                             "note": "time budget"})
+                rows.append(
+                    {
+                        "check": "parity",
+                        "fixture": name,
+                        "data_format": data_format,
+                        "status": "skipped",
+                        "note": "time budget",
+                    }
+                )
                 continue
             keras.config.set_image_data_format(data_format)
             shape = (size, size, 3) if data_format == "channels_last" else (3, size, size)
-            model = builder(weights=os.path.join(folder, stem + ".pth"), classifier_activation=None,
-                            input_shape=shape)
+            model = builder(weights=os.path.join(folder, stem + ".pth"), classifier_activation=None, input_shape=shape)
             x = io["input_nhwc"] if data_format == "channels_last" else io["input_nchw"]
             for setting in ("fp32",) if args.tiny else ("default", "fp32", "tf32"):  # CPUs have no TF32
                 if time_left(args) < 15:
-                    rows.append({"check": "parity", "fixture": name, "data_format": data_format,
-                                 "precision": setting, "status": "skipped", "note": "time budget"})
+                    rows.append(
+                        {
+                            "check": "parity",
+                            "fixture": name,
+                            "data_format": data_format,
+                            "precision": setting,
+                            "status": "skipped",
+                            "note": "time budget",
+                        }
+                    )
                     continue
                 with precision_setting(backend, setting):
                     model.predict_function = None  # a fresh jit trace under this setting
                     error = float(np.abs(np.asarray(model.predict_on_batch(x)) - io["logits"]).max())
                 required = setting == "fp32"
-                rows.append({"check": "parity", "fixture": name, "data_format": data_format, "precision": setting,
-                             "max_abs_error": error, "tolerance": TOLERANCE if required else None,
-                             "status": ("PASS" if error <= TOLERANCE else "FAIL") if required else "info"})
+                rows.append(
+                    {
+                        "check": "parity",
+                        "fixture": name,
+                        "data_format": data_format,
+                        "precision": setting,
+                        "max_abs_error": error,
+                        "tolerance": TOLERANCE if required else None,
+                        "status": ("PASS" if error <= TOLERANCE else "FAIL") if required else "info",
+                    }
+                )
             del model
             keras.backend.clear_session()
     keras.config.set_image_data_format("channels_last")
@@ -273,12 +324,21 @@ def bf16_training(args, backend):
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
         keras.utils.set_random_seed(0)
-        model = keras_cmt.CMT(depths=micro["depths"], embed_dims=micro["embed_dims"], num_heads=micro["num_heads"],
-                              mlp_ratios=micro["mlp_ratios"], stem_channels=micro["stem_channel"],
-                              head_channels=micro["fc_dim"], classes=10, input_shape=(64, 64, 3),
-                              classifier_activation=None)
-        model.compile(optimizer=keras.optimizers.AdamW(learning_rate=1e-3, weight_decay=0.05),
-                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        model = keras_cmt.CMT(
+            depths=micro["depths"],
+            embed_dims=micro["embed_dims"],
+            num_heads=micro["num_heads"],
+            mlp_ratios=micro["mlp_ratios"],
+            stem_channels=micro["stem_channel"],
+            head_channels=micro["fc_dim"],
+            classes=10,
+            input_shape=(64, 64, 3),
+            classifier_activation=None,
+        )
+        model.compile(
+            optimizer=keras.optimizers.AdamW(learning_rate=1e-3, weight_decay=0.05),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
         rng = np.random.default_rng(0)
         batch = 4 if args.tiny else 32
         x = rng.uniform(-1, 1, (batch, 64, 64, 3)).astype("float32")
@@ -288,9 +348,19 @@ def bf16_training(args, backend):
         losses = per_step_losses(recorder.losses)
         first, last = float(np.mean(losses[:5])), float(np.mean(losses[-5:]))
         ok = bool(np.all(np.isfinite(losses))) and last < first
-        return [{"check": "bf16_training", "steps": len(losses), "batch": batch, "losses": losses,
-                 "first5_mean": first, "last5_mean": last, "compute_dtype": model.layers[-2].compute_dtype,
-                 "variable_dtype": model.layers[-2].variable_dtype, "status": "PASS" if ok else "FAIL"}]
+        return [
+            {
+                "check": "bf16_training",
+                "steps": len(losses),
+                "batch": batch,
+                "losses": losses,
+                "first5_mean": first,
+                "last5_mean": last,
+                "compute_dtype": model.layers[-2].compute_dtype,
+                "variable_dtype": model.layers[-2].variable_dtype,
+                "status": "PASS" if ok else "FAIL",
+            }
+        ]
     finally:
         keras.mixed_precision.set_global_policy("float32")
 
@@ -345,25 +415,42 @@ def train_keras(args, config):
         keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
         extra["data_parallel_devices"] = len(devices)
     shape = (s["size"], s["size"], 3) if data_format == "channels_last" else (3, s["size"], s["size"])
-    model = randomize_like_trained(keras_cmt.build_model(args.train_variant, input_shape=shape,
-                                                         classifier_activation=None))
+    model = randomize_like_trained(
+        keras_cmt.build_model(args.train_variant, input_shape=shape, classifier_activation=None)
+    )
     per_execution = args.steps_per_execution if backend == "jax" else 1
-    model.compile(optimizer=keras.optimizers.AdamW(learning_rate=1e-3, weight_decay=0.05),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  steps_per_execution=per_execution)
+    model.compile(
+        optimizer=keras.optimizers.AdamW(learning_rate=1e-3, weight_decay=0.05),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        steps_per_execution=per_execution,
+    )
     rng = np.random.default_rng(0)
     x = rng.normal(size=(s["batch"],) + shape).astype("float32")
     y = rng.integers(0, 1000, s["batch"]).astype("int32")
     warmup_executions = -(-s["warmup"] // per_execution)
     timed_executions = -(-s["steps"] // per_execution)
     recorder = loss_recorder(args, min_steps=warmup_executions + 2)
-    model.fit(_repeat(x, y), steps_per_epoch=(warmup_executions + timed_executions) * per_execution, epochs=1,
-              verbose=0, callbacks=[recorder])
+    model.fit(
+        _repeat(x, y),
+        steps_per_epoch=(warmup_executions + timed_executions) * per_execution,
+        epochs=1,
+        verbose=0,
+        callbacks=[recorder],
+    )
     periods = [b - a for a, b in zip(recorder.ends, recorder.ends[1:])]
     steps = [p / per_execution for p in periods[warmup_executions:]]
-    return throughput_row(config, s, steps, sum(periods[:warmup_executions]), recorder.losses[-1],
-                          gpu_memory_peak_mib(backend), jit_compile=bool(model.jit_compile),
-                          steps_per_execution=per_execution, data_format=data_format, **extra)
+    return throughput_row(
+        config,
+        s,
+        steps,
+        sum(periods[:warmup_executions]),
+        recorder.losses[-1],
+        gpu_memory_peak_mib(backend),
+        jit_compile=bool(model.jit_compile),
+        steps_per_execution=per_execution,
+        data_format=data_format,
+        **extra,
+    )
 
 
 def train_official(args, compiled):
@@ -396,16 +483,35 @@ def train_official(args, compiled):
         loss = loss.item()  # waits for the step
         times.append(time.perf_counter() - start)
     name = "official-compiled" if compiled else "official"
-    return throughput_row(name, s, times[s["warmup"]:], sum(times[:s["warmup"]]), loss, gpu_memory_peak_mib("torch"),
-                          timm=module.TIMM_SOURCE, data_format="channels_first")
+    return throughput_row(
+        name,
+        s,
+        times[s["warmup"] :],
+        sum(times[: s["warmup"]]),
+        loss,
+        gpu_memory_peak_mib("torch"),
+        timm=module.TIMM_SOURCE,
+        data_format="channels_first",
+    )
 
 
 def throughput_row(config, sizes, step_times, warmup_s, last_loss, gpu_peak_mib, **extra):
     median = statistics.median(step_times) if step_times else None
-    return dict(check="train_throughput", config=config, image_size=sizes["size"], batch=sizes["batch"],
-                timed_steps=len(step_times), step_times_s=step_times, median_step_s=median,
-                images_per_s=sizes["batch"] / median if median else None, warmup_s=warmup_s, last_loss=last_loss,
-                gpu_peak_mib=gpu_peak_mib, status="info" if median else "FAIL", **extra)
+    return dict(
+        check="train_throughput",
+        config=config,
+        image_size=sizes["size"],
+        batch=sizes["batch"],
+        timed_steps=len(step_times),
+        step_times_s=step_times,
+        median_step_s=median,
+        images_per_s=sizes["batch"] / median if median else None,
+        warmup_s=warmup_s,
+        last_loss=last_loss,
+        gpu_peak_mib=gpu_peak_mib,
+        status="info" if median else "FAIL",
+        **extra,
+    )
 
 
 def run_child(args):
@@ -418,13 +524,22 @@ def run_child(args):
         rows, backend = [train_official(args, compiled=config == "official-compiled")], "torch"
     else:
         rows, backend = [train_keras(args, config)], TRAIN_CONFIGS[config][0]
-    versions = {n: getattr(sys.modules[n], "__version__", "?") for n in ("keras", "jax", "torch", "numpy")
-                if n in sys.modules}
+    versions = {
+        n: getattr(sys.modules[n], "__version__", "?") for n in ("keras", "jax", "torch", "numpy") if n in sys.modules
+    }
     for row in rows:
-        row.update(part=part, backend=backend, devices=device_description(backend), versions=versions,
-                   tensorflow_imported="tensorflow" in sys.modules)
-    print(RESULT_MARKER + json.dumps({"rows": rows, "process_s": time.perf_counter() - start,
-                                      "peak_rss_mib": peak_rss_mib()}), flush=True)
+        row.update(
+            part=part,
+            backend=backend,
+            devices=device_description(backend),
+            versions=versions,
+            tensorflow_imported="tensorflow" in sys.modules,
+        )
+    print(
+        RESULT_MARKER
+        + json.dumps({"rows": rows, "process_s": time.perf_counter() - start, "peak_rss_mib": peak_rss_mib()}),
+        flush=True,
+    )
 
 
 # ----------------------------------------------------------------------------------------------- orchestration
@@ -442,9 +557,14 @@ def detect_gpu():
 
 
 def child_env(backend, gpu):
-    env = dict(os.environ, KERAS_BACKEND=backend, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2",
-               XLA_PYTHON_CLIENT_PREALLOCATE="false",
-               PYTHONPATH=os.pathsep.join([REPO] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    env = dict(
+        os.environ,
+        KERAS_BACKEND=backend,
+        PYTHONUNBUFFERED="1",
+        TF_CPP_MIN_LOG_LEVEL="2",
+        XLA_PYTHON_CLIENT_PREALLOCATE="false",
+        PYTHONPATH=os.pathsep.join([REPO] + [p for p in [os.environ.get("PYTHONPATH")] if p]),
+    )
     if not gpu:
         env.update(JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="")
     return env
@@ -460,23 +580,42 @@ def plan(args):
             tasks.append(("train", "official", "torch"))
             if args.compile_official:
                 tasks.append(("train", "official-compiled", "torch"))
-        tasks += [("train", c, TRAIN_CONFIGS[c][0]) for c in args.train_configs
-                  if TRAIN_CONFIGS[c][0] in args.backends]
+        tasks += [("train", c, TRAIN_CONFIGS[c][0]) for c in args.train_configs if TRAIN_CONFIGS[c][0] in args.backends]
     return tasks
 
 
 def run_task(args, part, config, backend, gpu, deadline):
-    command = [sys.executable, "-m", "benchmarks.gpu_check", "--child", part, config, "--deadline", str(deadline),
-               "--bf16_steps", str(args.bf16_steps), "--train_variant", args.train_variant,
-               "--train_size", str(args.train_size), "--train_batch", str(args.train_batch),
-               "--train_steps", str(args.train_steps), "--train_warmup", str(args.train_warmup),
-               "--steps_per_execution", str(args.steps_per_execution)]
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.gpu_check",
+        "--child",
+        part,
+        config,
+        "--deadline",
+        str(deadline),
+        "--bf16_steps",
+        str(args.bf16_steps),
+        "--train_variant",
+        args.train_variant,
+        "--train_size",
+        str(args.train_size),
+        "--train_batch",
+        str(args.train_batch),
+        "--train_steps",
+        str(args.train_steps),
+        "--train_warmup",
+        str(args.train_warmup),
+        "--steps_per_execution",
+        str(args.steps_per_execution),
+    ]
     command += ["--tiny"] if args.tiny else []
     command += ["--official", os.path.abspath(args.official)] if args.official else []
     command += ["--ti_fixture_dir", os.path.abspath(args.ti_fixture_dir)] if args.ti_fixture_dir else []
     start = time.time()
-    records, error = run_measuring_child(command, child_env(backend, gpu), RESULT_MARKER,
-                                         timeout=max(5.0, deadline - time.time() + 10), tail_lines=20)
+    records, error = run_measuring_child(
+        command, child_env(backend, gpu), RESULT_MARKER, timeout=max(5.0, deadline - time.time() + 10), tail_lines=20
+    )
     if records:
         return dict(records[0], wall_s=time.time() - start)
     row = {"part": part, "config": config, "backend": backend, "status": "FAIL"}
@@ -487,15 +626,21 @@ def run_task(args, part, config, backend, gpu, deadline):
 
 def describe(row):
     if row.get("check") == "parity" and "max_abs_error" in row:
-        return (f"parity {row['fixture']:6s} {row['data_format']:14s} {row['precision']:7s} "
-                f"max|err| {row['max_abs_error']:.2e}")
+        return (
+            f"parity {row['fixture']:6s} {row['data_format']:14s} {row['precision']:7s} "
+            f"max|err| {row['max_abs_error']:.2e}"
+        )
     if row.get("check") == "bf16_training" and "losses" in row:
-        return (f"bf16 training, {row['steps']} steps, batch {row['batch']}: loss {row['first5_mean']:.3f} -> "
-                f"{row['last5_mean']:.3f} (first/last five), compute {row['compute_dtype']}")
+        return (
+            f"bf16 training, {row['steps']} steps, batch {row['batch']}: loss {row['first5_mean']:.3f} -> "
+            f"{row['last5_mean']:.3f} (first/last five), compute {row['compute_dtype']}"
+        )
     if row.get("check") == "train_throughput" and row.get("images_per_s"):
         memory = f", GPU peak {row['gpu_peak_mib']:,.0f} MiB" if row.get("gpu_peak_mib") else ""
-        return (f"train {row['config']:20s} {row['images_per_s']:9.1f} images/s (median of {row['timed_steps']} steps,"
-                f" {row['median_step_s'] * 1e3:.1f} ms; warm-up {row['warmup_s']:.0f} s{memory})")
+        return (
+            f"train {row['config']:20s} {row['images_per_s']:9.1f} images/s (median of {row['timed_steps']} steps,"
+            f" {row['median_step_s'] * 1e3:.1f} ms; warm-up {row['warmup_s']:.0f} s{memory})"
+        )
     return " ".join(f"{k}={row[k]}" for k in ("check", "fixture", "data_format", "config", "note") if k in row)
 
 
@@ -508,16 +653,28 @@ def main(argv=None):
     gpu = detect_gpu()
     args.tiny = args.tiny or gpu is None
     print(f"GPU: {gpu or 'none found: running the checks on the CPU at tiny sizes'}", flush=True)
-    report = {"benchmark": "gpu_check", "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "gpu": gpu,
-              "tiny": args.tiny, "settings": {k: v for k, v in vars(args).items() if k not in ("child", "deadline")},
-              "machine": machine_description(),
-              "parts": []}
+    report = {
+        "benchmark": "gpu_check",
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "gpu": gpu,
+        "tiny": args.tiny,
+        "settings": {k: v for k, v in vars(args).items() if k not in ("child", "deadline")},
+        "machine": machine_description(),
+        "parts": [],
+    }
     output = os.path.join(args.output_dir, "gpu_check.json")
     for part, config, backend in plan(args):
         left = args.budget_s - (time.time() - start)
         if left < 30:
-            report["parts"].append({"part": part, "config": config, "rows": [
-                {"part": part, "config": config, "backend": backend, "status": "skipped", "note": "time budget"}]})
+            report["parts"].append(
+                {
+                    "part": part,
+                    "config": config,
+                    "rows": [
+                        {"part": part, "config": config, "backend": backend, "status": "skipped", "note": "time budget"}
+                    ],
+                }
+            )
             print(f"{part} {config}: skipped (time budget)", flush=True)
             continue
         result = run_task(args, part, config, backend, gpu, deadline=time.time() + left - 10)
@@ -526,8 +683,11 @@ def main(argv=None):
             print(f"[{row.get('status', 'info'):7s}] {backend:5s} {describe(row)}", flush=True)
             for line in row.get("stderr_tail", []):
                 print("      " + line)
-        print(f"    ({part} {config}: {result.get('wall_s', 0):.0f} s, peak RSS "
-              f"{result.get('peak_rss_mib', 0):,.0f} MiB)", flush=True)
+        print(
+            f"    ({part} {config}: {result.get('wall_s', 0):.0f} s, peak RSS "
+            f"{result.get('peak_rss_mib', 0):,.0f} MiB)",
+            flush=True,
+        )
         atomic_files.write_json(output, report)
     rows = [r for p in report["parts"] for r in p["rows"]]
     report["failed"] = [describe(r) for r in rows if r.get("status") == "FAIL"]
@@ -544,17 +704,25 @@ def print_summary(rows, report):
     print("| --- | --- | --- | --- | --- |")
     for r in rows:
         if r.get("check") == "parity" and "max_abs_error" in r:
-            print(f"| {r['backend']} | parity {r['fixture']} | {r['data_format']}, {r['precision']} | "
-                  f"{r['max_abs_error']:.2e} | {r['status']} |")
+            print(
+                f"| {r['backend']} | parity {r['fixture']} | {r['data_format']}, {r['precision']} | "
+                f"{r['max_abs_error']:.2e} | {r['status']} |"
+            )
         elif r.get("check") == "bf16_training" and "losses" in r:
-            print(f"| {r['backend']} | bf16 training (micro) | {r['steps']} steps | "
-                  f"{r['first5_mean']:.3f} -> {r['last5_mean']:.3f} | {r['status']} |")
+            print(
+                f"| {r['backend']} | bf16 training (micro) | {r['steps']} steps | "
+                f"{r['first5_mean']:.3f} -> {r['last5_mean']:.3f} | {r['status']} |"
+            )
         elif r.get("check") == "train_throughput" and r.get("images_per_s"):
-            print(f"| {r['backend']} | train {r['config']} | {r['image_size']}px batch {r['batch']}, bf16 | "
-                  f"{r['images_per_s']:.1f} images/s | {r['status']} |")
+            print(
+                f"| {r['backend']} | train {r['config']} | {r['image_size']}px batch {r['batch']}, bf16 | "
+                f"{r['images_per_s']:.1f} images/s | {r['status']} |"
+            )
         else:
-            print(f"| {r.get('backend', '-')} | {r.get('check', r.get('part', '-'))} | {r.get('config', '')} | "
-                  f"{r.get('note', '')} | {r.get('status', '-')} |")
+            print(
+                f"| {r.get('backend', '-')} | {r.get('check', r.get('part', '-'))} | {r.get('config', '')} | "
+                f"{r.get('note', '')} | {r.get('status', '-')} |"
+            )
     print(f"\nfailed: {len(report['failed'])}; TensorFlow imported: {report['tensorflow_imported']}")
 
 

@@ -9,8 +9,8 @@ initialised model's zero biases let Grappler drop ops that trained weights keep.
 (`tf.function` around `model(x, training=False)`), the form `model.predict` runs per batch, after warm-up, for
 the model as built ("training" form), for `keras_cmt.fuse_for_inference(model)` ("fused") and for the fused
 model with every attention in the query-side form ("fused_query_side", what "fused" was before the key-side
-form), interleaving them so that load on a shared machine hits all alike. Reports the median and the interquartile range: these
-machines are shared and noisy, so medians are what to compare, and only within one run.
+form), interleaving them so that load on a shared machine hits all alike. Reports the median and the interquartile
+range: these machines are shared and noisy, so medians are what to compare, and only within one run.
 """
 
 import argparse
@@ -91,21 +91,34 @@ def run(args):
             for form, times in _time_interleaved(fns, x, args.warmup, repeats).items():
                 q = statistics.quantiles(times, n=4)
                 median = statistics.median(times)
-                rows.append({
-                    "variant": variant.name, "form": form, "input": size, "batch": batch,
-                    "median_ms": median * 1e3, "iqr_ms": (q[2] - q[0]) * 1e3, "images_per_s": batch / median,
-                    "repeats": repeats, "peak_rss_mib": _peak_rss_mib(),
-                })
-                print(f"{variant.name:7s} {form:16s} {size:4d} batch {batch:3d}: median {median * 1e3:9.1f} ms "
-                      f"(IQR {(q[2] - q[0]) * 1e3:6.1f} ms, {batch / median:7.1f} img/s)", flush=True)
+                rows.append(
+                    {
+                        "variant": variant.name,
+                        "form": form,
+                        "input": size,
+                        "batch": batch,
+                        "median_ms": median * 1e3,
+                        "iqr_ms": (q[2] - q[0]) * 1e3,
+                        "images_per_s": batch / median,
+                        "repeats": repeats,
+                        "peak_rss_mib": _peak_rss_mib(),
+                    }
+                )
+                print(
+                    f"{variant.name:7s} {form:16s} {size:4d} batch {batch:3d}: median {median * 1e3:9.1f} ms "
+                    f"(IQR {(q[2] - q[0]) * 1e3:6.1f} ms, {batch / median:7.1f} img/s)",
+                    flush=True,
+                )
         del model, fns
         keras.backend.clear_session()
 
     print("\n| variant | form | input | batch | median latency (ms) | IQR (ms) | images/s | peak RSS (MiB) |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
-        print(f"| {r['variant']} | {r['form']} | {r['input']} | {r['batch']} | {r['median_ms']:.1f} | {r['iqr_ms']:.1f} | "
-              f"{r['images_per_s']:.1f} | {r['peak_rss_mib']:.0f} |")
+        print(
+            f"| {r['variant']} | {r['form']} | {r['input']} | {r['batch']} | {r['median_ms']:.1f} | "
+            f"{r['iqr_ms']:.1f} | {r['images_per_s']:.1f} | {r['peak_rss_mib']:.0f} |"
+        )
     result = {
         "benchmark": "keras_latency",
         "tensorflow": tf.__version__,

@@ -125,7 +125,8 @@ def load_official(path, module_name="official_cmt"):
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"{path}: no such file; pass --official PATH to the official cmt_pytorch/cmt.py "
-            "(huawei-noah/Efficient-AI-Backbones)")
+            "(huawei-noah/Efficient-AI-Backbones)"
+        )
     timm_source = _provide_timm_names()
     spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)

@@ -14,7 +14,6 @@ ratios to the official ONNX in onnxruntime, with each graph's node and Transpose
 
 import argparse
 import collections
-import json
 import os
 import platform
 import statistics
@@ -49,8 +48,15 @@ def official_onnx(args, folder):
     model.eval()
     path = os.path.join(folder, "official.onnx")
     example = torch.zeros(1, 3, args.size, args.size)
-    torch.onnx.export(model, (example,), path, opset_version=17, input_names=["image"], dynamo=False,
-                      dynamic_axes={"image": {0: "batch"}})
+    torch.onnx.export(
+        model,
+        (example,),
+        path,
+        opset_version=17,
+        input_names=["image"],
+        dynamo=False,
+        dynamic_axes={"image": {0: "batch"}},
+    )
     state = {k: v.detach().numpy() for k, v in model.state_dict().items()}
 
     def run(x):
@@ -150,24 +156,46 @@ def main(argv=None):
         for name in runners:
             median = statistics.median(times[(name, b)])
             graph = counts.get(name.rsplit(" in ", 1)[0], {})
-            rows.append({"file and runtime": name, "batch": b, "median_ms": round(median, 2),
-                         "vs_official_onnxruntime": round(median / base, 3),
-                         "max_abs_vs_official_logits": errors[name], **graph})
-    print(f"{args.variant}@{args.size}, {args.threads} threads, {args.rounds} rounds x {args.repeats} runs, "
-          f"our files from the {keras.backend.backend()} backend, OpenVINO in f32")
-    print("| file in runtime | batch | median (ms) | vs official ONNX in onnxruntime | nodes | Transpose | "
-          "max abs vs official |")
+            rows.append(
+                {
+                    "file and runtime": name,
+                    "batch": b,
+                    "median_ms": round(median, 2),
+                    "vs_official_onnxruntime": round(median / base, 3),
+                    "max_abs_vs_official_logits": errors[name],
+                    **graph,
+                }
+            )
+    print(
+        f"{args.variant}@{args.size}, {args.threads} threads, {args.rounds} rounds x {args.repeats} runs, "
+        f"our files from the {keras.backend.backend()} backend, OpenVINO in f32"
+    )
+    print(
+        "| file in runtime | batch | median (ms) | vs official ONNX in onnxruntime | nodes | Transpose | "
+        "max abs vs official |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
-        print(f"| {r['file and runtime']} | {r['batch']} | {r['median_ms']:.2f} | {r['vs_official_onnxruntime']:.2f}x "
-              f"| {r.get('nodes', '-')} | {r.get('Transpose', '-')} | {r['max_abs_vs_official_logits']:.2g} |")
+        print(
+            f"| {r['file and runtime']} | {r['batch']} | {r['median_ms']:.2f} | {r['vs_official_onnxruntime']:.2f}x "
+            f"| {r.get('nodes', '-')} | {r.get('Transpose', '-')} | {r['max_abs_vs_official_logits']:.2g} |"
+        )
     import onnxruntime
     import openvino
 
-    result = {"variant": args.variant, "size": args.size, "threads": args.threads, "rounds": args.rounds,
-              "repeats": args.repeats, "backend": keras.backend.backend(), "onnxruntime": onnxruntime.__version__,
-              "openvino": openvino.__version__, "machine": platform.processor() or platform.machine(),
-              "date": time.strftime("%Y-%m-%d"), "rows": rows}
+    result = {
+        "variant": args.variant,
+        "size": args.size,
+        "threads": args.threads,
+        "rounds": args.rounds,
+        "repeats": args.repeats,
+        "backend": keras.backend.backend(),
+        "onnxruntime": onnxruntime.__version__,
+        "openvino": openvino.__version__,
+        "machine": platform.processor() or platform.machine(),
+        "date": time.strftime("%Y-%m-%d"),
+        "rows": rows,
+    }
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     from keras_cmt import atomic_files
 

@@ -87,9 +87,11 @@ def profile(variant, batch, threads, runs, form="training", image_size=None):
 
     v = keras_cmt.get_variant(variant)
     size = image_size or v.default_size
-    model = randomize_like_trained(keras_cmt.build_model(v.name, input_shape=(size, size, 3),
-                                                         classifier_activation=None if form == "train_step"
-                                                         else "softmax"))
+    model = randomize_like_trained(
+        keras_cmt.build_model(
+            v.name, input_shape=(size, size, 3), classifier_activation=None if form == "train_step" else "softmax"
+        )
+    )
     if form == "fused":
         model = keras_cmt.fuse_for_inference(model)
     size = image_size or v.default_size
@@ -99,12 +101,17 @@ def profile(variant, batch, threads, runs, form="training", image_size=None):
     else:
         per_type, _, wall = trace_kernels(lambda x: model(x, training=False), spec, threads, runs)
     total = sum(per_type.values())
-    rows = [
-        {"op": op, "ms_per_run": us / runs / 1e3, "share": us / total}
-        for op, us in per_type.most_common()
-    ]
-    return {"variant": v.name, "form": form, "batch": batch, "image_size": size, "threads": threads, "runs": runs,
-            "traced_wall_ms_median": sorted(wall)[len(wall) // 2] / 1e3, "ops": rows}
+    rows = [{"op": op, "ms_per_run": us / runs / 1e3, "share": us / total} for op, us in per_type.most_common()]
+    return {
+        "variant": v.name,
+        "form": form,
+        "batch": batch,
+        "image_size": size,
+        "threads": threads,
+        "runs": runs,
+        "traced_wall_ms_median": sorted(wall)[len(wall) // 2] / 1e3,
+        "ops": rows,
+    }
 
 
 def main(argv=None):
@@ -113,20 +120,26 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--form", default="training", choices=["training", "fused", "train_step"],
-                        help="the model as built, keras_cmt.fuse_for_inference(model), or a training step's "
-                             "forward and backward pass")
+    parser.add_argument(
+        "--form",
+        default="training",
+        choices=["training", "fused", "train_step"],
+        help="the model as built, keras_cmt.fuse_for_inference(model), or a training step's forward and backward pass",
+    )
     parser.add_argument("--image_size", type=int, default=None, help="default: the variant's")
     parser.add_argument("--output", default=None)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     result = profile(args.variant, args.batch, args.threads, args.runs, args.form, args.image_size)
-    print(f"{result['variant']} ({result['form']}) batch {result['batch']}, {result['threads']} threads: "
-          f"traced wall {result['traced_wall_ms_median']:.1f} ms (median of {args.runs})")
+    print(
+        f"{result['variant']} ({result['form']}) batch {result['batch']}, {result['threads']} threads: "
+        f"traced wall {result['traced_wall_ms_median']:.1f} ms (median of {args.runs})"
+    )
     print("| op | ms per run | share |\n| --- | --- | --- |")
     for row in result["ops"][:20]:
         print(f"| {row['op']} | {row['ms_per_run']:.2f} | {row['share'] * 100:.1f}% |")
-    output = args.output or (f"benchmarks/results/op_profile_{result['variant']}_{result['image_size']}_{args.form}"
-                             f"_b{result['batch']}.json")
+    output = args.output or (
+        f"benchmarks/results/op_profile_{result['variant']}_{result['image_size']}_{args.form}_b{result['batch']}.json"
+    )
     from keras_cmt import atomic_files
 
     atomic_files.write_json(output, result)

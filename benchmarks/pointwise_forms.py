@@ -70,17 +70,28 @@ def main(argv=None):
                 start = time.perf_counter()
                 [g.numpy() for g in step(x)]
                 times[name].append((time.perf_counter() - start) * 1e3)
-        row = {"shape": [BATCH, size, size, channels], "hidden": int(channels * 3.6),
-               "conv_ms": statistics.median(times["conv"]), "dense_ms": statistics.median(times["dense"]),
-               "times_ms": times}
+        row = {
+            "shape": [BATCH, size, size, channels],
+            "hidden": int(channels * 3.6),
+            "conv_ms": statistics.median(times["conv"]),
+            "dense_ms": statistics.median(times["dense"]),
+            "times_ms": times,
+        }
         row["dense_over_conv"] = row["dense_ms"] / row["conv_ms"]
         rows.append(row)
     print("\n| input | Conv2D 1x1 pair, ms | Dense pair, ms | Dense / Conv2D |\n| --- | --- | --- | --- |")
     for r in rows:
-        print(f"| {tuple(r['shape'])} -> {r['hidden']} | {r['conv_ms']:.1f} | {r['dense_ms']:.1f} | "
-              f"{r['dense_over_conv']:.2f} |")
-    report = {"benchmark": "pointwise_forms", "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "rounds": args.rounds,
-              "machine": machine_description(), "rows": rows}
+        print(
+            f"| {tuple(r['shape'])} -> {r['hidden']} | {r['conv_ms']:.1f} | {r['dense_ms']:.1f} | "
+            f"{r['dense_over_conv']:.2f} |"
+        )
+    report = {
+        "benchmark": "pointwise_forms",
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "rounds": args.rounds,
+        "machine": machine_description(),
+        "rows": rows,
+    }
     load_atomic_files().write_json(args.output, report)
     print(f"\nsaved {args.output}")
     return report

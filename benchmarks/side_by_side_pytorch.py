@@ -67,9 +67,11 @@ DEFAULT_SIZES = {"cmt_ti": 160, "cmt_xs": 192, "cmt_s": 224, "cmt_b": 256}
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+    )
     parser.add_argument("--forms", nargs="+", default=["pytorch", "tf_fused", "tf_built"], choices=list(FORMS))
     parser.add_argument("--variants", nargs="+", default=list(DEFAULT_SIZES), choices=list(DEFAULT_SIZES))
     parser.add_argument("--batch_sizes", nargs="+", type=int, default=[1, 32])
@@ -166,10 +168,21 @@ def run_child(args):
         repeats = args.repeats if batch == 1 else args.repeats_large
         times = time_runs(run, make_input(batch), args.warmup, repeats)
         q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
-        result = {"form": form, "variant": variant, "input": size, "batch": batch, "repeats": repeats,
-                  "median_ms": statistics.median(times) * 1e3, "iqr_ms": (q[2] - q[0]) * 1e3,
-                  "times_ms": [t * 1e3 for t in times], "peak_rss_mib": peak_rss_mib(), "cpus": cpus,
-                  "backend": spec["backend"], "data_format": spec["data_format"], "load_average": os.getloadavg()}
+        result = {
+            "form": form,
+            "variant": variant,
+            "input": size,
+            "batch": batch,
+            "repeats": repeats,
+            "median_ms": statistics.median(times) * 1e3,
+            "iqr_ms": (q[2] - q[0]) * 1e3,
+            "times_ms": [t * 1e3 for t in times],
+            "peak_rss_mib": peak_rss_mib(),
+            "cpus": cpus,
+            "backend": spec["backend"],
+            "data_format": spec["data_format"],
+            "load_average": os.getloadavg(),
+        }
         if timm_source:
             result["timm"] = timm_source
         print(RESULT_MARKER + json.dumps(result), flush=True)
@@ -180,16 +193,31 @@ def run_child(args):
 
 def run_process(args, form, variant):
     """One (form, variant) process; returns its per-batch results, or one error record."""
-    command = [sys.executable, "-m", "benchmarks.side_by_side_pytorch", "--child", form, variant,
-               "--batch_sizes", *map(str, args.batch_sizes), "--repeats", str(args.repeats),
-               "--repeats_large", str(args.repeats_large), "--warmup", str(args.warmup),
-               "--threads", str(args.threads)]
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.side_by_side_pytorch",
+        "--child",
+        form,
+        variant,
+        "--batch_sizes",
+        *map(str, args.batch_sizes),
+        "--repeats",
+        str(args.repeats),
+        "--repeats_large",
+        str(args.repeats_large),
+        "--warmup",
+        str(args.warmup),
+        "--threads",
+        str(args.threads),
+    ]
     if args.image_size:
         command += ["--image_size", str(args.image_size)]
     if args.official:
         command += ["--official", os.path.abspath(args.official)]
-    results, error = run_measuring_child(command, child_environment(FORMS[form]["backend"], args.threads),
-                                         RESULT_MARKER, timeout=args.timeout)
+    results, error = run_measuring_child(
+        command, child_environment(FORMS[form]["backend"], args.threads), RESULT_MARKER, timeout=args.timeout
+    )
     if error is not None:
         results.append({"form": form, "variant": variant, **error})
     return results
@@ -203,27 +231,38 @@ def summarize(args, results):
         for batch in args.batch_sizes:
             row = {"variant": variant, "batch": batch, "forms": {}}
             for form in args.forms:
-                found = sorted((r for r in results if r.get("form") == form and r.get("variant") == variant
-                                and r.get("batch") == batch), key=lambda r: r["round"])
+                found = sorted(
+                    (
+                        r
+                        for r in results
+                        if r.get("form") == form and r.get("variant") == variant and r.get("batch") == batch
+                    ),
+                    key=lambda r: r["round"],
+                )
                 if found:
-                    row["forms"][form] = {"rounds": [r["round"] for r in found],
-                                          "ms_per_round": [r["median_ms"] for r in found],
-                                          "median_ms": statistics.median(r["median_ms"] for r in found),
-                                          "peak_rss_mib": max(r["peak_rss_mib"] for r in found)}
+                    row["forms"][form] = {
+                        "rounds": [r["round"] for r in found],
+                        "ms_per_round": [r["median_ms"] for r in found],
+                        "median_ms": statistics.median(r["median_ms"] for r in found),
+                        "peak_rss_mib": max(r["peak_rss_mib"] for r in found),
+                    }
             reference = row["forms"].get("pytorch")
             for form, entry in row["forms"].items():
                 if reference and form != "pytorch":
                     entry["ratio_to_pytorch"] = entry["median_ms"] / reference["median_ms"]
                     pytorch_ms = dict(zip(reference["rounds"], reference["ms_per_round"]))
-                    entry["ratio_per_round"] = [ms / pytorch_ms[r] for r, ms in
-                                                zip(entry["rounds"], entry["ms_per_round"]) if r in pytorch_ms]
+                    entry["ratio_per_round"] = [
+                        ms / pytorch_ms[r] for r, ms in zip(entry["rounds"], entry["ms_per_round"]) if r in pytorch_ms
+                    ]
             rows.append(row)
     return rows
 
 
 def print_table(args, rows):
-    print("\n| variant | batch | form | ms per round | median ms | / PyTorch per round | / PyTorch (medians) "
-          "| peak RSS (MiB) |")
+    print(
+        "\n| variant | batch | form | ms per round | median ms | / PyTorch per round | / PyTorch (medians) "
+        "| peak RSS (MiB) |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for row in rows:
         for form in args.forms:
@@ -234,8 +273,10 @@ def print_table(args, rows):
             per_round = " / ".join(f"{ms:.1f}" for ms in entry["ms_per_round"])
             ratios = " / ".join(f"{r:.2f}" for r in entry.get("ratio_per_round", [])) or "-"
             ratio = f"{entry['ratio_to_pytorch']:.2f}" if "ratio_to_pytorch" in entry else "-"
-            print(f"| {row['variant']} | {row['batch']} | {form} | {per_round} | {entry['median_ms']:.1f} | {ratios} | "
-                  f"{ratio} | {entry['peak_rss_mib']:,.0f} |")
+            print(
+                f"| {row['variant']} | {row['batch']} | {form} | {per_round} | {entry['median_ms']:.1f} | {ratios} | "
+                f"{ratio} | {entry['peak_rss_mib']:,.0f} |"
+            )
 
 
 def main(argv=None):
@@ -243,10 +284,13 @@ def main(argv=None):
     if args.child:
         return run_child(args)
     atomic_files = load_atomic_files()
-    report = {"benchmark": "side_by_side_pytorch", "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-              "settings": {k: v for k, v in vars(args).items() if k != "child"},
-              "machine": machine_description(),
-              "results": []}
+    report = {
+        "benchmark": "side_by_side_pytorch",
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "settings": {k: v for k, v in vars(args).items() if k != "child"},
+        "machine": machine_description(),
+        "results": [],
+    }
     for round_index in range(1, args.rounds + 1):
         for variant in args.variants:
             for form in args.forms:
@@ -259,9 +303,12 @@ def main(argv=None):
                         for line in result.get("stderr_tail", []):
                             print("    " + line)
                     else:
-                        print(f"round {round_index} {variant:6s} batch {result['batch']:3d} {form:26s} "
-                              f"{result['median_ms']:9.1f} ms (IQR {result['iqr_ms']:7.1f}, {result['repeats']} runs,"
-                              f" peak RSS {result['peak_rss_mib']:,.0f} MiB)", flush=True)
+                        print(
+                            f"round {round_index} {variant:6s} batch {result['batch']:3d} {form:26s} "
+                            f"{result['median_ms']:9.1f} ms (IQR {result['iqr_ms']:7.1f}, {result['repeats']} runs,"
+                            f" peak RSS {result['peak_rss_mib']:,.0f} MiB)",
+                            flush=True,
+                        )
                 print(f"    ({variant} {form}: process {time.perf_counter() - start:.0f} s)", flush=True)
                 atomic_files.write_json(args.output, report)
     report["machine"]["load_average_at_end"] = os.getloadavg()

@@ -36,12 +36,18 @@ FIXTURES = os.path.join(os.path.dirname(REPO), "shared", "fixtures")
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+    )
     parser.add_argument("--variant", default="cmt_ti", choices=["cmt_ti", "cmt_xs", "cmt_s", "cmt_b"])
-    parser.add_argument("--weights", default=None, help="official .pth or .weights.h5 (default: the CMT-Ti "
-                        "fixture for cmt_ti, trained-like random weights otherwise)")
+    parser.add_argument(
+        "--weights",
+        default=None,
+        help="official .pth or .weights.h5 (default: the CMT-Ti "
+        "fixture for cmt_ti, trained-like random weights otherwise)",
+    )
     parser.add_argument("--io", default=None, help="fixture .npz with input_nhwc and official logits")
     parser.add_argument("--image_size", type=int, default=None)
     parser.add_argument("--threads", type=int, default=2)
@@ -83,8 +89,10 @@ def main(argv=None):
         reference, reference_name = None, "Keras logits"
     keras_logits = model.predict(x, verbose=0)
     reference = keras_logits if reference is None else reference
-    files = {mode: convert.convert(model, quantize=mode, input_range="normalized", logits=True, with_metadata=False)
-             for mode in ("none", "float16")}
+    files = {
+        mode: convert.convert(model, quantize=mode, input_range="normalized", logits=True, with_metadata=False)
+        for mode in ("none", "float16")
+    }
     runners = {
         "fp32": LiteRTModel(files["none"], num_threads=args.threads),
         "float16 weights": LiteRTModel(files["float16"], num_threads=args.threads),
@@ -95,10 +103,17 @@ def main(argv=None):
     for name, runner in runners.items():
         logits = runner.predict(x)
         error = float(np.abs(logits - reference).max())
-        rows.append({"row": name, "max_abs_error": error, "relative_error": error / float(np.abs(reference).max()),
-                     "max_abs_diff_vs_keras": float(np.abs(logits - keras_logits).max()),
-                     "top1_agreement": float(np.mean(logits.argmax(-1) == reference.argmax(-1))),
-                     "fp16_rounded_output": fp16_rounded(logits), "times_ms": []})
+        rows.append(
+            {
+                "row": name,
+                "max_abs_error": error,
+                "relative_error": error / float(np.abs(reference).max()),
+                "max_abs_diff_vs_keras": float(np.abs(logits - keras_logits).max()),
+                "top1_agreement": float(np.mean(logits.argmax(-1) == reference.argmax(-1))),
+                "fp16_rounded_output": fp16_rounded(logits),
+                "times_ms": [],
+            }
+        )
     one = x[:1]
     for _ in range(5):
         for runner in runners.values():
@@ -111,19 +126,33 @@ def main(argv=None):
     for row in rows:
         row["median_ms"] = statistics.median(row["times_ms"])
         row["ratio_to_fp32"] = row["median_ms"] / rows[0]["median_ms"]
-    report = {"benchmark": "tflite_fp16", "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "variant": args.variant,
-              "image_size": size, "weights": args.weights or "trained-like random", "reference": reference_name,
-              "images": int(len(x)), "threads": args.threads, "runs": args.runs, "keras": keras.__version__,
-              "file_mb": {mode: len(data) / 1e6 for mode, data in files.items()},
-              "machine": machine_description(), "rows": rows}
-    print(f"\n{args.variant}@{size}, {len(x)} images, errors against the {reference_name}; batch 1, "
-          f"{args.threads} threads, median of {args.runs} interleaved runs\n")
+    report = {
+        "benchmark": "tflite_fp16",
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "variant": args.variant,
+        "image_size": size,
+        "weights": args.weights or "trained-like random",
+        "reference": reference_name,
+        "images": int(len(x)),
+        "threads": args.threads,
+        "runs": args.runs,
+        "keras": keras.__version__,
+        "file_mb": {mode: len(data) / 1e6 for mode, data in files.items()},
+        "machine": machine_description(),
+        "rows": rows,
+    }
+    print(
+        f"\n{args.variant}@{size}, {len(x)} images, errors against the {reference_name}; batch 1, "
+        f"{args.threads} threads, median of {args.runs} interleaved runs\n"
+    )
     print("| row | max abs error | relative | top-1 agreement | fp16 outputs | median ms | ratio to fp32 |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for row in rows:
-        print(f"| {row['row']} | {row['max_abs_error']:.2e} | {row['relative_error']:.2e} | "
-              f"{row['top1_agreement']:.2f} | {'yes' if row['fp16_rounded_output'] else 'no'} | "
-              f"{row['median_ms']:.2f} | {row['ratio_to_fp32']:.2f} |")
+        print(
+            f"| {row['row']} | {row['max_abs_error']:.2e} | {row['relative_error']:.2e} | "
+            f"{row['top1_agreement']:.2f} | {'yes' if row['fp16_rounded_output'] else 'no'} | "
+            f"{row['median_ms']:.2f} | {row['ratio_to_fp32']:.2f} |"
+        )
     load_atomic_files().write_json(args.output, report)
     print(f"\nsaved {args.output}")
     return report

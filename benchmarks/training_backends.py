@@ -20,7 +20,7 @@ round by round (ABCABC...), so that a slow phase of a shared machine hits all of
 | torch | channels_last (Keras' default for the torch backend: eager) |
 | torch-channels_first | channels_first |
 | official | the official `cmt_pytorch/cmt.py` (from `--official`, not part of this project), eager, NCHW |
-| torch-compile | `jit_compile=True` on the torch backend: `torch.compile` (Inductor, which generates and compiles C++ on the machine) |
+| torch-compile | `jit_compile=True` on the torch backend: `torch.compile` (Inductor: C++ generated and compiled here) |
 | tensorflow-bf16, torch-bf16 | `keras.config.set_dtype_policy("mixed_bfloat16")`: bf16 compute, float32 variables |
 | official-bf16 | the official model under `torch.autocast("cpu", dtype=torch.bfloat16)` |
 
@@ -31,9 +31,9 @@ products; their ratios are also given against `official-bf16`.
 
 Every configuration trains the same thing: random weights with non-zero biases and BatchNorm statistics
 (`benchmarks.trained_like_weights` / `benchmarks.official_pytorch`), AdamW (learning rate 1e-3, weight decay 0.05),
-cross-entropy on logits with random integer labels over 1000 classes (`loss_first` is the first step's loss, `loss_mean` the mean over all
-steps: what Keras' `logs["loss"]` holds at the end of an epoch), one synthetic normalised batch held in
-memory (a repeating `tf.data` dataset on TensorFlow, a generator of backend tensors on JAX and PyTorch), no metrics.
+cross-entropy on logits with random integer labels over 1000 classes (`loss_first` is the first step's loss, `loss_mean`
+the mean over all steps: what Keras' `logs["loss"]` holds at the end of an epoch), one synthetic normalised batch held
+in memory (a repeating `tf.data` dataset on TensorFlow, a generator of backend tensors on JAX and PyTorch), no metrics.
 The step time is the interval between consecutive `on_train_batch_end` callbacks (the loss is read there, which
 waits for JAX's asynchronous dispatch), divided by `steps_per_execution`; the first `--warmup` steps (tracing,
 compilation, allocation) are left out; images/s = batch / median step time. The official model's step is timed
@@ -70,8 +70,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULT_MARKER = "TRAINING_BACKENDS_RESULT "
 CONFIGS = {
     "tensorflow": dict(backend="tensorflow", data_format="channels_last", jit_compile=False),
-    "tensorflow-bf16": dict(backend="tensorflow", data_format="channels_last", jit_compile=False,
-                            policy="mixed_bfloat16"),
+    "tensorflow-bf16": dict(
+        backend="tensorflow", data_format="channels_last", jit_compile=False, policy="mixed_bfloat16"
+    ),
     "tensorflow-xla": dict(backend="tensorflow", data_format="channels_last", jit_compile=True),
     "jax": dict(backend="jax", data_format="channels_last", jit_compile="auto"),
     "jax-channels_first": dict(backend="jax", data_format="channels_first", jit_compile="auto"),
@@ -80,18 +81,26 @@ CONFIGS = {
     "torch-compile": dict(backend="torch", data_format="channels_last", jit_compile=True),
     "torch-bf16": dict(backend="torch", data_format="channels_last", jit_compile="auto", policy="mixed_bfloat16"),
     "official": dict(backend="official", data_format="channels_first", jit_compile=False),
-    "official-bf16": dict(backend="official", data_format="channels_first", jit_compile=False,
-                          policy="mixed_bfloat16"),
+    "official-bf16": dict(backend="official", data_format="channels_first", jit_compile=False, policy="mixed_bfloat16"),
 }
-DEFAULT_CONFIGS = ["tensorflow", "tensorflow-xla", "jax", "jax-channels_first", "torch", "torch-channels_first",
-                   "official"]
+DEFAULT_CONFIGS = [
+    "tensorflow",
+    "tensorflow-xla",
+    "jax",
+    "jax-channels_first",
+    "torch",
+    "torch-channels_first",
+    "official",
+]
 NUM_CLASSES = 1000
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+    )
     parser.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS, choices=list(CONFIGS))
     parser.add_argument("--variant", default="cmt_ti", choices=["cmt_ti", "cmt_xs", "cmt_s", "cmt_b"])
     parser.add_argument("--image_size", type=int, default=160)
@@ -118,14 +127,20 @@ def parse_args(argv):
 def child_environment(backend, threads):
     """The environment of a child process: backend, thread counts, quiet TensorFlow, the repository importable."""
     env = dict(os.environ)
-    env.update(KERAS_BACKEND=backend if backend != "official" else "torch", OMP_NUM_THREADS=str(threads),
-               MKL_NUM_THREADS=str(threads), TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1",
-               PYTHONPATH=os.pathsep.join([REPO] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    env.update(
+        KERAS_BACKEND=backend if backend != "official" else "torch",
+        OMP_NUM_THREADS=str(threads),
+        MKL_NUM_THREADS=str(threads),
+        TF_CPP_MIN_LOG_LEVEL="2",
+        PYTHONUNBUFFERED="1",
+        PYTHONPATH=os.pathsep.join([REPO] + [p for p in [os.environ.get("PYTHONPATH")] if p]),
+    )
     if backend == "jax":
         env.setdefault("JAX_PLATFORMS", "cpu")
         if threads == 1:
-            env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
-                                " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1").strip()
+            env["XLA_FLAGS"] = (
+                env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+            ).strip()
     return env
 
 
@@ -180,14 +195,24 @@ def repeating_dataset(x, y, backend):
 
 def step_statistics(step_times, batch):
     median = statistics.median(step_times)
-    return {"median_step_s": median, "images_per_s": batch / median, "min_step_s": min(step_times),
-            "max_step_s": max(step_times), "timed_steps_s": step_times}
+    return {
+        "median_step_s": median,
+        "images_per_s": batch / median,
+        "min_step_s": min(step_times),
+        "max_step_s": max(step_times),
+        "timed_steps_s": step_times,
+    }
 
 
 def machine_description():
     """Where a benchmark ran, for its JSON: platform, CPU count, Python and the load when it started."""
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(), "python": platform.python_version(), "load_average_at_start": os.getloadavg()}
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "load_average_at_start": os.getloadavg(),
+    }
 
 
 def peak_rss_mib():
@@ -232,21 +257,35 @@ def train_keras(args, config):
     model = keras_cmt.build_model(args.variant, input_shape=shape, classes=NUM_CLASSES, classifier_activation=None)
     randomize_like_trained(model, seed=0)
     per_execution = args.steps_per_execution if config["backend"] != "torch" else 1
-    model.compile(optimizer=keras.optimizers.AdamW(learning_rate=1e-3, weight_decay=0.05),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  steps_per_execution=per_execution, jit_compile=config["jit_compile"])
+    model.compile(
+        optimizer=keras.optimizers.AdamW(learning_rate=1e-3, weight_decay=0.05),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        steps_per_execution=per_execution,
+        jit_compile=config["jit_compile"],
+    )
     x, y = synthetic_batch(args.batch, size, config["data_format"])
     warmup_executions = math.ceil(args.warmup / per_execution)
     timed_executions = max(1, math.ceil(args.steps / per_execution))
     timer = step_timer()
-    model.fit(repeating_dataset(x, y, config["backend"]), epochs=1, verbose=0, callbacks=[timer],
-              steps_per_epoch=(warmup_executions + timed_executions) * per_execution)
+    model.fit(
+        repeating_dataset(x, y, config["backend"]),
+        epochs=1,
+        verbose=0,
+        callbacks=[timer],
+        steps_per_epoch=(warmup_executions + timed_executions) * per_execution,
+    )
     periods = [b - a for a, b in zip(timer.ends, timer.ends[1:])]
     step_times = [p / per_execution for p in periods[warmup_executions:]]
-    return dict(step_statistics(step_times, args.batch), steps_per_execution=per_execution,
-                jit_compile=bool(model.jit_compile), warmup_s=sum(periods[:warmup_executions]),
-                loss_first=timer.losses[0], loss_mean=timer.losses[-1], keras=keras.__version__,
-                policy=keras.config.dtype_policy().name)
+    return dict(
+        step_statistics(step_times, args.batch),
+        steps_per_execution=per_execution,
+        jit_compile=bool(model.jit_compile),
+        warmup_s=sum(periods[:warmup_executions]),
+        loss_first=timer.losses[0],
+        loss_mean=timer.losses[-1],
+        keras=keras.__version__,
+        policy=keras.config.dtype_policy().name,
+    )
 
 
 def train_official(args, config):
@@ -277,9 +316,16 @@ def train_official(args, config):
         optimizer.step()
         losses.append(loss.item())
         times.append(time.perf_counter() - start)
-    return dict(step_statistics(times[args.warmup:], args.batch), steps_per_execution=1, jit_compile=False,
-                warmup_s=sum(times[:args.warmup]), loss_first=losses[0], loss_mean=statistics.fmean(losses),
-                policy="mixed_bfloat16" if bf16 else "float32", timm=module.TIMM_SOURCE)
+    return dict(
+        step_statistics(times[args.warmup :], args.batch),
+        steps_per_execution=1,
+        jit_compile=False,
+        warmup_s=sum(times[: args.warmup]),
+        loss_first=losses[0],
+        loss_mean=statistics.fmean(losses),
+        policy="mixed_bfloat16" if bf16 else "float32",
+        timm=module.TIMM_SOURCE,
+    )
 
 
 def run_child(args):
@@ -294,9 +340,17 @@ def run_child(args):
     for name in ("tensorflow", "jax", "torch"):
         if name in sys.modules:
             versions[name] = getattr(sys.modules[name], "__version__", "?")
-    result.update(config=args.child, backend=config["backend"], data_format=config["data_format"], cpus=cpus,
-                  peak_rss_mib=peak_rss_mib(), process_s=time.perf_counter() - start, versions=versions,
-                  load_average_at_start=load_at_start, load_average_at_end=os.getloadavg())
+    result.update(
+        config=args.child,
+        backend=config["backend"],
+        data_format=config["data_format"],
+        cpus=cpus,
+        peak_rss_mib=peak_rss_mib(),
+        process_s=time.perf_counter() - start,
+        versions=versions,
+        load_average_at_start=load_at_start,
+        load_average_at_end=os.getloadavg(),
+    )
     print(RESULT_MARKER + json.dumps(result), flush=True)
 
 
@@ -324,7 +378,7 @@ def run_measuring_child(command, env, marker, timeout=None, tail_lines=15):
         done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env, timeout=timeout)
     except subprocess.TimeoutExpired:
         return [], {"error": f"timed out after {timeout} s"}
-    records = [json.loads(line[len(marker):]) for line in done.stdout.splitlines() if line.startswith(marker)]
+    records = [json.loads(line[len(marker) :]) for line in done.stdout.splitlines() if line.startswith(marker)]
     if done.returncode == 0 and records:
         return records, None
     tail = (done.stderr or done.stdout).strip().splitlines()[-tail_lines:]
@@ -332,11 +386,29 @@ def run_measuring_child(command, env, marker, timeout=None, tail_lines=15):
 
 
 def child_command(args, config):
-    command = [sys.executable, "-m", "benchmarks.training_backends", "--child", config,
-               "--variant", args.variant, "--image_size", str(args.image_size), "--batch", str(args.batch),
-               "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads),
-               "--steps_per_execution", str(args.steps_per_execution),
-               "--tf_inter_op_threads", str(args.tf_inter_op_threads)]
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.training_backends",
+        "--child",
+        config,
+        "--variant",
+        args.variant,
+        "--image_size",
+        str(args.image_size),
+        "--batch",
+        str(args.batch),
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--threads",
+        str(args.threads),
+        "--steps_per_execution",
+        str(args.steps_per_execution),
+        "--tf_inter_op_threads",
+        str(args.tf_inter_op_threads),
+    ]
     if args.official:
         command += ["--official", os.path.abspath(args.official)]
     return command
@@ -345,9 +417,12 @@ def child_command(args, config):
 def run_config(args, config):
     """Runs one configuration in a fresh process; returns its result dict (with "error" where it failed)."""
     start = time.perf_counter()
-    records, error = run_measuring_child(child_command(args, config),
-                                         child_environment(CONFIGS[config]["backend"], args.threads), RESULT_MARKER,
-                                         timeout=args.timeout)
+    records, error = run_measuring_child(
+        child_command(args, config),
+        child_environment(CONFIGS[config]["backend"], args.threads),
+        RESULT_MARKER,
+        timeout=args.timeout,
+    )
     wall = time.perf_counter() - start
     if records:
         return dict(records[0], wall_s=wall)
@@ -362,19 +437,26 @@ def summarize(args, results):
     rows = []
     for config in args.configs:
         ok = [r for r in results if r["config"] == config and "error" not in r]
-        rows.append({"config": config, "images_per_s": [r["images_per_s"] for r in ok],
-                     "median_images_per_s": statistics.median([r["images_per_s"] for r in ok]) if ok else None,
-                     "peak_rss_mib": max([r["peak_rss_mib"] for r in ok], default=None),
-                     "errors": [r["error"] for r in results if r["config"] == config and "error" in r]})
+        rows.append(
+            {
+                "config": config,
+                "images_per_s": [r["images_per_s"] for r in ok],
+                "median_images_per_s": statistics.median([r["images_per_s"] for r in ok]) if ok else None,
+                "peak_rss_mib": max([r["peak_rss_mib"] for r in ok], default=None),
+                "errors": [r["error"] for r in results if r["config"] == config and "error" in r],
+            }
+        )
     medians = {row["config"]: row["median_images_per_s"] for row in rows}
     for row in rows:
         official = medians.get("official")
-        row["ratio_to_official"] = (row["median_images_per_s"] / official
-                                    if official and row["median_images_per_s"] else None)
+        row["ratio_to_official"] = (
+            row["median_images_per_s"] / official if official and row["median_images_per_s"] else None
+        )
         # bf16 configurations also against the official model under bf16 autocast, when it ran
         same = "official-bf16" if CONFIGS[row["config"]].get("policy") == "mixed_bfloat16" else "official"
-        row["ratio_to_official_same_precision"] = (row["median_images_per_s"] / medians[same]
-                                                   if medians.get(same) and row["median_images_per_s"] else None)
+        row["ratio_to_official_same_precision"] = (
+            row["median_images_per_s"] / medians[same] if medians.get(same) and row["median_images_per_s"] else None
+        )
     return rows
 
 
@@ -382,15 +464,19 @@ def print_table(rows):
     def fmt(value, spec):
         return "-" if value is None else format(value, spec)
 
-    print("\n| config | images/s per round | median images/s | ratio to official | ratio to official, same "
-          "precision | peak RSS (MiB) |")
+    print(
+        "\n| config | images/s per round | median images/s | ratio to official | ratio to official, same "
+        "precision | peak RSS (MiB) |"
+    )
     print("| --- | --- | --- | --- | --- | --- |")
     for row in rows:
         per_round = " / ".join(f"{v:.2f}" for v in row["images_per_s"]) or "-"
         failed = f" ({len(row['errors'])} failed)" if row["errors"] else ""
-        print(f"| {row['config']} | {per_round}{failed} | {fmt(row['median_images_per_s'], '.2f')} | "
-              f"{fmt(row['ratio_to_official'], '.3f')} | {fmt(row['ratio_to_official_same_precision'], '.3f')} | "
-              f"{fmt(row['peak_rss_mib'], ',.0f')} |")
+        print(
+            f"| {row['config']} | {per_round}{failed} | {fmt(row['median_images_per_s'], '.2f')} | "
+            f"{fmt(row['ratio_to_official'], '.3f')} | {fmt(row['ratio_to_official_same_precision'], '.3f')} | "
+            f"{fmt(row['peak_rss_mib'], ',.0f')} |"
+        )
 
 
 def main(argv=None):
@@ -399,10 +485,13 @@ def main(argv=None):
         return run_child(args)
     atomic_files = load_atomic_files()
 
-    report = {"benchmark": "training_backends", "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-              "settings": {k: v for k, v in vars(args).items() if k != "child"},
-              "machine": machine_description(),
-              "results": []}
+    report = {
+        "benchmark": "training_backends",
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "settings": {k: v for k, v in vars(args).items() if k != "child"},
+        "machine": machine_description(),
+        "results": [],
+    }
     for round_index in range(1, args.rounds + 1):
         for config in args.configs:
             result = dict(run_config(args, config), round=round_index)
@@ -412,10 +501,13 @@ def main(argv=None):
                 for line in result.get("stderr_tail", []):
                     print("    " + line)
             else:
-                print(f"round {round_index} {config:22s} {result['images_per_s']:8.2f} images/s "
-                      f"(median step {result['median_step_s'] * 1e3:8.1f} ms, warm-up {result['warmup_s']:6.1f} s, "
-                      f"loss {result['loss_first']:.3f}, mean {result['loss_mean']:.3f}, "
-                      f"peak RSS {result['peak_rss_mib']:,.0f} MiB, process {result['wall_s']:.0f} s)", flush=True)
+                print(
+                    f"round {round_index} {config:22s} {result['images_per_s']:8.2f} images/s "
+                    f"(median step {result['median_step_s'] * 1e3:8.1f} ms, warm-up {result['warmup_s']:6.1f} s, "
+                    f"loss {result['loss_first']:.3f}, mean {result['loss_mean']:.3f}, "
+                    f"peak RSS {result['peak_rss_mib']:,.0f} MiB, process {result['wall_s']:.0f} s)",
+                    flush=True,
+                )
             atomic_files.write_json(args.output, report)  # partial results survive an interrupted run
     report["machine"]["load_average_at_end"] = os.getloadavg()
     report["summary"] = summarize(args, report["results"])

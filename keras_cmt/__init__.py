@@ -27,7 +27,25 @@ _hub_registration.install()
 __version__ = "0.1.0"
 
 __all__ = [
-    "CMT", "CMTBase", "CMTPyramid", "CMTSmall", "CMTTiny", "CMTXS", "IMAGENET_MEAN", "IMAGENET_STD", "VARIANTS",
-    "build_model", "count_macs", "decode_predictions", "eval_transform", "fuse_for_inference", "get_variant",
-    "imagenet_labels", "load_image", "load_weights", "preprocess_input", "pyramid_model", "pyramid_outputs",
+    "CMT",
+    "CMTBase",
+    "CMTPyramid",
+    "CMTSmall",
+    "CMTTiny",
+    "CMTXS",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "VARIANTS",
+    "build_model",
+    "count_macs",
+    "decode_predictions",
+    "eval_transform",
+    "fuse_for_inference",
+    "get_variant",
+    "imagenet_labels",
+    "load_image",
+    "load_weights",
+    "preprocess_input",
+    "pyramid_model",
+    "pyramid_outputs",
 ]

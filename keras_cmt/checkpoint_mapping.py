@@ -117,12 +117,15 @@ def export_state_dict(model):
     `cmt_pytorch/cmt.py`'s `load_state_dict` takes."""
     import keras
 
-    return {key: _to_official(key, transform, np.asarray(keras.ops.convert_to_numpy(variable)))
-            for key, variable, transform in official_mapping(model)}
+    return {
+        key: _to_official(key, transform, np.asarray(keras.ops.convert_to_numpy(variable)))
+        for key, variable, transform in official_mapping(model)
+    }
 
 
 def describe_state_dict(state_dict):
     """Guesses the configuration a state dict was trained with: embed dims, depths, stem width, classes."""
+
     def leading(key):  # a tensor's first dimension, None when absent or 0-d
         w = state_dict.get(key)
         shape = getattr(w, "shape", ())

@@ -32,63 +32,122 @@ def _parser():
     quiet.add_verbose_argument(common)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    predict = commands.add_parser("predict", help="classify images with a CMT model", parents=[common],
-                                  description="Classify images with the official evaluation transform.")
+    predict = commands.add_parser(
+        "predict",
+        help="classify images with a CMT model",
+        parents=[common],
+        description="Classify images with the official evaluation transform.",
+    )
     predict.add_argument("images", nargs="+", metavar="IMAGE", help="JPEG/PNG/GIF/BMP files")
-    predict.add_argument("--model", default="cmt_small",
-                         help="variant (cmt_ti, cmt_xs, cmt_small, cmt_base, ...) or a saved .keras model "
-                              "(default: cmt_small)")
-    predict.add_argument("--weights", default=None,
-                         help="'imagenet' (default for variants), a .weights.h5 or official .pth file, or 'none' "
-                              "(random weights; with a .keras model the default keeps its own weights)")
+    predict.add_argument(
+        "--model",
+        default="cmt_small",
+        help="variant (cmt_ti, cmt_xs, cmt_small, cmt_base, ...) or a saved .keras model (default: cmt_small)",
+    )
+    predict.add_argument(
+        "--weights",
+        default=None,
+        help="'imagenet' (default for variants), a .weights.h5 or official .pth file, or 'none' "
+        "(random weights; with a .keras model the default keeps its own weights)",
+    )
     predict.add_argument("--top", type=_positive_int, default=5, help="how many classes to print (default 5)")
-    predict.add_argument("--size", type=_positive_int, default=None,
-                         help="input size for a variant, a multiple of 32 (default: the variant's, e.g. 224)")
-    predict.add_argument("--labels", default=None,
-                         help="text file with one class name per line (default: ImageNet-1k names for 1000 "
-                              "classes, else class_<i>)")
+    predict.add_argument(
+        "--size",
+        type=_positive_int,
+        default=None,
+        help="input size for a variant, a multiple of 32 (default: the variant's, e.g. 224)",
+    )
+    predict.add_argument(
+        "--labels",
+        default=None,
+        help="text file with one class name per line (default: ImageNet-1k names for 1000 classes, else class_<i>)",
+    )
     predict.add_argument("--batch-size", type=_positive_int, default=16, help="images per forward pass")
 
-    info = commands.add_parser("info", parents=[common],
-                               help="print the variant table (params, GMACs, input size, top-1)")
-    info.add_argument("--model", action="append", default=None, metavar="NAME",
-                      help="only these variants (repeatable; default: all four)")
+    info = commands.add_parser(
+        "info", parents=[common], help="print the variant table (params, GMACs, input size, top-1)"
+    )
+    info.add_argument(
+        "--model",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="only these variants (repeatable; default: all four)",
+    )
 
-    export = commands.add_parser("export-preset", parents=[common], help="write a keras-hub preset directory",
-                                 description="Write a keras-hub preset (backbone, classifier, preprocessor) that "
-                                             "keras_hub.models.ImageClassifier.from_preset loads after "
-                                             "`import keras_cmt`.")
+    export = commands.add_parser(
+        "export-preset",
+        parents=[common],
+        help="write a keras-hub preset directory",
+        description="Write a keras-hub preset (backbone, classifier, preprocessor) that "
+        "keras_hub.models.ImageClassifier.from_preset loads after "
+        "`import keras_cmt`.",
+    )
     export.add_argument("out_dir", metavar="DIR", help="the preset directory to create")
-    export.add_argument("--model", required=True,
-                        help="variant (cmt_ti, cmt_xs, cmt_s, cmt_b, ...) or a saved keras_cmt .keras model")
-    export.add_argument("--weights", default=None,
-                        help="'imagenet' (default for variants), a .weights.h5 or official .pth file, or 'none'; "
-                             "with a .keras model, optional weights to load onto it")
-    export.add_argument("--size", type=_positive_int, default=None,
-                        help="input size for a variant, a multiple of 32 (default: the variant's)")
+    export.add_argument(
+        "--model", required=True, help="variant (cmt_ti, cmt_xs, cmt_s, cmt_b, ...) or a saved keras_cmt .keras model"
+    )
+    export.add_argument(
+        "--weights",
+        default=None,
+        help="'imagenet' (default for variants), a .weights.h5 or official .pth file, or 'none'; "
+        "with a .keras model, optional weights to load onto it",
+    )
+    export.add_argument(
+        "--size",
+        type=_positive_int,
+        default=None,
+        help="input size for a variant, a multiple of 32 (default: the variant's)",
+    )
     export.add_argument("--overwrite", action="store_true", help="replace DIR if it holds a keras-hub preset")
 
     files = commands.add_parser(
-        "export", parents=[common], help="write the model as a LiteRT, ONNX, OpenVINO, SavedModel or torch file",
+        "export",
+        parents=[common],
+        help="write the model as a LiteRT, ONNX, OpenVINO, SavedModel or torch file",
         description="Keras' model.export on the serving form (normalisations folded, ImageNet normalisation "
-                    "inside), the file checked in its runtime within 1e-4 of Keras before it is written.")
-    files.add_argument("--model", required=True,
-                       help="variant (cmt_ti, cmt_xs, cmt_s, cmt_b, ...) or a saved keras_cmt .keras model")
-    files.add_argument("--format", required=True, choices=("litert", "onnx", "openvino", "saved_model", "torch"),
-                       help="litert: .tflite (TensorFlow: with metadata and --quantize); onnx; openvino: .xml + "
-                            ".bin; saved_model: a folder; torch: a torch.export .pt2 (PyTorch backend)")
-    files.add_argument("--weights", default=None,
-                       help="'imagenet' (default for variants), a .weights.h5 or official .pth file, or 'none'")
-    files.add_argument("--size", type=_positive_int, default=None,
-                       help="input size for a variant, a multiple of 32 (default: the variant's)")
-    files.add_argument("--input_range", default="0-255", choices=("0-255", "0-1", "normalized"),
-                       help="what the file takes: RGB in [0, 255] (default), [0, 1], or preprocess_input's output")
+        "inside), the file checked in its runtime within 1e-4 of Keras before it is written.",
+    )
+    files.add_argument(
+        "--model", required=True, help="variant (cmt_ti, cmt_xs, cmt_s, cmt_b, ...) or a saved keras_cmt .keras model"
+    )
+    files.add_argument(
+        "--format",
+        required=True,
+        choices=("litert", "onnx", "openvino", "saved_model", "torch"),
+        help="litert: .tflite (TensorFlow: with metadata and --quantize); onnx; openvino: .xml + "
+        ".bin; saved_model: a folder; torch: a torch.export .pt2 (PyTorch backend)",
+    )
+    files.add_argument(
+        "--weights",
+        default=None,
+        help="'imagenet' (default for variants), a .weights.h5 or official .pth file, or 'none'",
+    )
+    files.add_argument(
+        "--size",
+        type=_positive_int,
+        default=None,
+        help="input size for a variant, a multiple of 32 (default: the variant's)",
+    )
+    files.add_argument(
+        "--input_range",
+        default="0-255",
+        choices=("0-255", "0-1", "normalized"),
+        help="what the file takes: RGB in [0, 255] (default), [0, 1], or preprocess_input's output",
+    )
     files.add_argument("--logits", action="store_true", help="output logits instead of softmax probabilities")
     files.add_argument("--no_fuse", action="store_true", help="export the training graph as it is")
-    files.add_argument("--quantize", default="none", choices=("none", "float16", "dynamic"),
-                       help="litert on TensorFlow only (int8 with calibration: python -m keras_cmt.tflite.convert)")
-    files.add_argument("--output", default=None, help="the file (or SavedModel folder) to write; default: "
-                                                      "derived from --model and --format")
+    files.add_argument(
+        "--quantize",
+        default="none",
+        choices=("none", "float16", "dynamic"),
+        help="litert on TensorFlow only (int8 with calibration: python -m keras_cmt.tflite.convert)",
+    )
+    files.add_argument(
+        "--output",
+        default=None,
+        help="the file (or SavedModel folder) to write; default: derived from --model and --format",
+    )
     return parser
 
 
@@ -120,8 +179,12 @@ def _load_model(args, logits=False):
     variant = keras_cmt.get_variant(args.model)
     size = args.size or variant.default_size
     weights = args.weights or "imagenet"
-    return keras_cmt.build_model(variant.name, weights=None if weights == "none" else weights,
-                                 input_shape=(size, size, 3), classifier_activation=None if logits else "softmax")
+    return keras_cmt.build_model(
+        variant.name,
+        weights=None if weights == "none" else weights,
+        input_shape=(size, size, 3),
+        classifier_activation=None if logits else "softmax",
+    )
 
 
 def _labels(args, classes):
@@ -170,8 +233,8 @@ def predict(args, out=None):
     labels = _labels(args, classes)
     top = min(args.top, classes)
     for start in range(0, len(images), args.batch_size):
-        paths = args.images[start:start + args.batch_size]
-        batch = np.stack([eval_transform(image, size) for image in images[start:start + args.batch_size]])
+        paths = args.images[start : start + args.batch_size]
+        batch = np.stack([eval_transform(image, size) for image in images[start : start + args.batch_size]])
         if channels_first:
             batch = np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
         probabilities = _probabilities(keras.ops.convert_to_numpy(model(batch, training=False)))
@@ -195,11 +258,18 @@ def info(args, out=None):
         model = keras_cmt.build_model(name)
         gmacs = variant.macs / 1e9
         size = f"{variant.default_size}^2"
-        print(f"{name:<8} {variant.builder_name:<9} {model.count_params():>12,} {gmacs:>7.3f} {size:>7} "
-              f"{variant.top1:>6.1f}  {variant.weights_file}", file=out, flush=True)
+        print(
+            f"{name:<8} {variant.builder_name:<9} {model.count_params():>12,} {gmacs:>7.3f} {size:>7} "
+            f"{variant.top1:>6.1f}  {variant.weights_file}",
+            file=out,
+            flush=True,
+        )
         del model
-    print("GMACs: convolutions and matrix products at the default input, batch 1; params include BatchNorm "
-          "statistics; top-1: ImageNet-1k, official release weights.", file=out)
+    print(
+        "GMACs: convolutions and matrix products at the default input, batch 1; params include BatchNorm "
+        "statistics; top-1: ImageNet-1k, official release weights.",
+        file=out,
+    )
     return 0
 
 
@@ -212,11 +282,19 @@ def export_preset(args, out=None):
     weights = args.weights
     if weights is None and not args.model.endswith(".keras"):
         weights = "imagenet"
-    path = hub.export_preset(args.model, args.out_dir, weights=None if weights == "none" else weights,
-                             size=args.size, overwrite=args.overwrite)
+    path = hub.export_preset(
+        args.model,
+        args.out_dir,
+        weights=None if weights == "none" else weights,
+        size=args.size,
+        overwrite=args.overwrite,
+    )
     print(f"wrote the keras-hub preset {path}: {', '.join(sorted(os.listdir(path)))}", file=out)
-    print(f"load it with `import keras_cmt, keras_hub; keras_hub.models.ImageClassifier.from_preset({path!r})`",
-          file=out, flush=True)
+    print(
+        f"load it with `import keras_cmt, keras_hub; keras_hub.models.ImageClassifier.from_preset({path!r})`",
+        file=out,
+        flush=True,
+    )
     return 0
 
 
@@ -235,11 +313,14 @@ def export_file(args, out=None):
         raise ValueError("--logits applies to variants; a .keras model keeps the output it was saved with.")
     model = _load_model(args, logits=args.logits)
     options = {"quantize": args.quantize} if args.quantize != "none" else {}
-    error = export.export(model, output, args.format, input_range=args.input_range, fuse=not args.no_fuse,
-                          **options)
+    error = export.export(model, output, args.format, input_range=args.input_range, fuse=not args.no_fuse, **options)
     held = f"{args.quantize}-quantized, not held to 1e-4" if args.quantize != "none" else "within 1e-4"
-    print(f"wrote {os.path.abspath(output)} ({args.format}, checked in {export.RUNTIMES[args.format]}: max abs "
-          f"{error:.2g} from Keras, {held})", file=out, flush=True)
+    print(
+        f"wrote {os.path.abspath(output)} ({args.format}, checked in {export.RUNTIMES[args.format]}: max abs "
+        f"{error:.2g} from Keras, {held})",
+        file=out,
+        flush=True,
+    )
     return 0
 
 

@@ -57,8 +57,7 @@ def _validate_weights_argument(weights):
     path = os.fspath(weights)
     if not os.path.exists(path):
         raise ValueError(
-            f"weights must be None, 'imagenet' or the path to a .weights.h5 or .pth file; got {path!r} "
-            "(no such file)."
+            f"weights must be None, 'imagenet' or the path to a .weights.h5 or .pth file; got {path!r} (no such file)."
         )
 
 
@@ -125,8 +124,9 @@ def CMT(
         weights_variant: the `keras_cmt.VARIANTS` name whose official weights `weights="imagenet"` loads
             (set by the variant builders; `CMT` alone has no ImageNet weights).
     """
-    check_stage_lists(depths=depths, embed_dims=embed_dims, num_heads=num_heads, mlp_ratios=mlp_ratios,
-                      sr_ratios=sr_ratios)
+    check_stage_lists(
+        depths=depths, embed_dims=embed_dims, num_heads=num_heads, mlp_ratios=mlp_ratios, sr_ratios=sr_ratios
+    )
     _validate_weights_argument(weights)
     if weights == "imagenet" and weights_variant is None:
         raise ValueError("weights='imagenet' needs a released variant: use CMTTiny, CMTXS, CMTSmall or CMTBase.")
@@ -146,8 +146,20 @@ def CMT(
         img_input = keras.layers.Input(tensor=input_tensor, shape=input_shape)
     else:
         img_input = input_tensor
-    x, _ = cmt_features(img_input, depths, embed_dims, num_heads, mlp_ratios, stem_channels, sr_ratios,
-                        head_channels, qkv_bias, drop_path_rate, (height, width), data_format)
+    x, _ = cmt_features(
+        img_input,
+        depths,
+        embed_dims,
+        num_heads,
+        mlp_ratios,
+        stem_channels,
+        sr_ratios,
+        head_channels,
+        qkv_bias,
+        drop_path_rate,
+        (height, width),
+        data_format,
+    )
     if include_top:
         x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
         x = keras.layers.Dropout(head_dropout, name="head_dropout")(x)
@@ -169,8 +181,21 @@ def CMT(
     return model
 
 
-def cmt_features(img_input, depths, embed_dims, num_heads, mlp_ratios, stem_channels, sr_ratios, head_channels,
-                 qkv_bias, drop_path_rate, bias_size, data_format, dtype=None):
+def cmt_features(
+    img_input,
+    depths,
+    embed_dims,
+    num_heads,
+    mlp_ratios,
+    stem_channels,
+    sr_ratios,
+    head_channels,
+    qkv_bias,
+    drop_path_rate,
+    bias_size,
+    data_format,
+    dtype=None,
+):
     """CMT up to the head's swish: the layers every model form shares (the plain model, keras-hub's CMTBackbone).
 
     `bias_size` is the (height, width) input size the relative-position biases are held at (the input's, or the
@@ -186,9 +211,16 @@ def cmt_features(img_input, depths, embed_dims, num_heads, mlp_ratios, stem_chan
     # stride-2 convolution by one pixel on every side; Keras' "same" would pad only bottom/right.
     x = keras.layers.ZeroPadding2D(1, data_format=data_format, name="stem_pad1", dtype=dtype)(img_input)
     for i, stride in enumerate((2, 1, 1), start=1):
-        x = keras.layers.Conv2D(stem_channels, 3, strides=stride, padding="valid" if stride == 2 else "same",
-                                data_format=data_format, kernel_initializer=initializers.conv_kernel(),
-                                name=f"stem_conv{i}", dtype=dtype)(x)
+        x = keras.layers.Conv2D(
+            stem_channels,
+            3,
+            strides=stride,
+            padding="valid" if stride == 2 else "same",
+            data_format=data_format,
+            kernel_initializer=initializers.conv_kernel(),
+            name=f"stem_conv{i}",
+            dtype=dtype,
+        )(x)
         x = keras.layers.Activation(exact_gelu, name=f"stem_gelu{i}", dtype=dtype)(x)  # erf GELU, as nn.GELU()
         x = batch_norm(f"stem_norm{i}")(x)
 
@@ -200,12 +232,25 @@ def cmt_features(img_input, depths, embed_dims, num_heads, mlp_ratios, stem_chan
     for stage in range(4):
         letter = variants.STAGE_LETTERS[stage]
         x = PatchEmbedding(embed_dims[stage], data_format=data_format, name=f"patch_embed_{letter}", dtype=dtype)(x)
-        bias = RelativePositionBias(num_heads[stage], (height, width), sr_ratios[stage], data_format=data_format,
-                                    name=f"relative_pos_{letter}", dtype=dtype)(x)
+        bias = RelativePositionBias(
+            num_heads[stage],
+            (height, width),
+            sr_ratios[stage],
+            data_format=data_format,
+            name=f"relative_pos_{letter}",
+            dtype=dtype,
+        )(x)
         for i in range(depths[stage]):
             x = CMTBlock(
-                embed_dims[stage], num_heads[stage], mlp_ratios[stage], sr_ratios[stage], qkv_bias,
-                drop_path_rate=rates[block_index], data_format=data_format, name=f"blocks_{letter}_{i}", dtype=dtype,
+                embed_dims[stage],
+                num_heads[stage],
+                mlp_ratios[stage],
+                sr_ratios[stage],
+                qkv_bias,
+                drop_path_rate=rates[block_index],
+                data_format=data_format,
+                name=f"blocks_{letter}_{i}",
+                dtype=dtype,
             )(x, bias)
             block_index += 1
         x = keras.layers.Identity(name=f"stage_{stage + 1}", dtype=dtype)(x)
@@ -213,8 +258,14 @@ def cmt_features(img_input, depths, embed_dims, num_heads, mlp_ratios, stem_chan
         height, width = height // 2, width // 2
 
     # Head: 1x1 convolution to head_channels, BatchNorm, swish (the classifier's pooling, dropout and dense follow).
-    x = keras.layers.Conv2D(head_channels, 1, data_format=data_format, kernel_initializer=initializers.conv_kernel(),
-                            name="head_conv", dtype=dtype)(x)
+    x = keras.layers.Conv2D(
+        head_channels,
+        1,
+        data_format=data_format,
+        kernel_initializer=initializers.conv_kernel(),
+        name="head_conv",
+        dtype=dtype,
+    )(x)
     x = batch_norm("head_norm")(x)
     x = keras.layers.Activation("swish", name="head_swish", dtype=dtype)(x)
     return x, stages

@@ -15,8 +15,10 @@ COUNTED_OPS = ("Conv2D", "DepthwiseConv2dNative", "MatMul", "BatchMatMulV2", "Ba
 def _static_shape(tensor, op):
     shape = tensor.shape
     if shape.rank is None or any(d is None for d in shape.as_list()):
-        raise ValueError(f"count_macs: {op.type} op {op.name!r} has a dynamic shape {shape}; "
-                         "give the model a fully static input shape.")
+        raise ValueError(
+            f"count_macs: {op.type} op {op.name!r} has a dynamic shape {shape}; "
+            "give the model a fully static input shape."
+        )
     return shape.as_list()
 
 

@@ -87,8 +87,9 @@ def key_side_weights(q_kernel, q_bias, proj_kernel, num_heads):
     head_dim = dim // num_heads
     query_heads = ops.transpose(ops.reshape(q_kernel, (dim, num_heads, head_dim)), (1, 2, 0))
     per_head_bias = ops.reshape(q_bias, (num_heads, head_dim, 1))
-    key_bias_kernel = ops.reshape(per_head_bias * ops.expand_dims(ops.eye(num_heads, dtype=q_bias.dtype), 1),
-                                  (dim, num_heads))
+    key_bias_kernel = ops.reshape(
+        per_head_bias * ops.expand_dims(ops.eye(num_heads, dtype=q_bias.dtype), 1), (dim, num_heads)
+    )
     return query_heads, key_bias_kernel, ops.reshape(proj_kernel, (num_heads, head_dim, dim))
 
 
@@ -105,8 +106,18 @@ def heads_last(relative_position_bias):
     return ops.reshape(ops.transpose(relative_position_bias, (1, 0, 2)), (n_q, heads * n_k))
 
 
-def key_side_attention(queries, k, v, query_heads, key_bias_kernel, out_heads, out_bias, heads_last_bias,
-                       num_heads, head_projections="matmul"):
+def key_side_attention(
+    queries,
+    k,
+    v,
+    query_heads,
+    key_bias_kernel,
+    out_heads,
+    out_bias,
+    heads_last_bias,
+    num_heads,
+    head_projections="matmul",
+):
     """softmax(q k^T + bias) v Wo + bo with the projections on the keys and values (module docstring). Each
     head's attention rows sum to 1, so bo / heads added to each head's projected values gives bo, on M rows
     instead of N.
@@ -130,8 +141,9 @@ def key_side_attention(queries, k, v, query_heads, key_bias_kernel, out_heads, o
         # Heads first and the batch folded into the rows, so both operands have the same batch rank: TensorFlow
         # 2.21's oneDNN BatchMatMul gives wrong results (and corrupts the heap) when it has to broadcast a
         # (heads, d, C) operand over a batch of 2 or more.
-        t = ops.reshape(ops.transpose(ops.reshape(t, (-1, n_k, num_heads, head_dim)), (2, 0, 1, 3)),
-                        (num_heads, -1, head_dim))
+        t = ops.reshape(
+            ops.transpose(ops.reshape(t, (-1, n_k, num_heads, head_dim)), (2, 0, 1, 3)), (num_heads, -1, head_dim)
+        )
         t = ops.reshape(ops.matmul(t, weights), (num_heads, -1, n_k, dim))
         return ops.reshape(ops.transpose(t, (1, 0, 2, 3)), (-1, num_heads * n_k, dim))
 
@@ -145,8 +157,9 @@ def key_side_attention(queries, k, v, query_heads, key_bias_kernel, out_heads, o
     if n_k == 1:
         attn = ops.ones_like(logits)
     elif num_heads > 1:
-        attn = ops.reshape(ops.softmax(ops.reshape(logits, (-1, n_q, num_heads, n_k)), axis=-1),
-                           (-1, n_q, num_heads * n_k))
+        attn = ops.reshape(
+            ops.softmax(ops.reshape(logits, (-1, n_q, num_heads, n_k)), axis=-1), (-1, n_q, num_heads * n_k)
+        )
     else:
         attn = ops.softmax(logits, axis=-1)
     values = per_head(v, out_heads) + out_bias / num_heads
@@ -162,8 +175,9 @@ class HeadsLastBias(keras.layers.Layer):
         self.num_heads, self.query_count, self.key_count = int(num_heads), int(query_count), int(key_count)
 
     def build(self, input_shape=None):
-        self.bias = self.add_weight(name="bias", shape=(self.query_count, self.num_heads * self.key_count),
-                                    initializer="zeros", trainable=False)
+        self.bias = self.add_weight(
+            name="bias", shape=(self.query_count, self.num_heads * self.key_count), initializer="zeros", trainable=False
+        )
 
     def call(self, inputs):
         return ops.expand_dims(self.bias, 0)
@@ -172,8 +186,12 @@ class HeadsLastBias(keras.layers.Layer):
         return (1, self.query_count, self.num_heads * self.key_count)
 
     def get_config(self):
-        return {**super().get_config(), "num_heads": self.num_heads, "query_count": self.query_count,
-                "key_count": self.key_count}
+        return {
+            **super().get_config(),
+            "num_heads": self.num_heads,
+            "query_count": self.query_count,
+            "key_count": self.key_count,
+        }
 
 
 @keras.saving.register_keras_serializable(package="keras_cmt")
@@ -195,8 +213,17 @@ class FusedCMTBlock(keras.layers.Layer):
     stage's `HeadsLastBias`; `head_projections` picks how its per-head products run (`HEAD_PROJECTIONS`).
     """
 
-    def __init__(self, dim, num_heads, hidden_dim, sr_ratio=1, ln_epsilon=1e-6, key_side_projections=False,
-                 head_projections="matmul", **kwargs):
+    def __init__(
+        self,
+        dim,
+        num_heads,
+        hidden_dim,
+        sr_ratio=1,
+        ln_epsilon=1e-6,
+        key_side_projections=False,
+        head_projections="matmul",
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         if head_projections not in HEAD_PROJECTIONS:
             raise ValueError(f"head_projections={head_projections!r}: expected one of {', '.join(HEAD_PROJECTIONS)}")
@@ -250,9 +277,18 @@ class FusedCMTBlock(keras.layers.Layer):
         k = pointwise(source, self.k_kernel, self.k_bias)
         v = pointwise(source, self.v_kernel, self.v_bias)
         if self.key_side_projections:
-            x = x + key_side_attention(normed, k, v, self.query_heads, self.key_bias_kernel, self.out_heads,
-                                       self.proj_bias, relative_position_bias, self.num_heads,
-                                       self.head_projections)
+            x = x + key_side_attention(
+                normed,
+                k,
+                v,
+                self.query_heads,
+                self.key_bias_kernel,
+                self.out_heads,
+                self.proj_bias,
+                relative_position_bias,
+                self.num_heads,
+                self.head_projections,
+            )
         else:
             q = pointwise(normed, self.q_kernel, self.q_bias)
             out = multi_head_attention(q, k, v, relative_position_bias, self.num_heads)

@@ -70,10 +70,14 @@ def _check_size(size):
 
 
 def _check_crop_pct(crop_pct):
-    if (isinstance(crop_pct, bool) or not isinstance(crop_pct, (int, float, np.integer, np.floating))
-            or not 0.0 < crop_pct <= 1.0):
-        raise ValueError(f"crop_pct must be a number in (0, 1] (the crop's share of the resized shorter side); "
-                         f"got {crop_pct!r}.")
+    if (
+        isinstance(crop_pct, bool)
+        or not isinstance(crop_pct, (int, float, np.integer, np.floating))
+        or not 0.0 < crop_pct <= 1.0
+    ):
+        raise ValueError(
+            f"crop_pct must be a number in (0, 1] (the crop's share of the resized shorter side); got {crop_pct!r}."
+        )
     return float(crop_pct)
 
 
@@ -224,13 +228,23 @@ def _transform_tf(image, size, normalize, crop_pct):
     f32 = lambda x: tf.cast(x, tf.float32)  # noqa: E731
     scale_w = f32(new_w) / f32(width)  # what tf.image.resize computes: float32 output / input size
     scale_h = f32(new_h) / f32(height)
-    passes = ((tf.stack([r1 - r0, tf.constant(size, tf.int64)]), tf.stack([1.0, scale_w]),
-               tf.stack([0.0, f32(c0) * scale_w - f32(left)])),
-              (tf.constant([size, size], tf.int64), tf.stack([scale_h, 1.0]),
-               tf.stack([f32(r0) * scale_h - f32(top), 0.0])))
+    passes = (
+        (
+            tf.stack([r1 - r0, tf.constant(size, tf.int64)]),
+            tf.stack([1.0, scale_w]),
+            tf.stack([0.0, f32(c0) * scale_w - f32(left)]),
+        ),
+        (tf.constant([size, size], tf.int64), tf.stack([scale_h, 1.0]), tf.stack([f32(r0) * scale_h - f32(top), 0.0])),
+    )
     for target, scale, translation in passes:
-        region = tf.raw_ops.ScaleAndTranslate(images=region, size=tf.cast(target, tf.int32), scale=scale,
-                                              translation=translation, kernel_type="keyscubic", antialias=True)
+        region = tf.raw_ops.ScaleAndTranslate(
+            images=region,
+            size=tf.cast(target, tf.int32),
+            scale=scale,
+            translation=translation,
+            kernel_type="keyscubic",
+            antialias=True,
+        )
         region = tf.clip_by_value(tf.round(region), 0.0, 255.0)
     cropped = tf.ensure_shape(region[0], [size, size, 3])
     if not normalize:

@@ -13,8 +13,14 @@ import keras
 import numpy as np
 from keras import tree
 
-from keras_cmt.fused_layers import (HEAD_PROJECTIONS, ChannelShift, FusedCMTBlock, HeadsLastBias, absorbs_projections,
-                                    key_side_weights)
+from keras_cmt.fused_layers import (
+    HEAD_PROJECTIONS,
+    ChannelShift,
+    FusedCMTBlock,
+    HeadsLastBias,
+    absorbs_projections,
+    key_side_weights,
+)
 from keras_cmt.layers import CMTBlock, PatchEmbedding, RelativePositionBias, exact_gelu
 
 
@@ -64,7 +70,8 @@ def _fused_block_weights(block, key_side):
     wp, w["proj_bias"] = linear(attn.proj)
     if key_side:  # stored in the per-head layout, so serving does not re-derive it per call
         w["query_heads"], w["key_bias_kernel"], w["out_heads"] = (
-            np.asarray(t) for t in key_side_weights(wq, bq, wp, attn.num_heads))
+            np.asarray(t) for t in key_side_weights(wq, bq, wp, attn.num_heads)
+        )
     else:
         w["q_kernel"], w["q_bias"], w["proj_kernel"] = wq, bq, wp
     wk, bk = linear(attn.k)
@@ -97,15 +104,13 @@ def is_training_form(model):
     """Whether `model` is a CMT built by `keras_cmt.CMT` with its normalisations still separate: what
     `fuse_for_inference` takes (an already fused model, or any other model, is not)."""
     names = {layer.name for layer in model.layers}
-    return ({"stem_conv1", "stem_norm1", "blocks_a_0"} <= names
-            and isinstance(model.get_layer("blocks_a_0"), CMTBlock))
+    return {"stem_conv1", "stem_norm1", "blocks_a_0"} <= names and isinstance(model.get_layer("blocks_a_0"), CMTBlock)
 
 
 def _stage_uses_key_side(feature_shape, heads, sr_ratio, key_side_projections, projection_cost):
     _, height, width, dim = feature_shape
     queries = height * width
-    return key_side_projections and absorbs_projections(queries, queries // sr_ratio ** 2, dim, heads,
-                                                        projection_cost)
+    return key_side_projections and absorbs_projections(queries, queries // sr_ratio**2, dim, heads, projection_cost)
 
 
 def _pads(conv):
@@ -143,8 +148,11 @@ class _Folding:
                 continue
             a, c = _bn_affine(layer)
             producer, consumer = self.producer[layer.name], self._only_consumer(layer)
-            if isinstance(producer, keras.layers.Conv2D) and self._only_consumer(producer) is layer \
-                    and producer.activation is keras.activations.linear:
+            if (
+                isinstance(producer, keras.layers.Conv2D)
+                and self._only_consumer(producer) is layer
+                and producer.activation is keras.activations.linear
+            ):
                 self.folded_after[producer.name] = (a, c)
                 self.replacements[layer.name] = keras.layers.Identity(name=layer.name)
             elif isinstance(consumer, (keras.layers.Conv2D, PatchEmbedding)):
@@ -178,17 +186,26 @@ class _Folding:
         if layer.name in self.replacements:
             return self.replacements[layer.name]
         if isinstance(layer, CMTBlock):
-            key_side = _stage_uses_key_side(layer.input[0].shape, layer.num_heads, layer.sr_ratio,
-                                            self.key_side_projections, self.projection_cost)
-            fused = FusedCMTBlock(layer.dim, layer.num_heads, layer.mlp.hidden_dim, layer.sr_ratio, layer.ln_epsilon,
-                                  key_side_projections=key_side, head_projections=self.head_projections,
-                                  name=layer.name)
+            key_side = _stage_uses_key_side(
+                layer.input[0].shape, layer.num_heads, layer.sr_ratio, self.key_side_projections, self.projection_cost
+            )
+            fused = FusedCMTBlock(
+                layer.dim,
+                layer.num_heads,
+                layer.mlp.hidden_dim,
+                layer.sr_ratio,
+                layer.ln_epsilon,
+                key_side_projections=key_side,
+                head_projections=self.head_projections,
+                name=layer.name,
+            )
             self.assignments.append((fused, _fused_block_weights(layer, key_side)))
             return fused
         if isinstance(layer, RelativePositionBias):
             heads, n_q, n_k = layer.bias.shape
-            if _stage_uses_key_side(layer.input.shape, heads, layer.sr_ratio, self.key_side_projections,
-                                    self.projection_cost):
+            if _stage_uses_key_side(
+                layer.input.shape, heads, layer.sr_ratio, self.key_side_projections, self.projection_cost
+            ):
                 replacement = HeadsLastBias(heads, n_q, n_k, name=layer.name)
                 bias = _np(layer.bias).transpose(1, 0, 2).reshape(n_q, heads * n_k)
                 self.assignments.append((replacement, {"bias": bias}))

@@ -24,8 +24,9 @@ def preprocess_input(x, data_format=None):
         raise ValueError(f"data_format must be 'channels_last' or 'channels_first'; got {data_format!r}.")
     axis = -1 if data_format == "channels_last" else (1 if len(x.shape) == 4 else 0)
     if x.shape[axis] != 3:
-        raise ValueError(f"preprocess_input expects RGB with 3 channels on axis {axis} ({data_format}); "
-                         f"got shape {tuple(x.shape)}.")
+        raise ValueError(
+            f"preprocess_input expects RGB with 3 channels on axis {axis} ({data_format}); got shape {tuple(x.shape)}."
+        )
     shape = [1] * len(x.shape)
     shape[axis] = 3
     mean = (np.array(IMAGENET_MEAN, dtype="float32") * 255.0).reshape(shape)

@@ -38,8 +38,16 @@ def pyramid_model(model, min_level=2, max_level=5, name=None):
     return result
 
 
-def CMTPyramid(variant="cmt_s", weights=None, input_shape=None, input_tensor=None, min_level=2, max_level=5,
-               drop_path_rate=0.0, name=None):
+def CMTPyramid(
+    variant="cmt_s",
+    weights=None,
+    input_shape=None,
+    input_tensor=None,
+    min_level=2,
+    max_level=5,
+    drop_path_rate=0.0,
+    name=None,
+):
     """Builds a released CMT variant as a multi-scale feature extractor.
 
     Args:
@@ -58,6 +66,12 @@ def CMTPyramid(variant="cmt_s", weights=None, input_shape=None, input_tensor=Non
         C1), "P3": (B, H/8, W/8, C2), "P4": (B, H/16, W/16, C3), "P5": (B, H/32, W/32, C4)} (channels first
         with the channels_first image data format).
     """
-    base = cmt.build_model(variant, include_top=False, weights=weights, input_shape=input_shape,
-                           input_tensor=input_tensor, drop_path_rate=drop_path_rate)
+    base = cmt.build_model(
+        variant,
+        include_top=False,
+        weights=weights,
+        input_shape=input_shape,
+        input_tensor=input_tensor,
+        drop_path_rate=drop_path_rate,
+    )
     return pyramid_model(base, min_level=min_level, max_level=max_level, name=name or f"{base.name}_pyramid")

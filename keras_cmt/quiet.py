@@ -24,8 +24,23 @@ import warnings
 # setup.py's console scripts.
 COMMANDS = ("keras-cmt", "keras-cmt-tflite", "cmt-train", "cmt-evaluate", "keras-cmt-tflite-benchmark")
 # Where the Python-side chatter comes from (warnings are matched on the module that issues them).
-LIBRARIES = ("tensorflow", "keras", "absl", "jax", "jaxlib", "torch", "ai_edge_litert", "h5py", "google",
-             "matplotlib", "tf_keras", "numpy", "sklearn", "tensorflow_datasets", "mediapipe")
+LIBRARIES = (
+    "tensorflow",
+    "keras",
+    "absl",
+    "jax",
+    "jaxlib",
+    "torch",
+    "ai_edge_litert",
+    "h5py",
+    "google",
+    "matplotlib",
+    "tf_keras",
+    "numpy",
+    "sklearn",
+    "tensorflow_datasets",
+    "mediapipe",
+)
 # Native stderr lines dropped in quiet mode: absl/glog-format records (TensorFlow logs through absl, which writes
 # everything to stderr until absl::InitializeLog() is called, whatever TF_CPP_MIN_LOG_LEVEL says), the second line
 # of TensorFlow's CPU-feature notice, LiteRT's INFO lines, the MLIR quantizer's settings line and JAX's CPU
@@ -36,7 +51,8 @@ NATIVE_NOISE = re.compile(
     rb"|To enable the following instructions: "
     rb"|INFO: "
     rb"|fully_quantize: \d+, inference_type: "
-    rb"|\[Gloo\] Rank \d+ is connected to )")
+    rb"|\[Gloo\] Rank \d+ is connected to )"
+)
 
 _quiet = False
 
@@ -66,8 +82,10 @@ def verbose_requested(args=None):
     return any(a == "--verbose" or a.lower() in ("--verbose=true", "--verbose=1") for a in args)
 
 
-VERBOSE_HELP = ("also show the libraries' log lines and warnings (TensorFlow's C++ logs, LiteRT's INFO lines, "
-                "deprecations), hidden by default")
+VERBOSE_HELP = (
+    "also show the libraries' log lines and warnings (TensorFlow's C++ logs, LiteRT's INFO lines, "
+    "deprecations), hidden by default"
+)
 
 
 def add_verbose_argument(parser):

@@ -115,7 +115,7 @@ def trainable_gradients(model, x):
 
         def loss(values):
             out, _ = model.stateless_call(values, non_trainable, x, training=True)
-            return (out ** 2).sum()
+            return (out**2).sum()
 
         return [numpy(g) for g in jax.jit(jax.grad(loss))(trainable)]
     if backend == "torch":

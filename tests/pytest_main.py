@@ -87,8 +87,7 @@ def main(argv):
     sys.dont_write_bytecode = True
     os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
     keras_cmt_file = import_keras_cmt_from(root)
-    print(f"keras_cmt from {keras_cmt_file} (KERAS_BACKEND={os.environ.get('KERAS_BACKEND', 'default')})",
-          flush=True)
+    print(f"keras_cmt from {keras_cmt_file} (KERAS_BACKEND={os.environ.get('KERAS_BACKEND', 'default')})", flush=True)
     if "TEST_SRCDIR" in os.environ and not keras_cmt_file.startswith(root + os.sep):
         print(f"keras_cmt was not imported from the Bazel runfiles ({root})", file=sys.stderr)
         return 1

@@ -8,9 +8,9 @@ compiles with XLA's fast settings: the tests time nothing, and XLA's optimising 
 
 The runs go side by side, `--jobs` at a time (default 2: one pytest process keeps both cores of a CI machine busy
 only part of the time, and JAX's is mostly single-threaded compilation). TensorFlow's run, the longest, is split
-in two by test file (training and the main job; the rest), so the two slots finish close together. Each run's output is printed whole
-when it ends. A backend whose package is not installed is a failure, not a skip. Exit status 0 only if every
-backend passed.
+in two by test file (training and the main job; the rest), so the two slots finish close together. Each run's
+output is printed whole when it ends. A backend whose package is not installed is a failure, not a skip. Exit
+status 0 only if every backend passed.
 """
 
 import argparse
@@ -36,8 +36,14 @@ RUNS = (  # (name, backend, marks, which files)
 
 
 def _files(which):
-    training = sorted({p for pattern in TRAINING_FILES for p in glob.glob(os.path.join(HERE, pattern))
-                       if os.path.basename(p) not in NOT_TRAINING})
+    training = sorted(
+        {
+            p
+            for pattern in TRAINING_FILES
+            for p in glob.glob(os.path.join(HERE, pattern))
+            if os.path.basename(p) not in NOT_TRAINING
+        }
+    )
     if which == "training":
         return training
     if which == "others":
@@ -48,13 +54,25 @@ def _files(which):
 def _start(name, backend, marks, which, pytest_args, folder):
     env = dict(os.environ, KERAS_BACKEND=backend)
     if backend == "jax":
-        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
-                            " --xla_llvm_disable_expensive_passes=true").strip()
+        env["XLA_FLAGS"] = (
+            env.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+        ).strip()
     # Each run its own pytest temporary folder: concurrent runs must not clean up each other's.
     paths = [] if any(os.path.exists(a.split("::")[0]) for a in pytest_args) else _files(which)
     # The slowest tests are listed with each run's output: where the suite's time goes, for keeping it short.
-    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-m", marks, "--durations=15",
-               f"--basetemp={os.path.join(folder, name)}", *paths, *pytest_args]
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        "-m",
+        marks,
+        "--durations=15",
+        f"--basetemp={os.path.join(folder, name)}",
+        *paths,
+        *pytest_args,
+    ]
     log = open(os.path.join(folder, f"{name}.log"), "w+")
     print(f"=== {name} (KERAS_BACKEND={backend}): pytest -m '{marks}' started", flush=True)
     return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT), log, time.time()

@@ -38,8 +38,9 @@ def test_weights_files_are_the_same_in_both_layouts(tmp_path, micro_checkpoint, 
         first_same.save_weights(back)
     finally:
         keras.config.set_image_data_format("channels_last")
-    np.testing.assert_allclose(numpy(first_same(micro_io["input_nchw"])), numpy(last(micro_io["input_nhwc"])),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        numpy(first_same(micro_io["input_nchw"])), numpy(last(micro_io["input_nhwc"])), atol=1e-5
+    )
     assert np.isfinite(numpy(first(np.zeros((1, 3, 96, 64), "float32")))).all()
     again = build_micro(weights=back)
     np.testing.assert_allclose(numpy(again(micro_io["input_nhwc"])), numpy(last(micro_io["input_nhwc"])), atol=1e-6)
@@ -55,11 +56,16 @@ def test_training_in_nchw(channels_first_format):
 
 
 def test_pyramid_in_nchw(channels_first_format, micro_checkpoint):
-    pyramid = keras_cmt.pyramid_model(build_micro(include_top=False, weights=str(micro_checkpoint),
-                                                  input_shape=(3, 64, 96)))
+    pyramid = keras_cmt.pyramid_model(
+        build_micro(include_top=False, weights=str(micro_checkpoint), input_shape=(3, 64, 96))
+    )
     shapes = {k: tuple(v.shape) for k, v in pyramid.output.items()}
-    assert shapes == {"P2": (None, 16, 16, 24), "P3": (None, 32, 8, 12), "P4": (None, 64, 4, 6),
-                      "P5": (None, 128, 2, 3)}
+    assert shapes == {
+        "P2": (None, 16, 16, 24),
+        "P3": (None, 32, 8, 12),
+        "P4": (None, 64, 4, 6),
+        "P5": (None, 128, 2, 3),
+    }
 
 
 def test_fuse_for_inference_says_it_serves_channels_last(channels_first_format, micro_checkpoint):

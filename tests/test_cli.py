@@ -19,8 +19,10 @@ from conftest import numpy  # noqa: E402
 from keras_cmt import cli  # noqa: E402
 
 
-IMAGES = [os.path.join(os.path.dirname(__file__), "fixtures", "pretrained", name)
-          for name in ("eval_transform_input.png", "eval_transform_input_portrait.png")]
+IMAGES = [
+    os.path.join(os.path.dirname(__file__), "fixtures", "pretrained", name)
+    for name in ("eval_transform_input.png", "eval_transform_input_portrait.png")
+]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -40,8 +42,10 @@ def parse(text):
 def expected_top(model, top, labels):
     batch = np.stack([keras_cmt.eval_transform(keras_cmt.load_image(p), 64) for p in IMAGES])
     probabilities = numpy(model(batch, training=False))
-    return {path: [(round(float(row[i]), 4), labels[i]) for i in np.argsort(-row)[:top]]
-            for path, row in zip(IMAGES, probabilities)}
+    return {
+        path: [(round(float(row[i]), 4), labels[i]) for i in np.argsort(-row)[:top]]
+        for path, row in zip(IMAGES, probabilities)
+    }
 
 
 @pytest.fixture(scope="module")
@@ -80,19 +84,23 @@ def test_predict_with_a_saved_model_and_checkpoint_weights(official_micro, saved
     assert cli.main(["predict", *IMAGES, "--model", random_saved, "--weights", helpers.MICRO_PTH, "--top", "2"]) == 0
     printed = parse(capsys.readouterr().out)
     for path in IMAGES:
-        assert [label for _, label in printed[path]] == [f"class_{labels.index(label)}"
-                                                         for _, label in expected[path][:2]]
+        assert [label for _, label in printed[path]] == [
+            f"class_{labels.index(label)}" for _, label in expected[path][:2]
+        ]
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["predict", "{broken}", "--model", "cmt_ti"], r"broken\.jpg: cannot decode the image"),
-    (["predict", "{missing}"], r"missing\.png: no such image file\."),
-    (["predict", IMAGES[0], "--model", "cmt_huge"], r"Unknown CMT variant 'cmt_huge'"),
-    (["predict", IMAGES[0], "--model", "cmt_ti", "--weights", "{missing}"], r"missing\.png.*no such file"),
-    (["predict", IMAGES[0], "--model", "{missing}.keras"], r"--model .*missing\.png\.keras: no such file\."),
-    (["predict", IMAGES[0], "--model", "{saved}", "--weights", "imagenet"], r"--weights imagenet needs a variant"),
-    (["predict", IMAGES[0], "--model", "{saved}", "--labels", "{labels}"], r"2 names for a model with 10 classes"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["predict", "{broken}", "--model", "cmt_ti"], r"broken\.jpg: cannot decode the image"),
+        (["predict", "{missing}"], r"missing\.png: no such image file\."),
+        (["predict", IMAGES[0], "--model", "cmt_huge"], r"Unknown CMT variant 'cmt_huge'"),
+        (["predict", IMAGES[0], "--model", "cmt_ti", "--weights", "{missing}"], r"missing\.png.*no such file"),
+        (["predict", IMAGES[0], "--model", "{missing}.keras"], r"--model .*missing\.png\.keras: no such file\."),
+        (["predict", IMAGES[0], "--model", "{saved}", "--weights", "imagenet"], r"--weights imagenet needs a variant"),
+        (["predict", IMAGES[0], "--model", "{saved}", "--labels", "{labels}"], r"2 names for a model with 10 classes"),
+    ],
+)
 def test_predict_errors_are_one_line(argv, message, tmp_path, capsys, saved_micro):
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8\xff\xe0 truncated")
@@ -128,8 +136,14 @@ def test_info_counts_params_and_reads_gmacs_from_the_table(capsys):
 def test_python_dash_m(tmp_path):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")  # KERAS_BACKEND is inherited: the same backend
     missing = str(tmp_path / "missing.png")
-    result = subprocess.run([sys.executable, "-m", "keras_cmt", "predict", missing], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "keras_cmt", "predict", missing],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 1
     assert f"keras-cmt: error: {missing}: no such image file." in result.stderr.splitlines()
     assert result.stdout == ""

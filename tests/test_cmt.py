@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 import keras_cmt
-from conftest import (MICRO_CONFIG, build_micro, channels_last, image_shape, numpy,
-                      to_model_layout, trainable_gradients)
+from conftest import MICRO_CONFIG, build_micro, channels_last, image_shape, numpy, to_model_layout, trainable_gradients
 
 pytestmark = pytest.mark.all_backends
 
@@ -124,8 +123,10 @@ def test_drop_path_only_in_training():
 
 def test_drop_path_rates_increase_linearly():
     model = build_micro(drop_path_rate=0.3)
-    rates = [model.get_layer(n).drop_path.rate for n in ("blocks_a_0", "blocks_b_0", "blocks_c_0", "blocks_c_1",
-                                                          "blocks_d_0")]
+    rates = [
+        model.get_layer(n).drop_path.rate
+        for n in ("blocks_a_0", "blocks_b_0", "blocks_c_0", "blocks_c_1", "blocks_d_0")
+    ]
     np.testing.assert_allclose(rates, np.linspace(0, 0.3, 5), atol=1e-7)
 
 
@@ -152,8 +153,12 @@ def test_classes_mismatch_with_a_checkpoint(micro_checkpoint):
 
 def test_checkpoint_of_another_configuration_is_refused(micro_checkpoint):
     with pytest.raises(ValueError, match=r"does not match this model.*depths \[1, 1, 2, 1\]"):
-        keras_cmt.CMT(**dict(MICRO_CONFIG, depths=[1, 1, 1, 1]), input_shape=image_shape(64, 64), classes=10,
-                      weights=str(micro_checkpoint))
+        keras_cmt.CMT(
+            **dict(MICRO_CONFIG, depths=[1, 1, 1, 1]),
+            input_shape=image_shape(64, 64),
+            classes=10,
+            weights=str(micro_checkpoint),
+        )
 
 
 def test_variant_checkpoint_into_another_variant_is_refused(micro_checkpoint):
@@ -180,7 +185,9 @@ def test_the_model_is_plain_keras_layers():
     model = build_micro()
     ours = {type(layer).__module__.split(".")[0] for layer in model._flatten_layers(include_self=False)}
     assert ours <= {"keras", "keras_cmt"}
-    stem = [type(model.get_layer(name)).__name__ for name in
-            ("stem_pad1", "stem_conv1", "stem_gelu1", "stem_norm1", "head_conv", "head_norm")]
+    stem = [
+        type(model.get_layer(name)).__name__
+        for name in ("stem_pad1", "stem_conv1", "stem_gelu1", "stem_norm1", "head_conv", "head_norm")
+    ]
     assert stem == ["ZeroPadding2D", "Conv2D", "Activation", "BatchNormalization", "Conv2D", "BatchNormalization"]
     assert model.get_layer("stem_gelu1").activation is keras_cmt.layers.exact_gelu

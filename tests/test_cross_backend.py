@@ -20,8 +20,7 @@ def _script():
 
 def _in_subprocess(backend, folder):
     env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
-    result = subprocess.run([sys.executable, SCRIPT, str(folder)], env=env, capture_output=True, text=True,
-                            timeout=600)
+    result = subprocess.run([sys.executable, SCRIPT, str(folder)], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, f"{backend}: {result.stderr[-2000:]}"
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -29,10 +28,16 @@ def _in_subprocess(backend, folder):
 def test_keras_files_move_between_backends(tmp_path):
     script = _script()
     script.save(str(tmp_path))  # this process: TensorFlow
-    loaded = {"jax": _in_subprocess("jax", tmp_path), "torch": _in_subprocess("torch", tmp_path),
-              "tensorflow": script.load(str(tmp_path))}
+    loaded = {
+        "jax": _in_subprocess("jax", tmp_path),
+        "torch": _in_subprocess("torch", tmp_path),
+        "tensorflow": script.load(str(tmp_path)),
+    }
     assert {target: sorted(d) for target, d in loaded.items()} == {
-        "jax": ["tensorflow"], "torch": ["jax", "tensorflow"], "tensorflow": ["jax", "torch"]}
+        "jax": ["tensorflow"],
+        "torch": ["jax", "tensorflow"],
+        "tensorflow": ["jax", "torch"],
+    }
     for target, differences in loaded.items():
         for source, difference in differences.items():
             assert difference <= 1e-5, f"a {source} file on {target}: {difference}"

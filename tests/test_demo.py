@@ -14,14 +14,23 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _demo(*args):
     env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "KERAS_CMT_VERBOSE")}
-    return subprocess.run([sys.executable, "-m", "keras_cmt.training.demo", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=900)
+    return subprocess.run(
+        [sys.executable, "-m", "keras_cmt.training.demo", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
 def _library_noise(output):
     """Lines of the libraries' chatter: C++ log records, Python warnings, absl's Python warnings."""
-    return [line for line in output.splitlines()
-            if quiet.NATIVE_NOISE.match(line.encode()) or re.search(r"\w+Warning: |warnings\.warn|^WARNING:", line)]
+    return [
+        line
+        for line in output.splitlines()
+        if quiet.NATIVE_NOISE.match(line.encode()) or re.search(r"\w+Warning: |warnings\.warn|^WARNING:", line)
+    ]
 
 
 def test_demo_trains_converts_and_reports_on_a_quiet_screen(tmp_path):
@@ -46,9 +55,16 @@ def test_demo_trains_converts_and_reports_on_a_quiet_screen(tmp_path):
     screen = result.stdout + result.stderr
     assert _library_noise(screen) == [], _library_noise(screen)
     assert "FINAL_WEIGHTS_SHA256" not in screen
-    for expected in ("[1/3] training cmt_ti on digits", "starting a new run in", "[2/3] converting",
-                     "[3/3] evaluating", "| format |", "| int8 |", f"report: {model_dir}/report.json",
-                     f"{model_dir}/curves.png"):
+    for expected in (
+        "[1/3] training cmt_ti on digits",
+        "starting a new run in",
+        "[2/3] converting",
+        "[3/3] evaluating",
+        "| format |",
+        "| int8 |",
+        f"report: {model_dir}/report.json",
+        f"{model_dir}/curves.png",
+    ):
         assert expected in screen, expected
 
     again = _demo(*args)  # a finished run with the same settings is reused, not trained again
@@ -59,5 +75,6 @@ def test_demo_trains_converts_and_reports_on_a_quiet_screen(tmp_path):
     assert other.returncode == 1
     assert other.stderr.strip().splitlines()[-1] == (
         f"keras_cmt.training.demo: error: --model_dir={model_dir} holds a finished run with other settings "
-        "(global_batch_size=64); use another --model_dir or --overwrite")
+        "(global_batch_size=64); use another --model_dir or --overwrite"
+    )
     assert json.loads((model_dir / "report.json").read_text())["keras"] == saved["keras"]

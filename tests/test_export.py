@@ -33,8 +33,9 @@ def _output(folder, fmt):
 
 
 @pytest.mark.parametrize("fmt", sorted(export.FORMATS))
-def test_each_format_gives_the_official_logits_in_its_runtime_or_is_refused(fmt, micro_logits_model, micro_io,
-                                                                          tmp_path):
+def test_each_format_gives_the_official_logits_in_its_runtime_or_is_refused(
+    fmt, micro_logits_model, micro_io, tmp_path
+):
     output = _output(str(tmp_path), fmt)
     if fmt not in WRITES[BACKEND]:
         with pytest.raises(export.ExportError) as refused:
@@ -99,14 +100,27 @@ def test_keras_cmt_export_command(micro_checkpoint, micro_io, tmp_path, capsys):
     model.save(keras_path)
     out = tmp_path / "micro.onnx"
     stdout = io.StringIO()
-    args = cli._parser().parse_args(["export", "--model", str(keras_path), "--format", "onnx", "--input_range",
-                                     "normalized", "--output", str(out)])
+    args = cli._parser().parse_args(
+        ["export", "--model", str(keras_path), "--format", "onnx", "--input_range", "normalized", "--output", str(out)]
+    )
     assert cli.export_file(args, out=stdout) == 0
     assert stdout.getvalue().startswith(f"wrote {out} (onnx, checked in onnxruntime")
     assert np.abs(export.run_exported("onnx", str(out), micro_io["input_nhwc"]) - micro_io["logits"]).max() <= 1e-4
     refused = next(f for f in sorted(export.FORMATS) if f not in WRITES[BACKEND])
-    assert cli.main(["export", "--model", str(keras_path), "--format", refused,
-                     "--output", str(tmp_path / ("r" + (export.FORMATS[refused][1] or "_sm")))]) == 1
+    assert (
+        cli.main(
+            [
+                "export",
+                "--model",
+                str(keras_path),
+                "--format",
+                refused,
+                "--output",
+                str(tmp_path / ("r" + (export.FORMATS[refused][1] or "_sm"))),
+            ]
+        )
+        == 1
+    )
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"keras-cmt: error: --format {refused} on the {BACKEND} backend")
 

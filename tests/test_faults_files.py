@@ -65,10 +65,15 @@ def test_a_1x8000_png_costs_no_more_memory_than_its_crop(tmp_path):
     path = tmp_path / "wide.png"
     Image.fromarray(np.full((1, 8000, 3), 128, np.uint8)).save(path)
     assert path.stat().st_size < 200
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
-    result = subprocess.run([sys.executable, "-c", _MEASURE, str(path)], cwd=ROOT, env=env, capture_output=True,
-                            text=True, timeout=240)
+    env = dict(
+        os.environ,
+        PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        TF_CPP_MIN_LOG_LEVEL="2",
+        CUDA_VISIBLE_DEVICES="",
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", _MEASURE, str(path)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=240
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     pil, both, diff = result.stdout.split()[-3:]
     # The full resize held 1.5 GB (uint8) and 6 GB (float32) on the two paths; the crop is 150 KB.
@@ -84,7 +89,7 @@ def test_the_crop_alone_is_pils_resize_and_crop_for_extreme_shapes(shape):
     new_h, new_w = image_transforms._resized_shape(shape[0], shape[1], min(shape), short)
     full = Image.fromarray(image).resize((new_w, shape[0]), Image.BICUBIC).resize((new_w, new_h), Image.BICUBIC)
     top, left = image_transforms._crop_offset(new_h - size), image_transforms._crop_offset(new_w - size)
-    expected = np.asarray(full)[top:top + size, left:left + size].astype(np.float32)
+    expected = np.asarray(full)[top : top + size, left : left + size].astype(np.float32)
     np.testing.assert_array_equal(image_transforms.eval_transform(image, size, normalize=False), expected)
 
 
@@ -143,8 +148,9 @@ def bad_keras_files(saved_micro, tmp_path_factory):
     files["no config.json"] = str(folder / "no_config.keras")
     with zipfile.ZipFile(files["no config.json"], "w") as archive:
         archive.writestr("metadata.json", "{}")
-    files["weights"] = _rewrite(saved_micro, folder / "bad_weights.keras",
-                                members={"model.weights.h5": b"\x89HDF\r\n\x1a\n" + b"\0" * 64})
+    files["weights"] = _rewrite(
+        saved_micro, folder / "bad_weights.keras", members={"model.weights.h5": b"\x89HDF\r\n\x1a\n" + b"\0" * 64}
+    )
     return files
 
 
@@ -234,6 +240,7 @@ def _truncate(name):
     def edit(folder):
         data = (folder / name).read_bytes()
         (folder / name).write_bytes(data[: len(data) // 2])
+
     return edit
 
 
@@ -242,9 +249,12 @@ def _loaders():
 
     from keras_cmt import hub
 
-    return {"ImageClassifier": keras_hub.models.ImageClassifier.from_preset,
-            "CMTImageClassifier": hub.CMTImageClassifier.from_preset,
-            "Backbone": keras_hub.models.Backbone.from_preset, "CMTBackbone": hub.CMTBackbone.from_preset}
+    return {
+        "ImageClassifier": keras_hub.models.ImageClassifier.from_preset,
+        "CMTImageClassifier": hub.CMTImageClassifier.from_preset,
+        "Backbone": keras_hub.models.Backbone.from_preset,
+        "CMTBackbone": hub.CMTBackbone.from_preset,
+    }
 
 
 def _fails(load, path, names):
@@ -258,8 +268,11 @@ def _fails(load, path, names):
 def test_a_task_json_of_another_model(micro_preset, tmp_path):
     def edit(folder):
         task = json.loads((folder / "task.json").read_text())
-        task.update(module="keras_hub.src.models.resnet.resnet_image_classifier",
-                    class_name="ResNetImageClassifier", registered_name="keras_hub>ResNetImageClassifier")
+        task.update(
+            module="keras_hub.src.models.resnet.resnet_image_classifier",
+            class_name="ResNetImageClassifier",
+            registered_name="keras_hub>ResNetImageClassifier",
+        )
         (folder / "task.json").write_text(json.dumps(task))
 
     path = _damaged(micro_preset, tmp_path, "other_task", edit)

@@ -26,23 +26,37 @@ class _Gram(keras.layers.Layer):
 
 def test_counts_convolutions_and_matmuls_only():
     inputs = keras.Input((8, 10, 3))
-    x = keras.layers.Conv2D(4, 3, padding="same")(inputs)                  # 8*10*4 outputs x 3*3*3
+    x = keras.layers.Conv2D(4, 3, padding="same")(inputs)  # 8*10*4 outputs x 3*3*3
     x = keras.layers.DepthwiseConv2D(3, padding="same", depth_multiplier=2)(x)  # 8*10*8 outputs x 3*3
-    x = keras.layers.BatchNormalization()(x)                                # not counted
-    x = _Gram()(x)                                                          # 80*80 outputs x 8
-    x = keras.layers.GlobalAveragePooling1D()(x)                            # not counted
-    outputs = keras.layers.Dense(5, activation="softmax")(x)                # 5 outputs x 80
+    x = keras.layers.BatchNormalization()(x)  # not counted
+    x = _Gram()(x)  # 80*80 outputs x 8
+    x = keras.layers.GlobalAveragePooling1D()(x)  # not counted
+    outputs = keras.layers.Dense(5, activation="softmax")(x)  # 5 outputs x 80
     model = keras.Model(inputs, outputs)
     total, by_type = count_macs(model, by_type=True)
-    assert by_type == {"Conv2D": 8 * 10 * 4 * 27, "DepthwiseConv2dNative": 8 * 10 * 8 * 9,
-                       "BatchMatMulV2": 80 * 80 * 8, "MatMul": 80 * 5}
+    assert by_type == {
+        "Conv2D": 8 * 10 * 4 * 27,
+        "DepthwiseConv2dNative": 8 * 10 * 8 * 9,
+        "BatchMatMulV2": 80 * 80 * 8,
+        "MatMul": 80 * 5,
+    }
     assert total == sum(by_type.values())
     with pytest.raises(ValueError, match=r"input_shape \(4, 10, 3\) does not fit the model's input \(8, 10, 3\)"):
         count_macs(model, input_shape=(4, 10, 3))
 
 
-def cmt_formula(height, width, depths, embed_dims, num_heads, mlp_ratios, stem_channels, head_channels, classes,
-                sr_ratios=(8, 4, 2, 1)):
+def cmt_formula(
+    height,
+    width,
+    depths,
+    embed_dims,
+    num_heads,
+    mlp_ratios,
+    stem_channels,
+    head_channels,
+    classes,
+    sr_ratios=(8, 4, 2, 1),
+):
     """MACs of CMT written from the paper's/official code's operations (stem, patch embeddings, LPU, LMHSA with
     reduced keys/values, IRFFN, head)."""
     h, w = height // 2, width // 2
@@ -53,13 +67,13 @@ def cmt_formula(height, width, depths, embed_dims, num_heads, mlp_ratios, stem_c
         h, w = h // 2, w // 2
         n, n_kv = h * w, (h // sr) * (w // sr)
         hidden = int(dim * mlp_ratios[stage])
-        macs += n * dim * 4 * channels                         # 2x2 stride-2 patch embedding
-        block = n * dim * 9                                    # LPU: 3x3 depthwise
-        block += 2 * n * dim * dim                             # q and output projection
-        block += (n * dim if sr > 1 else 0)                    # sr x sr stride-sr depthwise on keys/values
-        block += 2 * n_kv * dim * dim                          # k and v
-        block += 2 * n * n_kv * dim                            # q k^T and attn v, over all heads
-        block += 2 * n * dim * hidden + n * hidden * 9         # IRFFN: expand, 3x3 depthwise, project
+        macs += n * dim * 4 * channels  # 2x2 stride-2 patch embedding
+        block = n * dim * 9  # LPU: 3x3 depthwise
+        block += 2 * n * dim * dim  # q and output projection
+        block += n * dim if sr > 1 else 0  # sr x sr stride-sr depthwise on keys/values
+        block += 2 * n_kv * dim * dim  # k and v
+        block += 2 * n * n_kv * dim  # q k^T and attn v, over all heads
+        block += 2 * n * dim * hidden + n * hidden * 9  # IRFFN: expand, 3x3 depthwise, project
         macs += depths[stage] * block
         channels = dim
     macs += h * w * channels * head_channels + head_channels * classes

@@ -48,8 +48,14 @@ except reader.CheckpointError as e:
 
 
 def _read_in_subprocess(path):
-    result = subprocess.run([sys.executable, "-c", _READ_ONE, str(path)], cwd=ROOT, capture_output=True, text=True,
-                            timeout=120, env=fuzz_driver.worker_env())
+    result = subprocess.run(
+        [sys.executable, "-c", _READ_ONE, str(path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=fuzz_driver.worker_env(),
+    )
     assert result.returncode == 0, f"the reader died (return code {result.returncode}): {result.stderr[-800:]}"
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -105,6 +111,7 @@ def test_an_honest_record_of_every_form_loads_exactly(tmp_path):
 
 # --- .weights.h5 --------------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def micro_h5(tmp_path_factory):
     from conftest import FIXTURES, build_micro
@@ -119,17 +126,26 @@ def _weights(model):
     return [np.array(v.numpy()) for v in model.weights]
 
 
-@pytest.mark.parametrize("edit, expected", [
-    ("retype-int64", r"datasets of the wrong type .*stem_conv1 \(layers/conv2d/vars/0 is int64, the model holds "
-                     r"float32\)"),
-    ("retype-float64", r"datasets of the wrong type .*is float64, the model holds float32"),
-    ("retype-string", r"datasets of the wrong type .*is \|S6"),
-    ("compressed-corrupt", r"corrupt or truncated \.weights\.h5 file \(reading layers/conv2d/vars/0\): "),
-    ("bias-huge", r"its tensors declare 1099512\d+ bytes, more than a CMT's weights take \(at most 4 GiB\); "
-                  r"refused before reading them"),
-    ("reshape-head-scalar", r"does not fit this model .*different: head"),
-    ("newline-name", r"different: stem_conv1 \(the file's two linesxxx"),
-])
+@pytest.mark.parametrize(
+    "edit, expected",
+    [
+        (
+            "retype-int64",
+            r"datasets of the wrong type .*stem_conv1 \(layers/conv2d/vars/0 is int64, the model holds "
+            r"float32\)",
+        ),
+        ("retype-float64", r"datasets of the wrong type .*is float64, the model holds float32"),
+        ("retype-string", r"datasets of the wrong type .*is \|S6"),
+        ("compressed-corrupt", r"corrupt or truncated \.weights\.h5 file \(reading layers/conv2d/vars/0\): "),
+        (
+            "bias-huge",
+            r"its tensors declare 1099512\d+ bytes, more than a CMT's weights take \(at most 4 GiB\); "
+            r"refused before reading them",
+        ),
+        ("reshape-head-scalar", r"does not fit this model .*different: head"),
+        ("newline-name", r"different: stem_conv1 \(the file's two linesxxx"),
+    ],
+)
 def test_a_bad_keras_file_is_refused_before_anything_is_assigned(micro_h5, tmp_path, edit, expected):
     import keras_cmt
 
@@ -183,9 +199,13 @@ def _problems(case, result):
 
 
 def test_the_driver_names_a_case_that_crashes_or_hangs_its_worker():
-    cases = [{"id": "ok-0", "kind": "record"}, {"id": "segfault", "kind": "selftest", "action": "crash"},
-             {"id": "ok-1", "kind": "record"}, {"id": "hang", "kind": "selftest", "action": "hang"},
-             {"id": "ok-2", "kind": "truncate", "seed": 1}]
+    cases = [
+        {"id": "ok-0", "kind": "record"},
+        {"id": "segfault", "kind": "selftest", "action": "crash"},
+        {"id": "ok-1", "kind": "record"},
+        {"id": "hang", "kind": "selftest", "action": "hang"},
+        {"id": "ok-2", "kind": "truncate", "seed": 1},
+    ]
     results, notes = fuzz_driver.run("pth", cases, case_timeout=3, start_timeout=60)
     assert results["segfault"]["outcome"] == "crash" and "-11" in results["segfault"]["message"]
     assert results["hang"]["outcome"] == "hang"
@@ -202,8 +222,10 @@ def test_fuzz_mutants_load_or_fail_cleanly():
     def run(mode, cases, case_timeout):
         outcome[mode] = fuzz_driver.run(mode, cases, case_timeout=case_timeout)
 
-    threads = [threading.Thread(target=run, args=("pth", pth, 30)),
-               threading.Thread(target=run, args=("keras", keras_cases, 120))]
+    threads = [
+        threading.Thread(target=run, args=("pth", pth, 30)),
+        threading.Thread(target=run, args=("keras", keras_cases, 120)),
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -215,23 +237,29 @@ def test_fuzz_mutants_load_or_fail_cleanly():
     for case in cases:
         key = (_family(case), results[case["id"]]["outcome"])
         counts[key] = counts.get(key, 0) + 1
-    print(f"\nfuzz: {len(cases)} cases in {seconds:.0f} s: "
-          + ", ".join(f"{family} {what} {n}" for (family, what), n in sorted(counts.items())))
+    print(
+        f"\nfuzz: {len(cases)} cases in {seconds:.0f} s: "
+        + ", ".join(f"{family} {what} {n}" for (family, what), n in sorted(counts.items()))
+    )
     failures = {c["id"]: _problems(c, results[c["id"]]) for c in cases}
     failures = {k: v for k, v in failures.items() if v}
-    assert not failures, "\n".join(f"{k}: {v}" for k, v in failures.items()) + "\n" + "\n".join(
-        outcome["pth"][1] + outcome["keras"][1])
+    assert not failures, (
+        "\n".join(f"{k}: {v}" for k, v in failures.items()) + "\n" + "\n".join(outcome["pth"][1] + outcome["keras"][1])
+    )
     # The mutants reach the loaders' every stage: some load, most are refused, in each family.
     assert counts.get(("pth", "loaded"), 0) >= 10 and counts.get(("pth", "error"), 0) >= 150
     assert counts.get(("h5", "loaded"), 0) >= 3 and counts.get(("h5", "error"), 0) >= 20
     assert counts.get(("release", "loaded"), 0) == 2 and counts.get(("release", "error"), 0) == 8
 
 
-@pytest.mark.parametrize("key, value, message", [
-    ("stem_conv1.weight", np.zeros((8, 3, 9), "float32"), r"mis-shaped: stem_conv1.weight \(file 8x3x9"),
-    ("head.weight", np.zeros((), "float32"), r"mis-shaped: head.weight \(file  vs model 64x10\)"),
-    ("stem_conv1.weight", np.zeros((8, 3, 3, 3), "int64"), r"not floating point.*stem_conv1.weight \(int64\)"),
-])
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("stem_conv1.weight", np.zeros((8, 3, 9), "float32"), r"mis-shaped: stem_conv1.weight \(file 8x3x9"),
+        ("head.weight", np.zeros((), "float32"), r"mis-shaped: head.weight \(file  vs model 64x10\)"),
+        ("stem_conv1.weight", np.zeros((8, 3, 3, 3), "int64"), r"not floating point.*stem_conv1.weight \(int64\)"),
+    ],
+)
 def test_a_pth_tensor_of_another_rank_or_type_names_the_file(tmp_path, key, value, message):
     import keras_cmt
     from conftest import FIXTURES, build_micro

@@ -38,8 +38,11 @@ def micro_plain(**kwargs):
 
 def micro_classifier(crop_pct=0.875):
     converter = hub.CMTImageConverter(image_size=(64, 64), crop_pct=crop_pct)
-    return dict(backbone=hub.CMTBackbone(**MICRO_BACKBONE), num_classes=4,
-                preprocessor=hub.CMTImageClassifierPreprocessor(image_converter=converter))
+    return dict(
+        backbone=hub.CMTBackbone(**MICRO_BACKBONE),
+        num_classes=4,
+        preprocessor=hub.CMTImageClassifierPreprocessor(image_converter=converter),
+    )
 
 
 @pytest.mark.all_backends
@@ -60,8 +63,11 @@ class CMTBackboneHarnessTest(keras_hub_tests.TestCase):
         )
 
     def test_saved_model(self):
-        self.run_model_saving_test(cls=hub.CMTBackbone, init_kwargs=dict(MICRO_BACKBONE, image_shape=(64, 64, 3)),
-                                   input_data=ops.ones((2, 64, 64, 3)))
+        self.run_model_saving_test(
+            cls=hub.CMTBackbone,
+            init_kwargs=dict(MICRO_BACKBONE, image_shape=(64, 64, 3)),
+            input_data=ops.ones((2, 64, 64, 3)),
+        )
 
 
 @pytest.mark.all_backends
@@ -77,21 +83,27 @@ class CMTImageClassifierHarnessTest(keras_hub_tests.TestCase):
             images, init_kwargs = np.random.default_rng(0).uniform(0, 255, (2, 80, 96, 3)), micro_classifier()
         else:
             images, init_kwargs = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3)), micro_classifier(1.0)
-        self.run_task_test(cls=hub.CMTImageClassifier, init_kwargs=init_kwargs,
-                           train_data=(images.astype("float32"), np.array([0, 3])), expected_output_shape=(2, 4))
+        self.run_task_test(
+            cls=hub.CMTImageClassifier,
+            init_kwargs=init_kwargs,
+            train_data=(images.astype("float32"), np.array([0, 3])),
+            expected_output_shape=(2, 4),
+        )
 
     def test_saved_model(self):
         init_kwargs = dict(micro_classifier(), preprocessor=None)
-        self.run_model_saving_test(cls=hub.CMTImageClassifier, init_kwargs=init_kwargs,
-                                   input_data=ops.ones((2, 64, 64, 3)))
+        self.run_model_saving_test(
+            cls=hub.CMTImageClassifier, init_kwargs=init_kwargs, input_data=ops.ones((2, 64, 64, 3))
+        )
 
     def test_preset(self):
         # A preset exported from the official micro checkpoint gives the official logits.
         preset = os.path.join(self.get_temp_dir(), "micro_preset")
         hub.export_preset(micro_plain(), preset)
         io = np.load(helpers.MICRO_IO)
-        self.run_preset_test(cls=hub.CMTImageClassifier, preset=preset, input_data=io["input_nhwc"],
-                             expected_output_shape=(2, 10))
+        self.run_preset_test(
+            cls=hub.CMTImageClassifier, preset=preset, input_data=io["input_nhwc"], expected_output_shape=(2, 10)
+        )
         task = hub.CMTImageClassifier.from_preset(preset)
         np.testing.assert_allclose(numpy(task(io["input_nhwc"])), io["logits"], atol=1e-4)
 
@@ -106,9 +118,15 @@ def micro_preset(tmp_path_factory):
 @pytest.mark.all_backends
 def test_base_classes_load_an_exported_preset(micro_preset):
     io = np.load(helpers.MICRO_IO)
-    assert sorted(os.listdir(micro_preset)) == ["config.json", "image_converter.json", "metadata.json",
-                                                "model.weights.h5", "preprocessor.json", "task.json",
-                                                "task.weights.h5"]
+    assert sorted(os.listdir(micro_preset)) == [
+        "config.json",
+        "image_converter.json",
+        "metadata.json",
+        "model.weights.h5",
+        "preprocessor.json",
+        "task.json",
+        "task.weights.h5",
+    ]
     task = keras_hub.models.ImageClassifier.from_preset(micro_preset)
     assert isinstance(task, hub.CMTImageClassifier)
     np.testing.assert_allclose(numpy(task(io["input_nhwc"])), io["logits"], atol=1e-4)
@@ -120,7 +138,11 @@ def test_base_classes_load_an_exported_preset(micro_preset):
     np.testing.assert_allclose(pooled @ numpy(head.kernel) + numpy(head.bias), io["logits"], atol=1e-4)
     pyramid = keras.Model(backbone.inputs, backbone.pyramid_outputs)(io["input_nhwc"])
     assert {k: tuple(v.shape) for k, v in pyramid.items()} == {
-        "P2": (2, 16, 16, 16), "P3": (2, 8, 8, 32), "P4": (2, 4, 4, 64), "P5": (2, 2, 2, 128)}
+        "P2": (2, 16, 16, 16),
+        "P3": (2, 8, 8, 32),
+        "P4": (2, 4, 4, 64),
+        "P5": (2, 2, 2, 128),
+    }
 
 
 @pytest.mark.all_backends
@@ -150,8 +172,7 @@ def test_converter_is_the_official_transform_within_one_grey_level():
         assert np.abs(got - expected).max() <= 1.0 + 1e-4, shape
     normalised = hub.CMTImageConverter(image_size=(64, 64))
     image = rng.integers(0, 256, (80, 80, 3)).astype("uint8")
-    np.testing.assert_allclose(numpy(normalised(image)), keras_cmt.preprocess_input(numpy(converter(image))),
-                               atol=1e-5)
+    np.testing.assert_allclose(numpy(normalised(image)), keras_cmt.preprocess_input(numpy(converter(image))), atol=1e-5)
 
 
 def test_fine_tuning_to_new_classes_keeps_the_backbone(micro_preset):
@@ -171,9 +192,16 @@ def test_bad_presets_fail_in_one_line_naming_the_path(micro_preset, tmp_path):
 
     other = tmp_path / "other_model"
     other.mkdir()
-    (other / "config.json").write_text(json.dumps({"module": "keras_hub.src.models.resnet.resnet_backbone",
-                                                   "class_name": "ResNetBackbone", "config": {},
-                                                   "registered_name": "keras_hub>ResNetBackbone"}))
+    (other / "config.json").write_text(
+        json.dumps(
+            {
+                "module": "keras_hub.src.models.resnet.resnet_backbone",
+                "class_name": "ResNetBackbone",
+                "config": {},
+                "registered_name": "keras_hub>ResNetBackbone",
+            }
+        )
+    )
     with pytest.raises(ValueError, match=f"{other}: a preset of keras_hub>ResNetBackbone, not of keras_cmt"):
         hub.CMTBackbone.from_preset(str(other))
 
@@ -280,9 +308,15 @@ def test_any_input_size_serves_dense_models():
     default image_shape (None, None, 3) and train a step."""
     segmenter = keras_hub.models.DeepLabV3ImageSegmenter(
         backbone=keras_hub.models.DeepLabV3Backbone(
-            image_encoder=hub.CMTBackbone(**MICRO_BACKBONE), spatial_pyramid_pooling_key="P5",
-            upsampling_size=8, dilation_rates=[6, 12, 18], low_level_feature_key="P2", projection_filters=16),
-        num_classes=3)
+            image_encoder=hub.CMTBackbone(**MICRO_BACKBONE),
+            spatial_pyramid_pooling_key="P5",
+            upsampling_size=8,
+            dilation_rates=[6, 12, 18],
+            low_level_feature_key="P2",
+            projection_filters=16,
+        ),
+        num_classes=3,
+    )
     segmenter.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     rng = np.random.default_rng(7)
     images = rng.uniform(-1, 1, (2, 64, 64, 3)).astype("float32")
@@ -294,16 +328,22 @@ def test_any_input_size_serves_dense_models():
         assert tuple(segmenter(rng.uniform(-1, 1, (1, size, size, 3)).astype("float32")).shape) == (1, size, size, 3)
 
     detector = keras_hub.models.RetinaNetObjectDetector(
-        backbone=keras_hub.models.RetinaNetBackbone(image_encoder=hub.CMTBackbone(**MICRO_BACKBONE), min_level=3,
-                                                    max_level=5, use_p5=False),
-        num_classes=4, bounding_box_format="yxyx",
+        backbone=keras_hub.models.RetinaNetBackbone(
+            image_encoder=hub.CMTBackbone(**MICRO_BACKBONE), min_level=3, max_level=5, use_p5=False
+        ),
+        num_classes=4,
+        bounding_box_format="yxyx",
         preprocessor=keras_hub.models.RetinaNetObjectDetectorPreprocessor(
-            image_converter=keras_hub.layers.RetinaNetImageConverter(image_size=(64, 64), scale=1 / 255.0,
-                                                                    bounding_box_format="yxyx")))
+            image_converter=keras_hub.layers.RetinaNetImageConverter(
+                image_size=(64, 64), scale=1 / 255.0, bounding_box_format="yxyx"
+            )
+        ),
+    )
     images = rng.uniform(0, 255, (2, 64, 64, 3)).astype("float32")
-    labels = {"boxes": np.array([[[4, 4, 30, 30], [10, 20, 50, 60]], [[0, 0, 63, 63], [-1, -1, -1, -1]]],
-                                "float32"),
-              "labels": np.array([[0, 2], [3, -1]], "int32")}
+    labels = {
+        "boxes": np.array([[[4, 4, 30, 30], [10, 20, 50, 60]], [[0, 0, 63, 63], [-1, -1, -1, -1]]], "float32"),
+        "labels": np.array([[0, 2], [3, -1]], "int32"),
+    }
     history = detector.fit(images, labels, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][0])
     assert detector.predict(images, verbose=0)["boxes"].shape == (2, 100, 4)
@@ -321,10 +361,20 @@ def test_import_keras_cmt_registers_the_classes_when_keras_hub_loads(micro_prese
         f"task = keras_hub.models.ImageClassifier.from_preset({micro_preset!r})\n"
         "print(type(task).__name__)\n"
     )
-    result = subprocess.run([sys.executable, "-c", script.replace(
-        "import keras_hub\n", "import importlib.util\nimportlib.util.find_spec('keras_hub')  # a probe first\n"
-        "import keras_hub\n")], capture_output=True, text=True, timeout=300,
-                            env=dict(os.environ, KERAS_BACKEND=keras.config.backend()))
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            script.replace(
+                "import keras_hub\n",
+                "import importlib.util\nimportlib.util.find_spec('keras_hub')  # a probe first\nimport keras_hub\n",
+            ),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, KERAS_BACKEND=keras.config.backend()),
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == "CMTImageClassifier"
 

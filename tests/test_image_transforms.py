@@ -23,8 +23,10 @@ sys.path.insert(0, FIXTURES)
 
 from make_eval_transform_fixture import official_crop  # noqa: E402  (the recipe that made the fixture)
 
-IMAGES = {"landscape": os.path.join(FIXTURES, "eval_transform_input.png"),
-          "portrait": os.path.join(FIXTURES, "eval_transform_input_portrait.png")}
+IMAGES = {
+    "landscape": os.path.join(FIXTURES, "eval_transform_input.png"),
+    "portrait": os.path.join(FIXTURES, "eval_transform_input_portrait.png"),
+}
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +106,7 @@ def test_width_pass_first_on_every_pillow_version():
     new_w, new_h = 17, int(17 * 261 / 23)
     im = Image.fromarray(image).resize((new_w, 261), Image.BICUBIC).resize((new_w, new_h), Image.BICUBIC)
     top, left = int(round((new_h - 16) / 2.0)), int(round((new_w - 16) / 2.0))
-    np.testing.assert_array_equal(crop, np.asarray(im)[top:top + 16, left:left + 16].astype(np.float32))
+    np.testing.assert_array_equal(crop, np.asarray(im)[top : top + 16, left : left + 16].astype(np.float32))
 
 
 def test_float_and_other_array_input():
@@ -135,8 +137,9 @@ def test_decodes_jpeg_and_png_kinds_as_pil_convert_rgb(tmp_path):
         with Image.open(tmp_path / name) as expected:
             np.testing.assert_array_equal(decoded, np.asarray(expected.convert("RGB")), err_msg=name)
     assert np.abs(image_transforms.load_image(tmp_path / "photo.jpg").astype(int) - rgb).mean() < 2
-    np.testing.assert_array_equal(image_transforms.load_image(tmp_path / "grey.png"),
-                                  np.repeat(rgb[..., :1], 3, axis=-1))
+    np.testing.assert_array_equal(
+        image_transforms.load_image(tmp_path / "grey.png"), np.repeat(rgb[..., :1], 3, axis=-1)
+    )
     np.testing.assert_array_equal(image_transforms.load_image(tmp_path / "rgba.png"), rgb)  # alpha dropped
     np.testing.assert_array_equal(image_transforms.load_image(tmp_path / "image.bmp"), rgb)
 
@@ -233,8 +236,11 @@ def test_works_in_a_tf_data_pipeline(reference):
     import tensorflow as tf
 
     dataset = tf.data.Dataset.from_tensor_slices([IMAGES["landscape"], IMAGES["portrait"]])
-    dataset = dataset.map(lambda path: image_transforms.eval_transform(
-        image_transforms.decode_image(tf.io.read_file(path)), 64, normalize=False)).batch(2)
+    dataset = dataset.map(
+        lambda path: image_transforms.eval_transform(
+            image_transforms.decode_image(tf.io.read_file(path)), 64, normalize=False
+        )
+    ).batch(2)
     assert tuple(dataset.element_spec.shape) == (None, 64, 64, 3)
     batch = next(iter(dataset)).numpy()
     assert batch.shape == (2, 64, 64, 3)
@@ -242,7 +248,9 @@ def test_works_in_a_tf_data_pipeline(reference):
         assert np.abs(row - reference[f"{name}_64"]).max() <= 1.0
     crop_pct = tf.data.Dataset.from_tensor_slices([IMAGES["portrait"]]).map(
         lambda path: image_transforms.eval_transform(
-            image_transforms.decode_image(tf.io.read_file(path)), 48, normalize=False, crop_pct=1.0))
+            image_transforms.decode_image(tf.io.read_file(path)), 48, normalize=False, crop_pct=1.0
+        )
+    )
     expected = official_crop(image_transforms.load_image(IMAGES["portrait"]), 48, 1.0)
     assert np.abs(next(iter(crop_pct)).numpy() - expected).max() <= 1.0
 
@@ -251,5 +259,6 @@ def test_tf_decode_image_agrees_with_load_image():
     import tensorflow as tf
 
     for path in IMAGES.values():
-        np.testing.assert_array_equal(image_transforms.decode_image(tf.io.read_file(path)).numpy(),
-                                      image_transforms.load_image(path))
+        np.testing.assert_array_equal(
+            image_transforms.decode_image(tf.io.read_file(path)).numpy(), image_transforms.load_image(path)
+        )

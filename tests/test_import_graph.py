@@ -8,7 +8,6 @@ import pathlib
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "keras_cmt"
 
 
-
 def _modules():
     modules = {}
     for path in PACKAGE.rglob("*.py"):
@@ -28,7 +27,9 @@ def _imports(name, path, modules):
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
+                )
             targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names]
         else:
             continue
@@ -46,7 +47,7 @@ def test_no_import_cycles():
         if node in done:
             return
         if node in visiting:
-            cycles.append(visiting[visiting.index(node):] + [node])
+            cycles.append(visiting[visiting.index(node) :] + [node])
             return
         visiting.append(node)
         for child in sorted(graph[node]):

@@ -34,12 +34,15 @@ def test_fused_cmt_tiny_matches_the_official_logits(ti_fixture):
 
 
 @on_every_backend
-@pytest.mark.parametrize("kwargs", [
-    dict(include_top=False, pooling=None),
-    dict(include_top=False, pooling="max"),
-    dict(input_shape=(96, 64, 3)),
-    dict(classifier_activation="softmax"),
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(include_top=False, pooling=None),
+        dict(include_top=False, pooling="max"),
+        dict(input_shape=(96, 64, 3)),
+        dict(classifier_activation="softmax"),
+    ],
+)
 def test_fused_matches_for_other_heads_and_sizes(kwargs, micro_checkpoint):
     model = build_micro(weights=str(micro_checkpoint), **kwargs)
     fused = fuse_for_inference(model)
@@ -58,8 +61,7 @@ def test_zero_batchnorm_scale_is_still_exact(micro_checkpoint, micro_io):
         gamma[:2] = 0.0  # channels whose BatchNorm output is a constant
         bn.gamma.assign(gamma)
     fused = fuse_for_inference(model)
-    np.testing.assert_allclose(numpy(fused(micro_io["input_nhwc"])), numpy(model(micro_io["input_nhwc"])),
-                               atol=1e-4)
+    np.testing.assert_allclose(numpy(fused(micro_io["input_nhwc"])), numpy(model(micro_io["input_nhwc"])), atol=1e-4)
 
 
 @on_every_backend
@@ -123,7 +125,7 @@ def test_key_side_attention_where_it_saves_multiply_adds(micro_checkpoint, micro
     assert count_macs(key_side) < count_macs(query_side)
     for stage, letter in enumerate("abcd"):
         heads, dim = MICRO_CONFIG["num_heads"][stage], MICRO_CONFIG["embed_dims"][stage]
-        queries = (64 // 4 // 2 ** stage) ** 2
+        queries = (64 // 4 // 2**stage) ** 2
         assert absorbs_projections(queries, queries // (64, 16, 4, 1)[stage], dim, heads) == (letter != "d")
     # Batch 3 through predict (a tf.function): the graph TensorFlow's oneDNN kernels run, with the single-head
     # stage where a broadcasting BatchMatMul once went wrong.
@@ -140,8 +142,9 @@ def test_key_side_attention_matches_the_query_side_form_per_head_count():
         query_side = FusedCMTBlock(dim, heads, hidden, sr_ratio=2)
         key_side = FusedCMTBlock(dim, heads, hidden, sr_ratio=2, key_side_projections=True)
         # the per-head products as grouped convolutions (the TFLite form), same weights
-        key_side_conv = FusedCMTBlock(dim, heads, hidden, sr_ratio=2, key_side_projections=True,
-                                      head_projections="conv")
+        key_side_conv = FusedCMTBlock(
+            dim, heads, hidden, sr_ratio=2, key_side_projections=True, head_projections="conv"
+        )
         x = rng.normal(size=(2, size, size, dim)).astype("float32")
         bias = rng.normal(size=(1, heads, size * size, 4)).astype("float32")
         key_side_bias = numpy(heads_last(bias[0]))[None]
@@ -155,9 +158,12 @@ def test_key_side_attention_matches_the_query_side_form_per_head_count():
         q, bq, wo = values["q_kernel"], values["q_bias"], values["proj_kernel"]
         key_bias = np.zeros((dim, heads), "float32")
         for h in range(heads):
-            key_bias[h * d:(h + 1) * d, h] = bq[h * d:(h + 1) * d]
-        derived = {"query_heads": q.reshape(dim, heads, d).transpose(1, 2, 0), "key_bias_kernel": key_bias,
-                   "out_heads": wo.reshape(heads, d, dim)}
+            key_bias[h * d : (h + 1) * d, h] = bq[h * d : (h + 1) * d]
+        derived = {
+            "query_heads": q.reshape(dim, heads, d).transpose(1, 2, 0),
+            "key_bias_kernel": key_bias,
+            "out_heads": wo.reshape(heads, d, dim),
+        }
         for block in (key_side, key_side_conv):
             for v in block.weights:
                 v.assign(values[v.name] if v.name in values else derived[v.name])

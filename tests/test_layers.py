@@ -106,7 +106,7 @@ def test_ffn_matches_a_reference_computation():
     def dw3x3(t, unit):
         padded = np.pad(t, ((0, 0), (1, 1), (1, 1), (0, 0)))
         k = numpy(unit.proj.kernel)[:, :, :, 0]
-        out = sum(padded[:, i:i + 5, j:j + 5] * k[i, j] for i in range(3) for j in range(3))
+        out = sum(padded[:, i : i + 5, j : j + 5] * k[i, j] for i in range(3) for j in range(3))
         return out + numpy(unit.bias)
 
     h = bn(gelu(x @ numpy(layer.conv1.kernel)[0, 0] + numpy(layer.conv1.bias)), layer.norm1)
@@ -129,7 +129,7 @@ def test_attention_matches_a_reference_computation():
     q = project(layer.q, x).reshape(2, 16, heads, 4).transpose(0, 2, 1, 3)
     k = project(layer.k, reduced).reshape(2, 4, heads, 4).transpose(0, 2, 1, 3)
     v = project(layer.v, reduced).reshape(2, 4, heads, 4).transpose(0, 2, 1, 3)
-    logits = q @ k.transpose(0, 1, 3, 2) * 4 ** -0.5 + bias
+    logits = q @ k.transpose(0, 1, 3, 2) * 4**-0.5 + bias
     attn = np.exp(logits - logits.max(-1, keepdims=True))
     attn /= attn.sum(-1, keepdims=True)
     ref = (attn @ v).transpose(0, 2, 1, 3).reshape(2, 4, 4, dim)
@@ -141,12 +141,15 @@ def test_attention_rejects_bad_heads():
         layers.LightweightAttention(10, 3)
 
 
-@pytest.mark.parametrize("cls, args", [
-    (layers.CMTBlock, (16, 2, 2.0, 2, True, 0.1)),
-    (layers.LightweightAttention, (16, 2, 2)),
-    (layers.InvertedResidualFFN, (16, 32)),
-    (layers.LocalPerceptionUnit, (16,)),
-])
+@pytest.mark.parametrize(
+    "cls, args",
+    [
+        (layers.CMTBlock, (16, 2, 2.0, 2, True, 0.1)),
+        (layers.LightweightAttention, (16, 2, 2)),
+        (layers.InvertedResidualFFN, (16, 32)),
+        (layers.LocalPerceptionUnit, (16,)),
+    ],
+)
 def test_configs_round_trip(cls, args):
     layer = cls(*args)
     assert _round_trip(layer).get_config() == layer.get_config()

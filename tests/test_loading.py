@@ -36,8 +36,9 @@ def test_exclude_head_fine_tunes_to_new_classes(micro_checkpoint):
     head_before = numpy(model.get_layer("head").kernel).copy()
     keras_cmt.load_weights(model, micro_checkpoint, exclude_head=True)
     np.testing.assert_array_equal(numpy(model.get_layer("head").kernel), head_before)
-    np.testing.assert_allclose(numpy(model.get_layer("head_conv").kernel),
-                               numpy(reference.get_layer("head_conv").kernel))
+    np.testing.assert_allclose(
+        numpy(model.get_layer("head_conv").kernel), numpy(reference.get_layer("head_conv").kernel)
+    )
 
 
 def test_exclude_head_from_a_keras_file(tmp_path, micro_checkpoint):
@@ -48,8 +49,9 @@ def test_exclude_head_from_a_keras_file(tmp_path, micro_checkpoint):
     keras_cmt.load_weights(model, path, exclude_head=True)
     np.testing.assert_array_equal(numpy(model.get_layer("head").kernel), head_before)
     reference = build_micro(weights=str(micro_checkpoint))
-    np.testing.assert_array_equal(numpy(model.get_layer("blocks_d_0").mlp.conv2.kernel),
-                                  numpy(reference.get_layer("blocks_d_0").mlp.conv2.kernel))
+    np.testing.assert_array_equal(
+        numpy(model.get_layer("blocks_d_0").mlp.conv2.kernel), numpy(reference.get_layer("blocks_d_0").mlp.conv2.kernel)
+    )
 
 
 def test_a_headless_model_loads_a_file_with_a_head(tmp_path, micro_checkpoint):
@@ -62,8 +64,11 @@ def test_a_headless_model_loads_a_file_with_a_head(tmp_path, micro_checkpoint):
 def test_classes_mismatch_in_a_keras_file(tmp_path, micro_checkpoint):
     path = tmp_path / "ten.weights.h5"
     build_micro(weights=str(micro_checkpoint)).save_weights(path)
-    with pytest.raises(ValueError, match=r"ten.weights.h5: its classifier has 10 classes but the model has "
-                                         r"classes=3.*exclude_head=True"):
+    with pytest.raises(
+        ValueError,
+        match=r"ten.weights.h5: its classifier has 10 classes but the model has "
+        r"classes=3.*exclude_head=True",
+    ):
         build_micro(classes=3, weights=str(path))
 
 
@@ -126,13 +131,18 @@ def test_keras_files_regrid_other_aspect_ratios_from_their_recorded_grid(tmp_pat
         old_q = (64 // stride, 96 // stride)
         layer = target.get_layer(f"relative_pos_{letter}")
         expected = resize.resize_relative_position_bias(
-            numpy(source.get_layer(layer.name).bias), old_q, (old_q[0] // sr, old_q[1] // sr),
-            layer.query_size, layer.key_size)
+            numpy(source.get_layer(layer.name).bias),
+            old_q,
+            (old_q[0] // sr, old_q[1] // sr),
+            layer.query_size,
+            layer.key_size,
+        )
         np.testing.assert_allclose(numpy(layer.bias), expected, atol=1e-6)
     # A larger square model from the same file, and through Keras' own load_weights.
     bigger = build_micro(input_shape=image_shape(128, 128))
     bigger.load_weights(path)
     layer = bigger.get_layer("relative_pos_d")
-    expected = resize.resize_relative_position_bias(numpy(source.get_layer("relative_pos_d").bias), (2, 3), (2, 3),
-                                                    (4, 4), (4, 4))
+    expected = resize.resize_relative_position_bias(
+        numpy(source.get_layer("relative_pos_d").bias), (2, 3), (2, 3), (4, 4), (4, 4)
+    )
     np.testing.assert_allclose(numpy(layer.bias), expected, atol=1e-6)

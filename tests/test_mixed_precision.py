@@ -47,8 +47,9 @@ def test_cmt_tiny_bfloat16_logits_near_the_official_ones(ti_fixture):
 def _train_steps(micro_checkpoint, micro_io, policy, steps=3):
     """Losses of a few AdamW steps of the micro fixture under `policy`, from the official weights."""
     with dtype_policy(policy):
-        model = build_micro(weights=str(micro_checkpoint), classifier_activation="softmax", drop_path_rate=0.0,
-                            head_dropout=0.0)
+        model = build_micro(
+            weights=str(micro_checkpoint), classifier_activation="softmax", drop_path_rate=0.0, head_dropout=0.0
+        )
         model.compile(optimizer=keras.optimizers.AdamW(1e-4), loss="categorical_crossentropy")
         x = to_model_layout(micro_io["input_nhwc"])
         y = np.eye(10, dtype="float32")[np.arange(len(x)) % 10]

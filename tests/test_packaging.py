@@ -49,17 +49,17 @@ TIMEOUT = 300
 def _clean_env(**extra):
     """The environment for the subprocesses: no PYTHONPATH (nothing from the checkout), offline pip, quiet TF."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP")}
-    env.update(PYTHONNOUSERSITE="1", PIP_NO_INDEX="1", PIP_DISABLE_PIP_VERSION_CHECK="1",
-               TF_CPP_MIN_LOG_LEVEL="2")
+    env.update(PYTHONNOUSERSITE="1", PIP_NO_INDEX="1", PIP_DISABLE_PIP_VERSION_CHECK="1", TF_CPP_MIN_LOG_LEVEL="2")
     env.update(extra)
     return env
 
 
 def _run(command, cwd, env=None, timeout=TIMEOUT):
-    result = subprocess.run(command, cwd=cwd, env=env or _clean_env(), capture_output=True, text=True,
-                            timeout=timeout)
-    assert result.returncode == 0, (f"{' '.join(map(str, command))}: exit {result.returncode}\n"
-                                    f"stdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-3000:]}")
+    result = subprocess.run(command, cwd=cwd, env=env or _clean_env(), capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, (
+        f"{' '.join(map(str, command))}: exit {result.returncode}\n"
+        f"stdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-3000:]}"
+    )
     return result
 
 
@@ -85,7 +85,8 @@ def _split_requirements(requirements):
 def _check_requirements(requirements, where):
     core, extras = _split_requirements(requirements)
     assert core == CORE_REQUIREMENTS, (
-        f"{where}: the core install must need exactly Keras, NumPy, h5py and Pillow; it needs {sorted(core)}")
+        f"{where}: the core install must need exactly Keras, NumPy, h5py and Pillow; it needs {sorted(core)}"
+    )
     tensorflow_like = [n for n in core if n.startswith(("tensorflow", "tf-", "tensorboard", "ai-edge", "tflite"))]
     assert not tensorflow_like, f"{where}: the core install pulls in {tensorflow_like}"
     for extra in ("train", "tflite"):
@@ -94,8 +95,16 @@ def _check_requirements(requirements, where):
 
 def _copy_sources(destination):
     """The files git would see (tracked and untracked, not ignored): what a clean checkout builds from."""
-    listing = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                             capture_output=True, check=True).stdout.decode().split("\0")
+    listing = (
+        subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=REPO,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     for relative in filter(None, listing):
         source = REPO / relative
         if source.is_file():  # a tracked file may have just been deleted by someone else
@@ -110,14 +119,28 @@ def wheel(tmp_path_factory):
     root = tmp_path_factory.mktemp("wheel")
     source = _copy_sources(root / "src")
     out = root / "dist"
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
-          "--no-cache-dir", "-w", str(out), str(source)], cwd=root)
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--no-cache-dir",
+            "-w",
+            str(out),
+            str(source),
+        ],
+        cwd=root,
+    )
     wheels = sorted(out.glob("*.whl"))
     assert len(wheels) == 1, wheels
     return wheels[0]
 
 
-SITECUSTOMIZE = '''\
+SITECUSTOMIZE = """\
 # Written by tests/test_packaging.py: hide the checkout's editable install (a meta path finder from the system
 # site-packages' __editable__ .pth, or a sys.path entry inside the checkout) so that this venv behaves as a fresh one.
 import os, sys
@@ -129,7 +152,7 @@ _removed += [p for p in sys.path
              if "__editable__" in p or (os.path.realpath(p or ".") + os.sep).startswith(_repo + os.sep)]
 sys.path[:] = [p for p in sys.path if p not in _removed]
 sys.keras_cmt_test_hidden = [repr(f) for f in _removed]
-'''
+"""
 
 
 def package_folders():
@@ -142,9 +165,13 @@ def package_folders():
     folders = []
     for entry in sys.path:
         path = os.path.realpath(entry or os.getcwd())
-        if (not os.path.isdir(path) or path in folders or any(path == s or path.startswith(s + os.sep + "lib-dynload")
-                                                              for s in stdlib)
-                or (path + os.sep).startswith(repo + os.sep) or path.endswith(".zip")):
+        if (
+            not os.path.isdir(path)
+            or path in folders
+            or any(path == s or path.startswith(s + os.sep + "lib-dynload") for s in stdlib)
+            or (path + os.sep).startswith(repo + os.sep)
+            or path.endswith(".zip")
+        ):
             continue
         folders.append(path)
     return folders
@@ -159,19 +186,33 @@ def venv(wheel, tmp_path_factory):
     # into the venv; no ensurepip, no download.
     _run([sys.executable, "-m", "venv", "--without-pip", str(path)], cwd=root)
     bin_dir = path / "bin"
-    site = pathlib.Path(_run([str(bin_dir / "python"), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
-                             cwd=root).stdout.strip())
+    site = pathlib.Path(
+        _run(
+            [str(bin_dir / "python"), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"], cwd=root
+        ).stdout.strip()
+    )
     assert site.is_dir() and site.resolve().is_relative_to(path.resolve()), site
     folders = package_folders()
     assert folders, f"no package folder on {sys.path}"
     # addsitedir, not plain lines: the folders' own .pth files (namespace packages, the editable install) run as
     # they do in this environment; sitecustomize.py then hides the checkout.
-    (site / "keras_cmt_test_environment.pth").write_text(
-        f"import site; list(map(site.addsitedir, {folders!r}))\n")
+    (site / "keras_cmt_test_environment.pth").write_text(f"import site; list(map(site.addsitedir, {folders!r}))\n")
     (site / "sitecustomize.py").write_text(SITECUSTOMIZE.format(repo=os.path.realpath(REPO)))
     # --ignore-installed: the editable keras-cmt this environment holds is not this venv's to replace.
-    _run([str(bin_dir / "python"), "-m", "pip", "install", "--no-deps", "--no-index", "--ignore-installed",
-          "--no-compile", str(wheel)], cwd=root)
+    _run(
+        [
+            str(bin_dir / "python"),
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "--no-index",
+            "--ignore-installed",
+            "--no-compile",
+            str(wheel),
+        ],
+        cwd=root,
+    )
     return bin_dir, site
 
 
@@ -187,15 +228,26 @@ def test_wheel_holds_only_the_keras_cmt_package(wheel):
     outside = [n for n in names if n.split("/")[0] not in ("keras_cmt", dist_info)]
     assert not outside, f"files outside keras_cmt/ and {dist_info}/: {outside}"
     assert top_level == ["keras_cmt"], top_level
-    for required in ("keras_cmt/__init__.py", "keras_cmt/cli.py", "keras_cmt/__main__.py",
-                     "keras_cmt/training/__init__.py", "keras_cmt/training/train.py",
-                     "keras_cmt/training/evaluate.py", "keras_cmt/tflite/__init__.py", "keras_cmt/tflite/convert.py",
-                     "keras_cmt/tflite/benchmark.py", "keras_cmt/data/imagenet_class_index.json"):
+    for required in (
+        "keras_cmt/__init__.py",
+        "keras_cmt/cli.py",
+        "keras_cmt/__main__.py",
+        "keras_cmt/training/__init__.py",
+        "keras_cmt/training/train.py",
+        "keras_cmt/training/evaluate.py",
+        "keras_cmt/tflite/__init__.py",
+        "keras_cmt/tflite/convert.py",
+        "keras_cmt/tflite/benchmark.py",
+        "keras_cmt/data/imagenet_class_index.json",
+    ):
         assert required in names, f"{required} is missing from {wheel.name}"
     # Every module of the three source folders is shipped, at its keras_cmt.* place.
     source = wheel.parent.parent / "src"
-    for folder, package in (("keras_cmt", "keras_cmt"), ("training", "keras_cmt/training"),
-                            ("tflite", "keras_cmt/tflite")):
+    for folder, package in (
+        ("keras_cmt", "keras_cmt"),
+        ("training", "keras_cmt/training"),
+        ("tflite", "keras_cmt/tflite"),
+    ):
         for module in (source / folder).rglob("*.py"):
             relative = module.relative_to(source / folder)
             if (module.parent / "__init__.py").exists():  # a package's module (results/ scripts are not)
@@ -224,7 +276,7 @@ def test_wheel_metadata_core_requirements_have_no_tensorflow(wheel):
     _check_requirements(message.get_all("Requires-Dist") or [], wheel.name)
 
 
-VENV_CHECK = r'''
+VENV_CHECK = r"""
 import importlib, importlib.metadata as md, json, os, sys, sysconfig
 site = os.path.realpath(sysconfig.get_path("purelib"))
 import keras_cmt
@@ -247,7 +299,7 @@ for name in ("training", "tflite", "benchmarks"):
     except ModuleNotFoundError as e:
         report["top_level"][name] = "ModuleNotFoundError:" + str(e.name)
 print("RESULT " + json.dumps(report))
-'''
+"""
 
 
 def _without_log_noise(stderr):
@@ -259,15 +311,18 @@ def _without_log_noise(stderr):
 def _result(stdout):
     lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
     assert lines, f"no RESULT line in:\n{stdout[-3000:]}"
-    return json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 def test_console_scripts_from_the_wheel_in_a_fresh_venv(venv, tmp_path):
     bin_dir, site = venv
     elsewhere = tmp_path / "elsewhere"  # not the checkout, no training/ or tflite/ folder
     elsewhere.mkdir()
-    installed = sorted(p.name for p in site.iterdir()
-                       if p.name not in ("sitecustomize.py", "keras_cmt_test_environment.pth", "__pycache__"))
+    installed = sorted(
+        p.name
+        for p in site.iterdir()
+        if p.name not in ("sitecustomize.py", "keras_cmt_test_environment.pth", "__pycache__")
+    )
     assert installed == ["keras_cmt", next(p for p in installed if p.endswith(".dist-info"))], installed
     for script in CONSOLE_SCRIPTS:
         assert (bin_dir / script).is_file(), f"the wheel installed no {script} script"
@@ -276,14 +331,19 @@ def test_console_scripts_from_the_wheel_in_a_fresh_venv(venv, tmp_path):
     commands = {
         "check": [str(bin_dir / "python"), "-c", VENV_CHECK],
         "keras-cmt info": [str(bin_dir / "keras-cmt"), "info", "--model", "cmt_ti"],
-        **{f"{script} --help": [str(bin_dir / script), "--help"]
-           for script in ("cmt-train", "cmt-evaluate", "keras-cmt-tflite", "keras-cmt-tflite-benchmark")},
+        **{
+            f"{script} --help": [str(bin_dir / script), "--help"]
+            for script in ("cmt-train", "cmt-evaluate", "keras-cmt-tflite", "keras-cmt-tflite-benchmark")
+        },
     }
     env = _clean_env(KERAS_BACKEND="tensorflow")
     # In parallel: each imports TensorFlow (several seconds).
-    processes = {name: subprocess.Popen(command, cwd=elsewhere, env=env, stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE, text=True)
-                 for name, command in commands.items()}
+    processes = {
+        name: subprocess.Popen(
+            command, cwd=elsewhere, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for name, command in commands.items()
+    }
     results = {}
     try:
         for name, process in processes.items():
@@ -294,8 +354,11 @@ def test_console_scripts_from_the_wheel_in_a_fresh_venv(venv, tmp_path):
             if process.poll() is None:
                 process.kill()
                 process.communicate()
-    failed = [f"== {name}: exit {code}\nstdout:\n{out[-1500:]}\nstderr:\n{_without_log_noise(err)[-2500:]}"
-              for name, (code, out, err) in results.items() if code != 0]
+    failed = [
+        f"== {name}: exit {code}\nstdout:\n{out[-1500:]}\nstderr:\n{_without_log_noise(err)[-2500:]}"
+        for name, (code, out, err) in results.items()
+        if code != 0
+    ]
     assert not failed, "\n\n".join(failed)
 
     report = _result(results["check"][1])
@@ -304,18 +367,25 @@ def test_console_scripts_from_the_wheel_in_a_fresh_venv(venv, tmp_path):
     assert report["dist"] == report["site"], f"importlib.metadata found keras-cmt at {report['dist']}"
     assert report["entry_points"] == CONSOLE_SCRIPTS
     _check_requirements(report["requires"], "keras-cmt installed from the wheel")
-    assert set(report["modules"]) >= {"keras_cmt", "keras_cmt.cli", "keras_cmt.training.train",
-                                      "keras_cmt.training.evaluate", "keras_cmt.tflite.convert",
-                                      "keras_cmt.tflite.benchmark"}, sorted(report["modules"])
+    assert set(report["modules"]) >= {
+        "keras_cmt",
+        "keras_cmt.cli",
+        "keras_cmt.training.train",
+        "keras_cmt.training.evaluate",
+        "keras_cmt.tflite.convert",
+        "keras_cmt.tflite.benchmark",
+    }, sorted(report["modules"])
     repo = os.path.realpath(REPO)
     for name, file in report["modules"].items():
         assert file and os.path.realpath(file).startswith(report["site"] + os.sep), (
             f"{name} was imported from {file}, not from the venv's site-packages {report['site']} "
-            f"(hidden from the venv: {report['hidden']})")
+            f"(hidden from the venv: {report['hidden']})"
+        )
         assert not os.path.realpath(file).startswith(repo + os.sep), (name, file)
     for name in ("training", "tflite", "benchmarks"):
         assert report["top_level"][name] == f"ModuleNotFoundError:{name}", (
-            f"`import {name}` in the venv: {report['top_level'][name]}")
+            f"`import {name}` in the venv: {report['top_level'][name]}"
+        )
 
     info = results["keras-cmt info"][1]
     rows = [line.split() for line in info.splitlines() if line.startswith("cmt_ti ")]
@@ -323,10 +393,12 @@ def test_console_scripts_from_the_wheel_in_a_fresh_venv(venv, tmp_path):
     # --help lists the command's own options (and exits 0, checked above): a line starting with the option, as
     # absl (`--model_dir: Where ...`) and argparse (`--model MODEL  ...`) print them; `--model_dir=...` in a
     # usage example of the docstring does not count.
-    expected_help = {"cmt-train --help": ("model_dir", "dataset", "epochs"),
-                     "cmt-evaluate --help": ("model_path", "dataset", "split"),
-                     "keras-cmt-tflite --help": ("model", "quantize"),
-                     "keras-cmt-tflite-benchmark --help": ("threads", "runs")}
+    expected_help = {
+        "cmt-train --help": ("model_dir", "dataset", "epochs"),
+        "cmt-evaluate --help": ("model_path", "dataset", "split"),
+        "keras-cmt-tflite --help": ("model", "quantize"),
+        "keras-cmt-tflite-benchmark --help": ("threads", "runs"),
+    }
     for name, options in expected_help.items():
         text = results[name][1]
         missing = [f"--{option}" for option in options if not re.search(rf"^\s*--{option}(:|\s|$)", text, re.M)]
@@ -340,8 +412,9 @@ def test_installed_distribution_metadata():
     import importlib.metadata as metadata
 
     _check_requirements(metadata.requires(DIST_NAME) or [], f"the installed {DIST_NAME}")
-    scripts = {ep.name: ep.value for ep in metadata.distribution(DIST_NAME).entry_points
-               if ep.group == "console_scripts"}
+    scripts = {
+        ep.name: ep.value for ep in metadata.distribution(DIST_NAME).entry_points if ep.group == "console_scripts"
+    }
     assert scripts == CONSOLE_SCRIPTS, f"the installed {DIST_NAME} declares the console scripts {scripts}"
 
 
@@ -352,17 +425,26 @@ def test_core_works_without_tensorflow(tmp_path):
     for backend in ("jax", "torch"):
         env = _clean_env(KERAS_BACKEND=backend)
         if backend == "jax":  # as tests/run.py: the tests time nothing, XLA's optimising passes dominate
-            env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
-                                " --xla_llvm_disable_expensive_passes=true").strip()
+            env["XLA_FLAGS"] = (
+                env.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
+                " --xla_llvm_disable_expensive_passes=true"
+            ).strip()
         env["PYTHONPATH"] = str(REPO)  # the checkout's keras_cmt (it is also what the editable install maps to)
         folder = tmp_path / backend
         folder.mkdir()
-        processes[backend] = subprocess.Popen([sys.executable, str(script), str(folder)], cwd=folder, env=env,
-                                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        processes[backend] = subprocess.Popen(
+            [sys.executable, str(script), str(folder)],
+            cwd=folder,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
     for backend, process in processes.items():
         stdout, stderr = process.communicate(timeout=600)
-        assert process.returncode == 0, (f"{backend}: exit {process.returncode}\n{stdout[-3000:]}\n"
-                                         f"{_without_log_noise(stderr)[-5000:]}")
+        assert process.returncode == 0, (
+            f"{backend}: exit {process.returncode}\n{stdout[-3000:]}\n{_without_log_noise(stderr)[-5000:]}"
+        )
         report = _result(stdout)
         assert report["backend"] == backend
         assert report["passed"] and report["passed"][0].startswith("the TensorFlow blocker"), report["passed"]

@@ -30,21 +30,23 @@ def test_same_size_is_returned_unchanged():
 def test_matches_pytorch_bilinear_on_a_known_case():
     # F.interpolate(torch.tensor([[1., 2.], [3., 4.]])[None, None], size=(4, 4), mode="bilinear",
     # align_corners=False), a documented PyTorch result.
-    expected = np.array([[1.00, 1.25, 1.75, 2.00],
-                         [1.50, 1.75, 2.25, 2.50],
-                         [2.50, 2.75, 3.25, 3.50],
-                         [3.00, 3.25, 3.75, 4.00]])
+    expected = np.array(
+        [[1.00, 1.25, 1.75, 2.00], [1.50, 1.75, 2.25, 2.50], [2.50, 2.75, 3.25, 3.50], [3.00, 3.25, 3.75, 4.00]]
+    )
     bias = np.array([1.0, 2.0, 3.0, 4.0]).reshape(1, 4, 1)  # one head, a 2x2 query grid, a 1x1 key grid
     out = resize.resize_relative_position_bias(bias, (2, 2), (1, 1), (4, 4), (1, 1))
     np.testing.assert_allclose(out.reshape(4, 4), expected, atol=1e-12)
 
 
-@pytest.mark.parametrize("old_q,old_k,new_q,new_k", [
-    ((14, 14), (7, 7), (16, 16), (8, 8)),     # up, square (CMT-S stage b, 224 -> 256)
-    ((8, 8), (1, 1), (6, 10), (1, 1)),        # down and up, non-square, 1x1 keys
-    ((16, 16), (2, 2), (24, 32), (3, 4)),     # non-square up on both grids
-    ((7, 7), (7, 7), (3, 5), (3, 5)),         # down (no antialiasing, as PyTorch's bilinear)
-])
+@pytest.mark.parametrize(
+    "old_q,old_k,new_q,new_k",
+    [
+        ((14, 14), (7, 7), (16, 16), (8, 8)),  # up, square (CMT-S stage b, 224 -> 256)
+        ((8, 8), (1, 1), (6, 10), (1, 1)),  # down and up, non-square, 1x1 keys
+        ((16, 16), (2, 2), (24, 32), (3, 4)),  # non-square up on both grids
+        ((7, 7), (7, 7), (3, 5), (3, 5)),  # down (no antialiasing, as PyTorch's bilinear)
+    ],
+)
 def test_resizes_query_and_key_grids_like_half_pixel_bilinear(old_q, old_k, new_q, new_k):
     rng = np.random.default_rng(1)
     heads = 2
@@ -55,11 +57,17 @@ def test_resizes_query_and_key_grids_like_half_pixel_bilinear(old_q, old_k, new_
     # Independent reference: the backend's image resize (bilinear, half-pixel centres, no antialias) over the
     # query grid, then over the key grid.
     grid = bias.reshape(heads, old_q[0], old_q[1], -1)  # (heads, qh, qw, Nk) as NHWC images
-    grid = numpy(ops.image.resize(grid, new_q, interpolation="bilinear", antialias=False,
-                                  data_format="channels_last"))
+    grid = numpy(ops.image.resize(grid, new_q, interpolation="bilinear", antialias=False, data_format="channels_last"))
     grid = grid.reshape(heads, new_q[0] * new_q[1], old_k[0], old_k[1]).transpose(0, 2, 3, 1)
-    grid = numpy(ops.image.resize(grid.reshape(heads * 1, old_k[0], old_k[1], -1), new_k, interpolation="bilinear",
-                                  antialias=False, data_format="channels_last"))
+    grid = numpy(
+        ops.image.resize(
+            grid.reshape(heads * 1, old_k[0], old_k[1], -1),
+            new_k,
+            interpolation="bilinear",
+            antialias=False,
+            data_format="channels_last",
+        )
+    )
     reference = grid.reshape(heads, new_k[0] * new_k[1], new_q[0] * new_q[1]).transpose(0, 2, 1)
     np.testing.assert_allclose(out, reference, atol=1e-5)
 
@@ -93,8 +101,10 @@ def test_loader_resizes_from_a_weights_file_saved_at_another_size(tmp_path):
     same = helpers.micro_model(input_shape=(64, 64, 3))
     keras_cmt.load_weights(same, path)
     for letter in "abcd":
-        np.testing.assert_array_equal(same.get_layer(f"relative_pos_{letter}").bias.numpy(),
-                                      source.get_layer(f"relative_pos_{letter}").bias.numpy())
+        np.testing.assert_array_equal(
+            same.get_layer(f"relative_pos_{letter}").bias.numpy(),
+            source.get_layer(f"relative_pos_{letter}").bias.numpy(),
+        )
 
     # ...and at 128x96 every stage's bias is resized over its query and key grids; the model runs.
     bigger = helpers.micro_model(input_shape=(128, 96, 3))
@@ -103,8 +113,12 @@ def test_loader_resizes_from_a_weights_file_saved_at_another_size(tmp_path):
         layer = bigger.get_layer(f"relative_pos_{letter}")
         old_q = (64 // stride, 64 // stride)
         expected = resize.resize_relative_position_bias(
-            source.get_layer(f"relative_pos_{letter}").bias.numpy(), old_q, (old_q[0] // sr, old_q[1] // sr),
-            layer.query_size, layer.key_size)
+            source.get_layer(f"relative_pos_{letter}").bias.numpy(),
+            old_q,
+            (old_q[0] // sr, old_q[1] // sr),
+            layer.query_size,
+            layer.key_size,
+        )
         assert layer.query_size == (128 // stride, 96 // stride)
         np.testing.assert_allclose(layer.bias.numpy(), expected, atol=1e-6)
     out = numpy(bigger(np.random.default_rng(0).uniform(-1, 1, (1, 128, 96, 3)).astype("float32")))
@@ -116,8 +130,9 @@ def test_loader_resizes_from_a_weights_file_saved_at_another_size(tmp_path):
     bigger.save_weights(str(tmp_path / "micro128x96.weights.h5"))
     keras_cmt.load_weights(back, str(tmp_path / "micro128x96.weights.h5"))
     layer = back.get_layer("relative_pos_d")
-    expected = resize.resize_relative_position_bias(bigger.get_layer("relative_pos_d").bias.numpy(), (4, 3), (4, 3),
-                                                    (8, 6), (8, 6))
+    expected = resize.resize_relative_position_bias(
+        bigger.get_layer("relative_pos_d").bias.numpy(), (4, 3), (4, 3), (8, 6), (8, 6)
+    )
     np.testing.assert_allclose(layer.bias.numpy(), expected, atol=1e-6)
 
 
@@ -130,8 +145,9 @@ def test_a_bias_with_other_heads_is_reported(tmp_path):
         keras_cmt.weights.loading.assign_state_dict(model, state)
 
 
-@pytest.mark.parametrize("old_q,new_q,sr", [((8, 8), (8, 8), 4), ((8, 8), (12, 6), 4), ((6, 10), (4, 4), 2),
-                                            ((2, 2), (5, 3), 1)])
+@pytest.mark.parametrize(
+    "old_q,new_q,sr", [((8, 8), (8, 8), 4), ((8, 8), (12, 6), 4), ((6, 10), (4, 4), 2), ((2, 2), (5, 3), 1)]
+)
 def test_call_time_resize_is_the_loaders_resize(old_q, new_q, sr):
     from keras_cmt.layers.relative_position_bias import resize_bias
 

@@ -22,7 +22,6 @@ from keras_cmt.weights import position_bias_resize, pretrained  # noqa: E402
 VARIANT = helpers.MICRO_VARIANT
 
 
-
 @pytest.fixture(scope="module")
 def official():
     io = np.load(helpers.MICRO_IO)
@@ -61,8 +60,9 @@ def assert_holds(model, state_dict):
 
 @pytest.mark.all_backends
 def test_download_converts_caches_and_then_works_offline(server, official, tmp_path, monkeypatch):
-    body = helpers.serve_checkpoint(server, "cmt_micro.pth",
-                                    helpers.release_checkpoint(official["model"], official["ema"]))
+    body = helpers.serve_checkpoint(
+        server, "cmt_micro.pth", helpers.release_checkpoint(official["model"], official["ema"])
+    )
     model = helpers.micro_model(classifier_activation=None)
     pretrained.load_imagenet_weights(model, VARIANT, keras_cmt.CMT)
 
@@ -127,19 +127,27 @@ def test_other_input_sizes_load_resized_biases(server, official, tmp_path):
         old_q = (64 // stride,) * 2
         new_q = (96 // stride, 128 // stride)
         expected = position_bias_resize.resize_relative_position_bias(
-            official["ema"][f"relative_pos_{letter}"], old_q, tuple(s // sr for s in old_q), new_q,
-            tuple(s // sr for s in new_q))
+            official["ema"][f"relative_pos_{letter}"],
+            old_q,
+            tuple(s // sr for s in old_q),
+            new_q,
+            tuple(s // sr for s in new_q),
+        )
         np.testing.assert_allclose(model.get_layer(f"relative_pos_{letter}").bias.numpy(), expected, atol=1e-6)
     features = numpy(model(np.random.default_rng(0).uniform(-1, 1, (2, 96, 128, 3)).astype("float32")))
     assert features.shape == (2, 64) and np.isfinite(features).all()
     # Everything but the biases loads unchanged.
-    assert_holds(model, {k: v for k, v in official["ema"].items() if not k.startswith("relative_pos_")}
-                 | {f"relative_pos_{c}": model.get_layer(f"relative_pos_{c}").bias.numpy() for c in "abcd"})
+    assert_holds(
+        model,
+        {k: v for k, v in official["ema"].items() if not k.startswith("relative_pos_")}
+        | {f"relative_pos_{c}": model.get_layer(f"relative_pos_{c}").bias.numpy() for c in "abcd"},
+    )
 
 
 def test_sha256_pinning(server, official, tmp_path, monkeypatch):
-    body = helpers.serve_checkpoint(server, "cmt_micro.pth",
-                                    helpers.release_checkpoint(official["model"], official["ema"]))
+    body = helpers.serve_checkpoint(
+        server, "cmt_micro.pth", helpers.release_checkpoint(official["model"], official["ema"])
+    )
     right = hashlib.sha256(body).hexdigest()
     wrong = "0" * 64
     with pytest.raises(ValueError, match=f"has sha256 {right}, not the pinned {wrong}; nothing was cached"):
@@ -272,9 +280,13 @@ def test_default_url_and_cache_location(monkeypatch, tmp_path):
     monkeypatch.delenv(pretrained.BASE_URL_ENV, raising=False)
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     assert pretrained.weights_url("CMTSmall") == (
-        "https://github.com/ggjy/CMT.pytorch/releases/download/release-v1/cmt_small.pth")
+        "https://github.com/ggjy/CMT.pytorch/releases/download/release-v1/cmt_small.pth"
+    )
     assert [pretrained.weights_url(v).rsplit("/", 1)[1] for v in ("cmt_ti", "cmt_xs", "cmt_b")] == [
-        "cmt_tiny.pth", "cmt_xs.pth", "cmt_base.pth"]
+        "cmt_tiny.pth",
+        "cmt_xs.pth",
+        "cmt_base.pth",
+    ]
     weights, record, hand_placed = pretrained.cache_paths("cmt_b")
     assert weights == str(tmp_path / "models" / "keras_cmt" / "cmt_b_imagenet.weights.h5")
     assert record == weights + ".json" and hand_placed == str(tmp_path / "models" / "keras_cmt" / "cmt_base.pth")

@@ -79,7 +79,11 @@ def test_cmt_pyramid_with_imagenet_weights_at_a_non_square_size(monkeypatch, tmp
         pyramid = keras_cmt.CMTPyramid("cmt_ti", weights="imagenet", input_shape=(64, 96, 3))
     assert server.requests == ["/release-v1/cmt_tiny.pth"]
     assert [tuple(pyramid.output[k].shape) for k in ("P2", "P3", "P4", "P5")] == [
-        (None, 16, 24, 46), (None, 8, 12, 92), (None, 4, 6, 184), (None, 2, 3, 368)]
+        (None, 16, 24, 46),
+        (None, 8, 12, 92),
+        (None, 4, 6, 184),
+        (None, 2, 3, 368),
+    ]
     base_layers = {layer.name: layer for layer in pyramid.layers}
     assert "head" not in base_layers
     # The checkpoint's tensors are in the pyramid; the biases resized from 160x160 to 64x96.
@@ -97,7 +101,8 @@ def test_cmt_pyramid_with_imagenet_weights_at_a_non_square_size(monkeypatch, tmp
         layer = pyramid.get_layer(f"relative_pos_{letter}")
         side = 160 * layer.query_size[0] // 64
         expected = position_bias_resize.resize_relative_position_bias(
-            state[layer.name], (side, side), (side // layer.sr_ratio,) * 2, layer.query_size, layer.key_size)
+            state[layer.name], (side, side), (side // layer.sr_ratio,) * 2, layer.query_size, layer.key_size
+        )
         np.testing.assert_allclose(layer.bias.numpy(), expected, atol=1e-6, err_msg=layer.name)
     features = pyramid(np.zeros((1, 64, 96, 3), "float32"))
     assert all(np.isfinite(numpy(v)).all() for v in features.values())

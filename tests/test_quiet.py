@@ -12,16 +12,19 @@ from keras_cmt import quiet
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.parametrize("argv, expected", [
-    (["python", "-m", "keras_cmt.training.demo", "--seed", "1"], True),
-    (["python", "-W", "ignore", "-m", "keras_cmt"], True),
-    (["/usr/bin/python3", "/usr/local/bin/cmt-train", "--model_dir=x"], True),
-    (["python", "/home/me/venv/bin/keras-cmt-tflite", "--model", "cmt_ti"], True),
-    (["python", "my_script.py", "-m", "keras_cmt.cli"], False),
-    (["python", "-c", "import keras_cmt"], False),
-    (["python", "-m", "pytest", "tests"], False),
-    (["python"], False),
-])
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["python", "-m", "keras_cmt.training.demo", "--seed", "1"], True),
+        (["python", "-W", "ignore", "-m", "keras_cmt"], True),
+        (["/usr/bin/python3", "/usr/local/bin/cmt-train", "--model_dir=x"], True),
+        (["python", "/home/me/venv/bin/keras-cmt-tflite", "--model", "cmt_ti"], True),
+        (["python", "my_script.py", "-m", "keras_cmt.cli"], False),
+        (["python", "-c", "import keras_cmt"], False),
+        (["python", "-m", "pytest", "tests"], False),
+        (["python"], False),
+    ],
+)
 def test_started_as_command(argv, expected):
     assert quiet.started_as_command(argv) is expected
 
@@ -56,9 +59,11 @@ def test_command_screen_is_quiet_and_verbose_brings_the_logs_back():
 
 def test_importing_keras_cmt_leaves_a_programs_logging_alone():
     """The log level, warning filters and loggers after `import keras_cmt` are those after `import keras`."""
-    report = ("; import os, warnings, logging; print(os.environ.get('TF_CPP_MIN_LOG_LEVEL'), "
-              "[(f[0], f[2]) for f in warnings.filters], logging.getLogger('absl').level, "
-              "logging.getLogger('tensorflow').level)")
+    report = (
+        "; import os, warnings, logging; print(os.environ.get('TF_CPP_MIN_LOG_LEVEL'), "
+        "[(f[0], f[2]) for f in warnings.filters], logging.getLogger('absl').level, "
+        "logging.getLogger('tensorflow').level)"
+    )
     plain = _run("import keras" + report)
     ours = _run("import keras_cmt; assert not keras_cmt.quiet.is_quiet()" + report)
     assert plain.returncode == 0 and ours.returncode == 0, ours.stderr[-2000:]

@@ -20,8 +20,10 @@ def test_benchmark_table_and_json(tmp_path, capsys):
     model_path = tmp_path / "small.tflite"
     convert.convert(_small_model(), model_path)
     out = tmp_path / "bench.json"
-    assert benchmark.main([str(model_path), "--threads", "1", "2", "--runs", "5", "--warmup", "1",
-                           "--json", str(out)]) == 0
+    assert (
+        benchmark.main([str(model_path), "--threads", "1", "2", "--runs", "5", "--warmup", "1", "--json", str(out)])
+        == 0
+    )
     table = capsys.readouterr().out
     assert "| model" in table and "small.tflite" in table
     results = json.loads(out.read_text())["results"]
@@ -47,8 +49,10 @@ def test_interleaved_ab_reports_ratios_to_the_first(tmp_path, capsys):
     x = keras.layers.GlobalAveragePooling2D()(x)
     convert.convert(keras.Model(inputs, keras.layers.Dense(4, activation="softmax", name="head")(x)), wider)
     out = tmp_path / "ab.json"
-    assert benchmark.main([str(small), str(wider), "--interleave", "--runs", "7", "--warmup", "1",
-                           "--json", str(out)]) == 0
+    assert (
+        benchmark.main([str(small), str(wider), "--interleave", "--runs", "7", "--warmup", "1", "--json", str(out)])
+        == 0
+    )
     assert "ratio to first" in capsys.readouterr().out
     results = json.loads(out.read_text())["results"]
     assert [r["model"] for r in results] == ["small.tflite", "wider.tflite"]
@@ -69,8 +73,26 @@ def test_runtimes_and_what_runs_where(tmp_path, capsys):
     model_path = tmp_path / "small.tflite"
     convert.convert(_small_model(), model_path, quantize="float16")
     out = tmp_path / "bench.json"
-    assert benchmark.main([str(model_path), "--runtime", "interpreter", "compiled", "compiled_fp16",
-                           "--threads", "1", "--runs", "3", "--warmup", "1", "--json", str(out)]) == 0
+    assert (
+        benchmark.main(
+            [
+                str(model_path),
+                "--runtime",
+                "interpreter",
+                "compiled",
+                "compiled_fp16",
+                "--threads",
+                "1",
+                "--runs",
+                "3",
+                "--warmup",
+                "1",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     table = capsys.readouterr().out
     assert "GPU Analyzer" in table and "CompiledModel, fp16 forced" in table and " compatible " in table
     results = {r["runtime"]: r for r in json.loads(out.read_text())["results"]}
@@ -86,13 +108,18 @@ def test_runtimes_and_what_runs_where(tmp_path, capsys):
 def test_the_gpu_verdict_names_the_flagged_op_types():
     from keras_cmt.tflite import compatibility
 
-    report = ("Subgraph#0 main(T#0) -> [T#2]\n"
-              "  Op#0 CONV_2D(T#0, T#1) -> [T#2]\n"
-              "  Op#1 SOMETHING_NEW(T#2) -> [T#3]\n"
-              "GPU COMPATIBILITY WARNING: Not supported op SOMETHING_NEW\n"
-              "\nGPU COMPATIBILITY WARNING: Subgraph#0 has GPU delegate compatibility issues at nodes 1\n")
+    report = (
+        "Subgraph#0 main(T#0) -> [T#2]\n"
+        "  Op#0 CONV_2D(T#0, T#1) -> [T#2]\n"
+        "  Op#1 SOMETHING_NEW(T#2) -> [T#3]\n"
+        "GPU COMPATIBILITY WARNING: Not supported op SOMETHING_NEW\n"
+        "\nGPU COMPATIBILITY WARNING: Subgraph#0 has GPU delegate compatibility issues at nodes 1\n"
+    )
     assert compatibility.gpu_flagged_op_types(report) == {"SOMETHING_NEW": 1}
-    verdict = {"gpu_compatible": False, "gpu_incompatible": compatibility.gpu_incompatible_ops(report),
-               "gpu_incompatible_op_types": compatibility.gpu_flagged_op_types(report)}
+    verdict = {
+        "gpu_compatible": False,
+        "gpu_incompatible": compatibility.gpu_incompatible_ops(report),
+        "gpu_incompatible_op_types": compatibility.gpu_flagged_op_types(report),
+    }
     assert compatibility.gpu_verdict_text(verdict) == "not compatible: SOMETHING_NEWx1"
     assert compatibility.gpu_verdict_text({"gpu_compatible": True, "gpu_incompatible": []}) == "compatible"

@@ -102,8 +102,8 @@ def _key_side_stages(depths, dims, heads, image_size, projection_cost):
 
     stages = []
     for stage, sr in enumerate((8, 4, 2, 1)):
-        queries = (image_size // 4 // 2 ** stage) ** 2
-        stages.append(absorbs_projections(queries, queries // sr ** 2, dims[stage], heads[stage], projection_cost))
+        queries = (image_size // 4 // 2**stage) ** 2
+        stages.append(absorbs_projections(queries, queries // sr**2, dims[stage], heads[stage], projection_cost))
     return stages
 
 
@@ -113,7 +113,11 @@ def test_dynamic_files_weigh_projections_as_int8():
     s = keras_cmt.get_variant("cmt_s")
     assert _key_side_stages(s.depths, s.embed_dims, s.num_heads, 224, 1.0) == [True, True, True, False]
     assert _key_side_stages(s.depths, s.embed_dims, s.num_heads, 224, convert.DYNAMIC_PROJECTION_COST) == [
-        True, False, False, False]
+        True,
+        False,
+        False,
+        False,
+    ]
 
 
 def test_attention_forms_of_float_and_dynamic_files(fp32_normalized, micro_logits_model):
@@ -129,11 +133,15 @@ def test_attention_forms_of_float_and_dynamic_files(fp32_normalized, micro_logit
         return sum(d * (k and h > 1) for d, k, h in zip(depths, key_side, heads))
 
     float_ops = compatibility.op_types(fp32_normalized)
-    dynamic_ops = compatibility.op_types(convert.convert(micro_logits_model, quantize="dynamic",
-                                                         with_metadata=False))
-    int8_ops = compatibility.op_types(convert.convert(micro_logits_model, quantize="int8", with_metadata=False,
-                                                      representative_data=np.random.default_rng(0).uniform(
-                                                          0, 255, (4, 64, 64, 3)).astype(np.float32)))
+    dynamic_ops = compatibility.op_types(convert.convert(micro_logits_model, quantize="dynamic", with_metadata=False))
+    int8_ops = compatibility.op_types(
+        convert.convert(
+            micro_logits_model,
+            quantize="int8",
+            with_metadata=False,
+            representative_data=np.random.default_rng(0).uniform(0, 255, (4, 64, 64, 3)).astype(np.float32),
+        )
+    )
     # No batch matmul with a constant operand (XNNPACK cannot run those in fp16): two per block in every mode.
     for ops in (float_ops, dynamic_ops, int8_ops):
         assert ops["BATCH_MATMUL"] == 2 * sum(depths)

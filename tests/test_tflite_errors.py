@@ -41,7 +41,8 @@ def test_other_bad_options(capsys, tmp_path):
     assert "unknown model 'cmt_huge'" in _cli_error(capsys, ["--model", "cmt_huge"])
     assert "model file not found" in _cli_error(capsys, ["--model", str(tmp_path / "missing.keras")])
     assert "needs full-integer" in _cli_error(
-        capsys, ["--model", "cmt_ti", "--quantize", "int8", "--representative_data", "digits", "--io_type", "int8"])
+        capsys, ["--model", "cmt_ti", "--quantize", "int8", "--representative_data", "digits", "--io_type", "int8"]
+    )
     assert "needs --quantize int8" in _cli_error(capsys, ["--model", "cmt_ti", "--io_type", "uint8"])
     with pytest.raises(ValueError, match="unknown input range"):
         convert.convert(keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Flatten()]), input_range="0-65535")
@@ -69,8 +70,10 @@ def test_model_that_will_not_convert(tmp_path):
         convert.convert(_unconvertible_model(), target)
     message = str(info.value)
     assert "\n" not in message
-    assert message == ("the model could not be converted to builtin TFLite ops: tf.Cumprod has no builtin "
-                       "TFLite op (Select TF ops are not allowed)")
+    assert message == (
+        "the model could not be converted to builtin TFLite ops: tf.Cumprod has no builtin "
+        "TFLite op (Select TF ops are not allowed)"
+    )
     assert _listing(tmp_path) == []
 
 
@@ -96,17 +99,47 @@ def test_benchmark_of_a_missing_model(capsys, tmp_path):
 def test_benchmark_runtime_without_xnnpack(capsys, tmp_path):
     model = tmp_path / "m.tflite"
     model.write_bytes(b"not read")
-    assert benchmark.main([str(model), "--runtime", "compiled_fp16", "--no_xnnpack",
-                           "--json", str(tmp_path / "r.json")]) == 2
+    assert (
+        benchmark.main([str(model), "--runtime", "compiled_fp16", "--no_xnnpack", "--json", str(tmp_path / "r.json")])
+        == 2
+    )
     assert "--no_xnnpack applies to the interpreter runtime only" in capsys.readouterr().err
     assert _listing(tmp_path) == ["m.tflite"]
 
 
 def test_unknown_representative_dataset(capsys, tmp_path):
-    line = _cli_error(capsys, ["--model", "cmt_ti", "--image_size", "64", "--classes", "10", "--quantize", "int8",
-                               "--representative_data", "no_such_dataset", "--output", str(tmp_path / "m.tflite")])
+    line = _cli_error(
+        capsys,
+        [
+            "--model",
+            "cmt_ti",
+            "--image_size",
+            "64",
+            "--classes",
+            "10",
+            "--quantize",
+            "int8",
+            "--representative_data",
+            "no_such_dataset",
+            "--output",
+            str(tmp_path / "m.tflite"),
+        ],
+    )
     assert "no_such_dataset" in line and "unknown dataset" in line
-    line = _cli_error(capsys, ["--model", "cmt_ti", "--image_size", "64", "--classes", "10", "--quantize", "int8",
-                               "--representative_data", str(tmp_path / "missing.npz")])
+    line = _cli_error(
+        capsys,
+        [
+            "--model",
+            "cmt_ti",
+            "--image_size",
+            "64",
+            "--classes",
+            "10",
+            "--quantize",
+            "int8",
+            "--representative_data",
+            str(tmp_path / "missing.npz"),
+        ],
+    )
     assert "representative data file not found" in line
     assert _listing(tmp_path) == []

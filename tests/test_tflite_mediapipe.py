@@ -35,9 +35,7 @@ def _mediapipe_scores(model_path, image_paths, num_classes):
     from mediapipe.tasks.python import vision
     from mediapipe.tasks.python.core.base_options import BaseOptions
 
-    options = vision.ImageClassifierOptions(
-        base_options=BaseOptions(model_asset_path=str(model_path)), max_results=-1
-    )
+    options = vision.ImageClassifierOptions(base_options=BaseOptions(model_asset_path=str(model_path)), max_results=-1)
     scores = np.zeros((len(image_paths), num_classes), np.float32)
     names = np.empty((len(image_paths), num_classes), dtype=object)
     with vision.ImageClassifier.create_from_options(options) as classifier:
@@ -60,7 +58,7 @@ def _sample_photos(size):
     for image in load_sample_images().images:
         h, w = image.shape[:2]
         side = min(h, w)
-        crop = image[(h - side) // 2:(h + side) // 2, (w - side) // 2:(w + side) // 2]
+        crop = image[(h - side) // 2 : (h + side) // 2, (w - side) // 2 : (w + side) // 2]
         photos.append(np.asarray(Image.fromarray(crop).resize((size, size), Image.BICUBIC)))
         photos.append(np.asarray(Image.fromarray(image[:side, :side]).resize((size, size), Image.BICUBIC)))
     return np.stack(photos)
@@ -111,10 +109,15 @@ def digits_files(digits_model, tmp_path_factory):
     (folder / "labels.txt").write_text("\n".join(labels) + "\n")
     fp32 = folder / "digits_fp32.tflite"
     int8 = folder / "digits_int8.tflite"
-    assert convert.main(["--model", _save(digits_model, folder), "--labels", str(folder / "labels.txt"),
-                         "--output", str(fp32)]) == 0
-    convert.convert(digits_model, int8, quantize="int8", representative_data="digits",
-                    num_calibration_images=100, labels=labels)
+    assert (
+        convert.main(
+            ["--model", _save(digits_model, folder), "--labels", str(folder / "labels.txt"), "--output", str(fp32)]
+        )
+        == 0
+    )
+    convert.convert(
+        digits_model, int8, quantize="int8", representative_data="digits", num_calibration_images=100, labels=labels
+    )
     dynamic = folder / "digits_dynamic.tflite"
     convert.convert(digits_model, dynamic, quantize="dynamic", labels=labels)
     return dict(folder=folder, labels=labels, fp32=fp32, int8=int8, dynamic=dynamic)
@@ -162,8 +165,14 @@ def test_int8_accuracy_and_delegation(digits_files, digits_validation, mode):
 def test_full_integer_int8_leaves_ops_to_default_kernels(digits_model, digits_validation):
     """The strict TFLITE_BUILTINS_INT8 form: every tensor int8 (int8 I/O), and the delegation check sees
     what XNNPACK cannot take (that is why int8_ops='xnnpack' is the default)."""
-    data = convert.convert(digits_model, quantize="int8", int8_ops="all", io_type="int8",
-                           representative_data=digits_validation[0][:50], with_metadata=False)
+    data = convert.convert(
+        digits_model,
+        quantize="int8",
+        int8_ops="all",
+        io_type="int8",
+        representative_data=digits_validation[0][:50],
+        with_metadata=False,
+    )
     model = LiteRTModel(data)
     assert model.input_dtype == np.int8 and model.output_dtype == np.int8
     delegation = model.delegation()

@@ -11,7 +11,6 @@ from keras_cmt.weights import torch_checkpoint
 from keras_cmt.weights.torch_checkpoint import CheckpointError, read_torch_checkpoint, select_state_dict
 
 
-
 def test_reads_the_official_fixture(micro_checkpoint):
     ckpt = read_torch_checkpoint(micro_checkpoint)
     state = select_state_dict(ckpt)
@@ -92,6 +91,7 @@ def test_missing_file(tmp_path):
 # --- hostile records and archives (each check's refusal; tests/test_hostile_files.py runs the crashing ones in a
 # subprocess and fuzzes the rest) ----------------------------------------------------------------------------------
 
+
 def _hostile():
     import os
     import sys
@@ -122,20 +122,23 @@ def _refused(path, pattern, **kwargs):
     return message
 
 
-@pytest.mark.parametrize("offset, size, stride, pattern", [
-    (0, (4,), (-1,), r"stride entry is -1, not a non-negative 64-bit integer"),
-    (0, (-4,), (1,), r"size entry is -4, not a non-negative 64-bit integer"),
-    (-1, (), (), r"storage offset of a tensor on storage 0 is -1"),
-    (17, (0,), (1,), r"storage offset 17 lies outside storage 0 \(16 elements\)"),
-    (15, (2,), (1,), r"addresses element 16 of storage 0, which has 16: it runs past its storage"),
-    (0, (4, 4), (5, 1), r"addresses element 18 of storage 0"),
-    (0, (1, 4), (1 << 63, 1), r"stride entry is 9223372036854775808"),
-    (0, (2, 3), (1,), r"has size \(2, 3\) but stride \(1,\)"),
-    (0, (1,) * 33, (1,) * 33, r"33 dimensions \(at most 32\)"),
-    (0, (2.0,), (1,), r"size entry is 2.0"),
-    (0, "4", (1,), r"size is '4', not a tuple of integers"),
-    (True, (4,), (1,), r"storage offset of a tensor on storage 0 is True"),
-])
+@pytest.mark.parametrize(
+    "offset, size, stride, pattern",
+    [
+        (0, (4,), (-1,), r"stride entry is -1, not a non-negative 64-bit integer"),
+        (0, (-4,), (1,), r"size entry is -4, not a non-negative 64-bit integer"),
+        (-1, (), (), r"storage offset of a tensor on storage 0 is -1"),
+        (17, (0,), (1,), r"storage offset 17 lies outside storage 0 \(16 elements\)"),
+        (15, (2,), (1,), r"addresses element 16 of storage 0, which has 16: it runs past its storage"),
+        (0, (4, 4), (5, 1), r"addresses element 18 of storage 0"),
+        (0, (1, 4), (1 << 63, 1), r"stride entry is 9223372036854775808"),
+        (0, (2, 3), (1,), r"has size \(2, 3\) but stride \(1,\)"),
+        (0, (1,) * 33, (1,) * 33, r"33 dimensions \(at most 32\)"),
+        (0, (2.0,), (1,), r"size entry is 2.0"),
+        (0, "4", (1,), r"size is '4', not a tuple of integers"),
+        (True, (4,), (1,), r"storage offset of a tensor on storage 0 is True"),
+    ],
+)
 def test_a_tensor_record_is_checked_against_its_storage(tmp_path, offset, size, stride, pattern):
     records = _hostile()
     path = _write(tmp_path, {"model": {"w": records.Record(_floats(), offset, size, stride)}})
@@ -146,13 +149,18 @@ def test_records_within_their_storage_load_exactly(tmp_path):
     """Views, shared storages, stride 0, size-1 dimensions with any stride, empty tensors at the storage's end."""
     records = _hostile()
     s = _floats()
-    path = _write(tmp_path, {"model": {
-        "t": records.Record(s, 1, (3, 2), (1, 3)),
-        "b": records.Record(s, 4, (2, 3), (0, 1)),
-        "one": records.Record(s, 15, (1, 1), (1 << 62, 7)),
-        "end": records.Record(s, 16, (0, 5), (5, 1)),
-        "x": records.Record(s, 7, (), ()),
-    }})
+    path = _write(
+        tmp_path,
+        {
+            "model": {
+                "t": records.Record(s, 1, (3, 2), (1, 3)),
+                "b": records.Record(s, 4, (2, 3), (0, 1)),
+                "one": records.Record(s, 15, (1, 1), (1 << 62, 7)),
+                "end": records.Record(s, 16, (0, 5), (5, 1)),
+                "x": records.Record(s, 7, (), ()),
+            }
+        },
+    )
     state = read_torch_checkpoint(path)["model"]
     base = np.arange(16, dtype="float32")
     np.testing.assert_array_equal(state["t"], base[[[1, 4], [2, 5], [3, 6]]])
@@ -169,43 +177,61 @@ def test_a_stride_0_bomb_is_refused_before_allocating(tmp_path):
     _refused(path, r"\(1 MiB in all\)", max_bytes=1 << 20)
 
 
-@pytest.mark.parametrize("numel, pattern", [
-    (17, r"storage 0 is cut short: it declares 17 FloatStorage elements, 68 bytes, and holds 64; a tensor on it runs "
-         r"past its storage"),
-    (15, r"storage 0's zip entry declares 64 bytes, more than its 15 FloatStorage elements take \(60\); refused "
-         r"before reading it"),
-    (-1, r"storage 0's element count is -1"),
-    (16.0, r"storage 0's element count is 16.0"),
-])
+@pytest.mark.parametrize(
+    "numel, pattern",
+    [
+        (
+            17,
+            r"storage 0 is cut short: it declares 17 FloatStorage elements, 68 bytes, and holds 64; a tensor on it "
+            r"runs past its storage",
+        ),
+        (
+            15,
+            r"storage 0's zip entry declares 64 bytes, more than its 15 FloatStorage elements take \(60\); refused "
+            r"before reading it",
+        ),
+        (-1, r"storage 0's element count is -1"),
+        (16.0, r"storage 0's element count is 16.0"),
+    ],
+)
 def test_a_storage_holds_exactly_its_declared_elements(tmp_path, numel, pattern):
     records = _hostile()
     storage = records.Storage("0", np.arange(16, dtype="<f4").tobytes(), numel=numel)
     _refused(_write(tmp_path, {"model": {"w": records.Record(storage, 0, (1,), (1,))}}), pattern)
 
 
-@pytest.mark.parametrize("form, pattern", [
-    ("untyped", r"unsupported storage type torch.UntypedStorage"),
-    ("module", r"unsupported storage type os.system"),
-    ("short", r"unsupported persistent id in checkpoint \(a tuple of 4;"),
-    ("tag", r"unsupported persistent id"),
-    ("text", r"unsupported persistent id in checkpoint \('storage'; "),
-    ("key", r"a storage key is 0, not a short string"),
-    ("absent", r"storage 7 is missing from the archive"),
-])
+@pytest.mark.parametrize(
+    "form, pattern",
+    [
+        ("untyped", r"unsupported storage type torch.UntypedStorage"),
+        ("module", r"unsupported storage type os.system"),
+        ("short", r"unsupported persistent id in checkpoint \(a tuple of 4;"),
+        ("tag", r"unsupported persistent id"),
+        ("text", r"unsupported persistent id in checkpoint \('storage'; "),
+        ("key", r"a storage key is 0, not a short string"),
+        ("absent", r"storage 7 is missing from the archive"),
+    ],
+)
 def test_only_the_persistent_ids_of_a_checkpoint_are_accepted(tmp_path, form, pattern):
     records = _hostile()
     g = records.torch_zip._Global
     float_type = g("torch", "FloatStorage")
-    pid = {"untyped": ("storage", g("torch", "UntypedStorage"), "0", "cpu", 16),
-           "module": ("storage", g("os", "system"), "0", "cpu", 16),
-           "short": ("storage", float_type, "0", "cpu"),
-           "tag": ("module", float_type, "0", "cpu", 16),
-           "text": "storage",
-           "key": ("storage", float_type, 0, "cpu", 16),
-           "absent": ("storage", float_type, "7", "cpu", 16)}[form]
+    pid = {
+        "untyped": ("storage", g("torch", "UntypedStorage"), "0", "cpu", 16),
+        "module": ("storage", g("os", "system"), "0", "cpu", 16),
+        "short": ("storage", float_type, "0", "cpu"),
+        "tag": ("module", float_type, "0", "cpu", 16),
+        "text": "storage",
+        "key": ("storage", float_type, 0, "cpu", 16),
+        "absent": ("storage", float_type, "7", "cpu", 16),
+    }[form]
     storage = records.Storage("0", np.arange(16, dtype="<f4").tobytes(), pid=pid)
-    _refused(_write(tmp_path, {"model": {"w": records.Record(storage, 0, (1,), (1,))}},
-                    entries={"archive/data/0": bytes(64)}), pattern)
+    _refused(
+        _write(
+            tmp_path, {"model": {"w": records.Record(storage, 0, (1,), (1,))}}, entries={"archive/data/0": bytes(64)}
+        ),
+        pattern,
+    )
 
 
 def test_zip_entries_are_sized_from_the_directory_before_anything_is_read(tmp_path, monkeypatch):
@@ -213,14 +239,31 @@ def test_zip_entries_are_sized_from_the_directory_before_anything_is_read(tmp_pa
     good = records.checkpoint_bytes({"model": {"w": records.Record(_floats(), 0, (16,), (1,))}})
     read = []
     original = zipfile.ZipFile.read
-    monkeypatch.setattr(zipfile.ZipFile, "read", lambda self, name, pwd=None: read.append(
-        getattr(name, "filename", name)) or original(self, name, pwd))
-    cases = [("archive/data/0", 8 << 30, r"its storages declare 8589934592 bytes in all, more than a CMT checkpoint "
-                                         r"takes \(at most 4 GiB\); refused before reading them"),
-             ("archive/data/0", 68, r"storage 0's zip entry declares 68 bytes, more than its 16 FloatStorage "
-                                    r"elements take \(64\); refused before reading it"),
-             ("archive/data.pkl", 8 << 30, r"its data.pkl declares 8589934592 bytes, more than a checkpoint's pickle "
-                                           r"takes \(at most 32 MiB\)")]
+    monkeypatch.setattr(
+        zipfile.ZipFile,
+        "read",
+        lambda self, name, pwd=None: read.append(getattr(name, "filename", name)) or original(self, name, pwd),
+    )
+    cases = [
+        (
+            "archive/data/0",
+            8 << 30,
+            r"its storages declare 8589934592 bytes in all, more than a CMT checkpoint "
+            r"takes \(at most 4 GiB\); refused before reading them",
+        ),
+        (
+            "archive/data/0",
+            68,
+            r"storage 0's zip entry declares 68 bytes, more than its 16 FloatStorage "
+            r"elements take \(64\); refused before reading it",
+        ),
+        (
+            "archive/data.pkl",
+            8 << 30,
+            r"its data.pkl declares 8589934592 bytes, more than a checkpoint's pickle "
+            r"takes \(at most 32 MiB\)",
+        ),
+    ]
     for i, (entry, size, pattern) in enumerate(cases):
         path = tmp_path / f"bomb{i}.pth"
         path.write_bytes(records.set_declared_size(good, entry, size))
@@ -236,8 +279,10 @@ def test_zip_entries_are_sized_from_the_directory_before_anything_is_read(tmp_pa
 def test_duplicated_or_ambiguous_entries_are_refused(tmp_path):
     records = _hostile()
     record = records.Record(_floats(), 0, (16,), (1,))
-    _refused(_write(tmp_path, {"model": {"w": record}}, entries={"other/data.pkl": b"\x80\x02N."}),
-             r"zip file with 2 data.pkl entries")
+    _refused(
+        _write(tmp_path, {"model": {"w": record}}, entries={"other/data.pkl": b"\x80\x02N."}),
+        r"zip file with 2 data.pkl entries",
+    )
     good = records.checkpoint_bytes({"model": {"w": record}})
     with zipfile.ZipFile(__import__("io").BytesIO(good)) as z:
         items = [(n, z.read(n)) for n in z.namelist()]
@@ -249,20 +294,27 @@ def test_duplicated_or_ambiguous_entries_are_refused(tmp_path):
 def test_a_big_endian_checkpoint_loads(tmp_path):
     records = _hostile()
     storage = records.Storage("0", np.arange(4, dtype=">f4").tobytes())
-    path = _write(tmp_path, {"model": {"w": records.Record(storage, 0, (4,), (1,))}},
-                  entries={"archive/byteorder": b"big"})
+    path = _write(
+        tmp_path, {"model": {"w": records.Record(storage, 0, (4,), (1,))}}, entries={"archive/byteorder": b"big"}
+    )
     value = read_torch_checkpoint(path)["model"]["w"]
     assert value.dtype == np.dtype("float32") and value.dtype.isnative
     np.testing.assert_array_equal(value, [0, 1, 2, 3])
 
 
-@pytest.mark.parametrize("payload, pattern", [
-    (b"\x80\x02N" + b"r" + (0x7FFFFFF0).to_bytes(4, "little") + b".", r"holds None, not a state dict"),
-    (b"\x80\x04\x8e" + (1 << 40).to_bytes(8, "little") + b"x.", r"unreadable PyTorch checkpoint \(EOFError"),
-    (b"\x80\x02" + b"]" * 100_000 + b"a" * 99_999 + b".", r"holds a list, not a state dict"),
-    (b"\x80\x02ccollections\nOrderedDict\n)R}X\x05\x00\x00\x00itemscos\nsystem\nsb.",
-     r"the pickle sets an unexpected state on an OrderedDict"),
-], ids=["memo-index-2**31", "binbytes8-2**40", "deep-lists", "shadow-ordereddict-items"])
+@pytest.mark.parametrize(
+    "payload, pattern",
+    [
+        (b"\x80\x02N" + b"r" + (0x7FFFFFF0).to_bytes(4, "little") + b".", r"holds None, not a state dict"),
+        (b"\x80\x04\x8e" + (1 << 40).to_bytes(8, "little") + b"x.", r"unreadable PyTorch checkpoint \(EOFError"),
+        (b"\x80\x02" + b"]" * 100_000 + b"a" * 99_999 + b".", r"holds a list, not a state dict"),
+        (
+            b"\x80\x02ccollections\nOrderedDict\n)R}X\x05\x00\x00\x00itemscos\nsystem\nsb.",
+            r"the pickle sets an unexpected state on an OrderedDict",
+        ),
+    ],
+    ids=["memo-index-2**31", "binbytes8-2**40", "deep-lists", "shadow-ordereddict-items"],
+)
 def test_the_pickle_can_neither_allocate_what_it_declares_nor_reach_into_the_reader(tmp_path, payload, pattern):
     """The C unpickler allocates a memo of the highest index a BINPUT names, and a buffer of the length a
     BINBYTES8 declares, before reading a byte; the reader uses the pure-Python one, whose reads are bounded."""

@@ -33,12 +33,15 @@ def _one_line(err):
     return lines[0]
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--dataset=no_such_dataset_xyz"], "--dataset=no_such_dataset_xyz: unknown dataset"),
-    (["--strategy=tpu"], "--strategy=tpu needs --tpu"),
-    (["--strategy=multi_worker"], "--strategy=multi_worker needs the TF_CONFIG environment variable"),
-    (["--weights=/no/such/file.weights.h5"], "--weights=/no/such/file.weights.h5: no such file"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--dataset=no_such_dataset_xyz"], "--dataset=no_such_dataset_xyz: unknown dataset"),
+        (["--strategy=tpu"], "--strategy=tpu needs --tpu"),
+        (["--strategy=multi_worker"], "--strategy=multi_worker needs the TF_CONFIG environment variable"),
+        (["--weights=/no/such/file.weights.h5"], "--weights=/no/such/file.weights.h5: no such file"),
+    ],
+)
 def test_bad_flags_fail_in_one_line_before_work(tmp_path, capsys, monkeypatch, argv, message):
     monkeypatch.delenv("TF_CONFIG", raising=False)
     code, err = _run_in_process([f"--model_dir={tmp_path / 'run'}"] + argv, capsys)
@@ -63,19 +66,36 @@ def test_empty_folder_fails_in_one_line(tmp_path, capsys):
 
 def test_batch_size_the_replicas_cannot_split_fails_in_one_line(tmp_path):
     result = subprocess.run(
-        helpers.train_command(f"--model_dir={tmp_path / 'run'}", "--strategy=mirrored", "--num_cpu_devices=2",
-                              "--batch_size=7", "--image_size=32"),
-        cwd=helpers.REPO, env=helpers.env(), capture_output=True, text=True, timeout=180)
+        helpers.train_command(
+            f"--model_dir={tmp_path / 'run'}",
+            "--strategy=mirrored",
+            "--num_cpu_devices=2",
+            "--batch_size=7",
+            "--image_size=32",
+        ),
+        cwd=helpers.REPO,
+        env=helpers.env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert result.returncode == 2, result.stderr[-2000:]
-    assert _one_line(result.stderr) == ("keras_cmt.training.train: error: --batch_size=7 cannot be split over 2 replicas "
-                                        "(use a multiple of 2)")
+    assert _one_line(result.stderr) == (
+        "keras_cmt.training.train: error: --batch_size=7 cannot be split over 2 replicas (use a multiple of 2)"
+    )
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "run").exists()
 
 
 def test_flag_validators_reject_bad_values(tmp_path):
-    result = subprocess.run(helpers.train_command(f"--model_dir={tmp_path}", "--image_size=100"),
-                            cwd=helpers.REPO, env=helpers.env(), capture_output=True, text=True, timeout=180)
+    result = subprocess.run(
+        helpers.train_command(f"--model_dir={tmp_path}", "--image_size=100"),
+        cwd=helpers.REPO,
+        env=helpers.env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert result.returncode != 0
     assert "--image_size must be a positive multiple of 32" in result.stderr
     assert "Traceback" not in result.stderr

@@ -136,7 +136,7 @@ def test_nested_loops_finish_quickly_in_bounded_memory(tmp_path):
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert len(kept) == 2 * (5 + 6)
-    assert elapsed < 5 and peak < 20 * 2 ** 20
+    assert elapsed < 5 and peak < 20 * 2**20
 
 
 @pytest.mark.parametrize("link, target", [("from_b", "../b"), ("b0.png", "../b/0.png"), ("deep", "../b/sub")])
@@ -171,8 +171,9 @@ def test_a_link_to_a_folder_outside_the_dataset_adds_its_images_to_the_class(tmp
     _classes(root)
     os.symlink(extra / "more_a", root / "a" / "more")
     os.symlink(extra / "more_a", root / "a" / "more_again")  # the same folder twice: counted once
-    assert _scan(root) == ({(p, "a") for p, _ in _real_images(extra, "more_a")} | _real_images(root, "a")
-                           | _real_images(root, "b"))
+    assert _scan(root) == (
+        {(p, "a") for p, _ in _real_images(extra, "more_a")} | _real_images(root, "a") | _real_images(root, "b")
+    )
 
 
 def test_the_same_file_in_two_classes_is_refused(tmp_path):
@@ -349,7 +350,8 @@ def test_the_training_stream_ends_with_one_line_when_nothing_decodes(tmp_path):
     result = _in_thread(lambda: list(ds.take(3)), timeout=60)
     assert isinstance(result.get("error"), tf.errors.InvalidArgumentError), result
     assert data.pipeline_error(result["error"]) == (
-        f"--dataset={tmp_path}: no training image could be decoded in a whole pass over its {source.num_train} files")
+        f"--dataset={tmp_path}: no training image could be decoded in a whole pass over its {source.num_train} files"
+    )
     assert data.pipeline_error(ValueError("something else")) is None
 
 
@@ -375,7 +377,9 @@ def _random_tree(root, rng):
     """A random dataset under root; returns (expected {(real path, class)} or None when it must be refused)."""
     outside = os.path.join(os.path.dirname(root), os.path.basename(root) + "_outside")
     expected, refused = set(), False
-    names = [f"c{i}" if rng.random() < 0.8 else f"c {i} é" for i in range(1 if rng.random() < 0.05 else rng.randint(2, 4))]
+    names = [
+        f"c{i}" if rng.random() < 0.8 else f"c {i} é" for i in range(1 if rng.random() < 0.05 else rng.randint(2, 4))
+    ]
     counts = {n: 0 for n in names}
     folders = {n: [os.path.join(root, n)] for n in names}
     for name in names:
@@ -448,7 +452,6 @@ def test_random_trees_count_each_image_once_with_its_label_or_refuse(tmp_path):
 
 def test_training_on_a_folder_where_nothing_decodes_ends_in_one_line(tmp_path):
     """The whole command, not only the stream: exit status 2, the scan's one line, no traceback, within a pass."""
-    import subprocess
     import sys
 
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "fixtures", "training"))
@@ -458,11 +461,20 @@ def test_training_on_a_folder_where_nothing_decodes_ends_in_one_line(tmp_path):
     for name in ("a", "b"):
         for i in range(4):
             _write(str(folder / name / f"{i}.png"), _bad_idat_png())
-    result = helpers.run_train(f"--model_dir={tmp_path / 'run'}", f"--dataset={folder}", "--image_size=32",
-                               "--batch_size=4", "--steps_per_epoch=2", "--epochs=1",
-                               '--model_overrides={"depths": [1, 1, 1, 1]}', timeout=400)
+    result = helpers.run_train(
+        f"--model_dir={tmp_path / 'run'}",
+        f"--dataset={folder}",
+        "--image_size=32",
+        "--batch_size=4",
+        "--steps_per_epoch=2",
+        "--epochs=1",
+        '--model_overrides={"depths": [1, 1, 1, 1]}',
+        timeout=400,
+    )
     errors = [line for line in result.stderr.splitlines() if line.startswith("keras_cmt.training.train: error:")]
     assert result.returncode == 2, result.stderr[-3000:]
-    assert errors == [f"keras_cmt.training.train: error: --dataset={folder}: no training image could be decoded in "
-                      f"a whole pass over its {data.resolve_source(str(folder)).num_train} files"], result.stderr[-3000:]
+    assert errors == [
+        f"keras_cmt.training.train: error: --dataset={folder}: no training image could be decoded in "
+        f"a whole pass over its {data.resolve_source(str(folder)).num_train} files"
+    ], result.stderr[-3000:]
     assert "Traceback" not in result.stderr, result.stderr[-3000:]

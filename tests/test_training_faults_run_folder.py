@@ -52,11 +52,17 @@ def _backed_up_epoch(folder):
 def test_a_second_run_is_refused_while_the_first_runs_and_a_killed_holders_lock_is_taken_over(tmp_path):
     folder = tmp_path / "run"
     args = [f"--model_dir={folder}", *ARGS]
-    first = subprocess.Popen(helpers.train_command(*args, "--epochs=200"), cwd=helpers.REPO, env=helpers.env(),
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = subprocess.Popen(
+        helpers.train_command(*args, "--epochs=200"),
+        cwd=helpers.REPO,
+        env=helpers.env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
-        assert _wait_for(lambda: _lock_pid(folder) == first.pid and (folder / "run.json").exists(), first), \
+        assert _wait_for(lambda: _lock_pid(folder) == first.pid and (folder / "run.json").exists(), first), (
             "the first run did not take the lock"
+        )
         record = (folder / "run.json").read_text()
         second = helpers.run_train(*args, "--epochs=200", timeout=300)
         assert first.poll() is None, "the first run ended before the second was refused"
@@ -64,7 +70,8 @@ def test_a_second_run_is_refused_while_the_first_runs_and_a_killed_holders_lock_
         assert _errors(second.stderr) == [
             f"{ERROR}--model_dir={folder} is in use by another training run (process {first.pid} on "
             f"{socket.gethostname()}, started {json.loads((folder / run_folder.LOCK).read_text())['started']}); "
-            "wait for it to end or use another --model_dir"]
+            "wait for it to end or use another --model_dir"
+        ]
         assert "Traceback" not in second.stderr and "starting" not in second.stdout
         assert (folder / "run.json").read_text() == record and _lock_pid(folder) == first.pid
 
@@ -86,12 +93,15 @@ def test_a_second_run_is_refused_while_the_first_runs_and_a_killed_holders_lock_
 def test_a_remote_lease_is_refused_while_fresh_and_taken_over_when_stale():
     folder = "ram://faults/lease"
     lock_path = storage.join(folder, run_folder.LOCK)
-    storage.write_json(lock_path, {"host": "elsewhere", "pid": 7, "token": "t", "started": "then",
-                                   "heartbeat": time.time()})
+    storage.write_json(
+        lock_path, {"host": "elsewhere", "pid": 7, "token": "t", "started": "then", "heartbeat": time.time()}
+    )
     with pytest.raises(run_folder.RunFolderInUse) as refused:
         run_folder.lock(folder, timeout_s=60, settle_s=0)
-    assert str(refused.value).startswith(f"--model_dir={folder} is in use by another training run (process 7 on "
-                                         "elsewhere, started then, lease refreshed 0 s ago; taken over after 60 s")
+    assert str(refused.value).startswith(
+        f"--model_dir={folder} is in use by another training run (process 7 on "
+        "elsewhere, started then, lease refreshed 0 s ago; taken over after 60 s"
+    )
 
     storage.write_json(lock_path, {"host": "elsewhere", "pid": 7, "token": "t", "heartbeat": time.time() - 61})
     lease = run_folder.lock(folder, timeout_s=60, refresh_s=0.05, settle_s=0)
@@ -120,7 +130,12 @@ def test_a_full_disk_is_one_line_and_the_run_resumes_once_space_is_freed(tmp_pat
     args = [f"--model_dir={folder}", *ARGS, "--epochs=3"]
     full = subprocess.run(
         [sys.executable, os.path.join(helpers.FIXTURES, "full_disk_train.py"), *helpers.train_command(*args)[3:]],
-        cwd=helpers.REPO, env=helpers.env(FULL_DISK_AT_EPOCH="2"), capture_output=True, text=True, timeout=400)
+        cwd=helpers.REPO,
+        env=helpers.env(FULL_DISK_AT_EPOCH="2"),
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert full.returncode == 1, full.stdout[-3000:] + full.stderr[-3000:]
     assert "Traceback" not in full.stderr
     lines = [line for line in full.stderr.splitlines() if "no space left" in line]
@@ -158,8 +173,9 @@ def damaged_files(tmp_path_factory):
 def test_a_truncated_weights_file_fails_train_in_one_line_before_the_folder_is_touched(tmp_path, damaged_files):
     for key, cause in (("model.weights.h5", "truncated file"), ("text", "file signature not found")):
         weights = damaged_files[key]
-        result = helpers.run_train(f"--model_dir={tmp_path / key}", *ARGS, "--epochs=1", f"--weights={weights}",
-                                   timeout=240)
+        result = helpers.run_train(
+            f"--model_dir={tmp_path / key}", *ARGS, "--epochs=1", f"--weights={weights}", timeout=240
+        )
         assert result.returncode == 2, result.stderr[-3000:]
         [line] = _errors(result.stderr)
         assert line.startswith(f"{ERROR}--weights={weights}: not a readable .weights.h5 file: ") and cause in line
@@ -167,16 +183,31 @@ def test_a_truncated_weights_file_fails_train_in_one_line_before_the_folder_is_t
         assert not (tmp_path / key).exists()
 
 
-@pytest.mark.parametrize("flag, key, expected", [
-    ("--model_path", "model.keras", "not a .keras model: not a zip archive (truncated, or another format)"),
-    ("--weights", "model.weights.h5", "cannot load it: not a readable Keras .weights.h5 file"),
-])
+@pytest.mark.parametrize(
+    "flag, key, expected",
+    [
+        ("--model_path", "model.keras", "not a .keras model: not a zip archive (truncated, or another format)"),
+        ("--weights", "model.weights.h5", "cannot load it: not a readable Keras .weights.h5 file"),
+    ],
+)
 def test_evaluate_names_a_damaged_file_and_what_is_wrong(damaged_files, flag, key, expected):
     path = damaged_files[key]
     result = subprocess.run(
-        [sys.executable, "-m", "keras_cmt.training.evaluate", f"{flag}={path}", "--dataset=digits",
-         "--image_size=32", "--model_overrides=" + helpers.TINY_MODEL], cwd=helpers.REPO, env=helpers.env(),
-        capture_output=True, text=True, timeout=240)
+        [
+            sys.executable,
+            "-m",
+            "keras_cmt.training.evaluate",
+            f"{flag}={path}",
+            "--dataset=digits",
+            "--image_size=32",
+            "--model_overrides=" + helpers.TINY_MODEL,
+        ],
+        cwd=helpers.REPO,
+        env=helpers.env(),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert result.returncode == 2, result.stderr[-3000:]
     [line] = [x for x in result.stderr.splitlines() if x.startswith("keras_cmt.training.evaluate: error: ")]
     assert line.startswith(f"keras_cmt.training.evaluate: error: {flag}={path}: {expected}")

@@ -22,7 +22,8 @@ def test_keras_still_has_the_multi_worker_bug():
 
     assert multiworker_compat.bug_present() == {"symbolic_build": True, "reduce": True}, (
         "keras/src/backend/tensorflow/trainer.py changed: re-check keras-team/keras#20585 and whether "
-        "training/multiworker_compat.py still applies or can be deleted")
+        "training/multiworker_compat.py still applies or can be deleted"
+    )
 
 
 def test_compat_changes_nothing_for_other_strategies():
@@ -33,7 +34,9 @@ def test_compat_changes_nothing_for_other_strategies():
 
     assert multiworker_compat.apply()
     try:
-        assert multiworker_compat.is_applied() and tf_trainer.reduce_per_replica is multiworker_compat.reduce_per_replica
+        assert (
+            multiworker_compat.is_applied() and tf_trainer.reduce_per_replica is multiworker_compat.reduce_per_replica
+        )
         strategy = tf.distribute.get_strategy()
         assert not multiworker_compat.is_multi_worker(strategy)
         values = {"loss": tf.constant(2.0), "v": tf.constant([1.0, 3.0])}
@@ -47,19 +50,29 @@ def test_compat_changes_nothing_for_other_strategies():
 
 
 def test_unpatched_keras_fails_multi_worker_fit():
-    """Two workers fit a tiny Dense model without the compat fix. (With it, see the keras_cmt.training.train test below.)"""
+    """Two workers fit a tiny Dense model without the compat fix. (With it, see the keras_cmt.training.train test
+    below.)"""
     results = helpers.run_two_workers([sys.executable, TINY_FIT, "unpatched"], timeout=240)
     assert all(rc != 0 for rc, _ in results), (
         "model.fit under MultiWorkerMirroredStrategy now works without training/multiworker_compat.py: "
-        "the Keras bug is fixed; delete the compat module")
-    assert any("Attempt to convert a value (PerReplica" in out for _, out in results), \
-        [out[-2000:] for _, out in results]
+        "the Keras bug is fixed; delete the compat module"
+    )
+    assert any("Attempt to convert a value (PerReplica" in out for _, out in results), [
+        out[-2000:] for _, out in results
+    ]
 
 
 def test_training_train_with_two_workers_ends_with_identical_weights(tmp_path):
     model_dir = tmp_path / "run"
-    command = helpers.train_command(f"--model_dir={model_dir}", "--dataset=digits", "--strategy=multi_worker",
-                                    "--image_size=32", "--batch_size=16", "--epochs=1", "--steps_per_epoch=4")
+    command = helpers.train_command(
+        f"--model_dir={model_dir}",
+        "--dataset=digits",
+        "--strategy=multi_worker",
+        "--image_size=32",
+        "--batch_size=16",
+        "--epochs=1",
+        "--steps_per_epoch=4",
+    )
     results = helpers.run_two_workers(command, timeout=400)
     assert all(rc == 0 for rc, _ in results), [out[-3000:] for _, out in results]
     prints = {}

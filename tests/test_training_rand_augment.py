@@ -21,12 +21,15 @@ def test_magnitude_is_normal_around_m_clipped_to_ten():
     assert (rand_augment.sample_magnitude(7.0, 0.0, shape=[3]).numpy() == 7.0).all()
 
 
-@pytest.mark.parametrize("name, ours, pil", [
-    ("auto_contrast", rand_augment.auto_contrast, ImageOps.autocontrast),
-    ("equalize", rand_augment.equalize, ImageOps.equalize),
-    ("posterize 2 bits", lambda x: rand_augment.posterize(x, 2), lambda im: ImageOps.posterize(im, 2)),
-    ("solarize at 100", lambda x: rand_augment.solarize(x, 100.0), lambda im: ImageOps.solarize(im, 100)),
-])
+@pytest.mark.parametrize(
+    "name, ours, pil",
+    [
+        ("auto_contrast", rand_augment.auto_contrast, ImageOps.autocontrast),
+        ("equalize", rand_augment.equalize, ImageOps.equalize),
+        ("posterize 2 bits", lambda x: rand_augment.posterize(x, 2), lambda im: ImageOps.posterize(im, 2)),
+        ("solarize at 100", lambda x: rand_augment.solarize(x, 100.0), lambda im: ImageOps.solarize(im, 100)),
+    ],
+)
 def test_point_operations_equal_pil(name, ours, pil):
     image = _image(1)
     image[..., 0] = np.clip(image[..., 0], 40, 200)  # a channel that auto-contrast must stretch
@@ -35,11 +38,14 @@ def test_point_operations_equal_pil(name, ours, pil):
     np.testing.assert_array_equal(got, expected, err_msg=name)
 
 
-@pytest.mark.parametrize("enhancer, ours", [
-    (ImageEnhance.Color, lambda x, f: rand_augment._blend(rand_augment._grey(x), x, f)),
-    (ImageEnhance.Brightness, lambda x, f: rand_augment._blend(tf.zeros_like(x), x, f)),
-    (ImageEnhance.Sharpness, rand_augment.sharpness),
-])
+@pytest.mark.parametrize(
+    "enhancer, ours",
+    [
+        (ImageEnhance.Color, lambda x, f: rand_augment._blend(rand_augment._grey(x), x, f)),
+        (ImageEnhance.Brightness, lambda x, f: rand_augment._blend(tf.zeros_like(x), x, f)),
+        (ImageEnhance.Sharpness, rand_augment.sharpness),
+    ],
+)
 def test_enhance_operations_match_pil_within_rounding(enhancer, ours):
     image = _image(2)
     for factor in (0.2, 1.7):
@@ -60,7 +66,8 @@ def test_every_operation_keeps_shape_and_range_and_rand_augment_changes_images()
     for index, name in enumerate(rand_augment.OPS):
         out = rand_augment.apply_op(index, image, tf.constant(9.0)).numpy()
         assert out.shape == image.shape and out.min() >= 0 and out.max() <= 255, name
-    changed = [not np.array_equal(rand_augment.rand_augment(image, seed=None).numpy(), image.numpy())
-               for _ in range(60)]
+    changed = [
+        not np.array_equal(rand_augment.rand_augment(image, seed=None).numpy(), image.numpy()) for _ in range(60)
+    ]
     # 2 ops at probability 0.5: P(no op applied) = 1/4 (a few operations may also leave this image as it is).
     assert 0.55 < np.mean(changed) < 0.95

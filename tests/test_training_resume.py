@@ -15,11 +15,22 @@ import helpers  # noqa: E402
 
 def test_sigkill_after_first_epoch_resumes_and_logs_each_epoch_once(tmp_path):
     model_dir = tmp_path / "run"
-    args = [f"--model_dir={model_dir}", "--dataset=digits", "--image_size=32", "--batch_size=16", "--epochs=3",
-            "--steps_per_epoch=3"]
+    args = [
+        f"--model_dir={model_dir}",
+        "--dataset=digits",
+        "--image_size=32",
+        "--batch_size=16",
+        "--epochs=3",
+        "--steps_per_epoch=3",
+    ]
     metadata = model_dir / "backup" / "train" / "training_metadata.json"
-    proc = subprocess.Popen(helpers.train_command(*args), cwd=helpers.REPO, env=helpers.env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        helpers.train_command(*args),
+        cwd=helpers.REPO,
+        env=helpers.env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 400
         while time.monotonic() < deadline and proc.poll() is None:

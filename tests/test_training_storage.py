@@ -16,14 +16,27 @@ from keras_cmt.training import storage  # noqa: E402
 
 
 def test_training_in_ram_file_system_writes_every_output_and_refuses_a_second_run():
-    result = subprocess.run([sys.executable, os.path.join(helpers.FIXTURES, "ram_run.py")], cwd=helpers.REPO,
-                            env=helpers.env(PYTHONPATH=helpers.REPO + os.pathsep + helpers.FIXTURES),
-                            capture_output=True, text=True, timeout=400)
+    result = subprocess.run(
+        [sys.executable, os.path.join(helpers.FIXTURES, "ram_run.py")],
+        cwd=helpers.REPO,
+        env=helpers.env(PYTHONPATH=helpers.REPO + os.pathsep + helpers.FIXTURES),
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     files = summary["files"]
-    for expected in ("run.json", "metrics.csv", "curves.png", "results.json", "model.keras", "model.weights.h5",
-                     "checkpoints/best.weights.h5", "checkpoints/last.weights.h5"):
+    for expected in (
+        "run.json",
+        "metrics.csv",
+        "curves.png",
+        "results.json",
+        "model.keras",
+        "model.weights.h5",
+        "checkpoints/best.weights.h5",
+        "checkpoints/last.weights.h5",
+    ):
         assert expected in files, (expected, files)
     assert any(f.startswith("logs/") for f in files)  # TensorBoard
     assert not [f for f in files if f.startswith("backup/") or "/.tmp-" in f or f.startswith(".tmp-")]
@@ -35,15 +48,33 @@ def test_file_url_model_dir_is_the_local_folder(tmp_path):
     """The URL form of a local folder: no folder named `file:` appears, the run and its evaluation land there."""
     folder = tmp_path / "run"
     url = f"file://{folder}"
-    result = helpers.run_train(f"--model_dir={url}", "--dataset=digits", "--image_size=32", "--batch_size=16",
-                               "--epochs=1", "--steps_per_epoch=2", timeout=300)
+    result = helpers.run_train(
+        f"--model_dir={url}",
+        "--dataset=digits",
+        "--image_size=32",
+        "--batch_size=16",
+        "--epochs=1",
+        "--steps_per_epoch=2",
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert (folder / "results.json").exists() and (folder / "metrics.csv").exists()
     assert not os.path.exists(os.path.join(helpers.REPO, "file:"))
     evaluation = subprocess.run(
-        [sys.executable, "-m", "keras_cmt.training.evaluate", f"--model_path={url}/model.keras", "--dataset=digits",
-         f"--output={url}/evaluation.json"], cwd=helpers.REPO, env=helpers.env(), capture_output=True, text=True,
-        timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "keras_cmt.training.evaluate",
+            f"--model_path={url}/model.keras",
+            "--dataset=digits",
+            f"--output={url}/evaluation.json",
+        ],
+        cwd=helpers.REPO,
+        env=helpers.env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert evaluation.returncode == 0, evaluation.stderr[-3000:]
     evaluated = json.loads((folder / "evaluation.json").read_text())
     trained = json.loads((folder / "results.json").read_text())
@@ -51,8 +82,9 @@ def test_file_url_model_dir_is_the_local_folder(tmp_path):
 
 
 def test_a_url_that_cannot_be_written_fails_at_start_up_with_one_line(tmp_path):
-    result = helpers.run_train("--model_dir=nosuch://bucket/run", "--dataset=digits", "--image_size=32",
-                               "--epochs=1", timeout=120)
+    result = helpers.run_train(
+        "--model_dir=nosuch://bucket/run", "--dataset=digits", "--image_size=32", "--epochs=1", timeout=120
+    )
     assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("keras_cmt.training.train: error: --model_dir=nosuch://bucket/run: cannot use it: ")

@@ -29,8 +29,14 @@ def test_presets_follow_the_official_recipe_and_scale_lr_by_batch():
     assert ti.peak_lr() == pytest.approx(8e-4 * 2048 / 512)
     assert ti.peak_lr(256) == pytest.approx(8e-4 * 256 / 512)
     b = presets.get_recipe("cmt_b")
-    assert (b.image_size, b.batch_size, b.drop_path, b.ema, b.min_lr, b.warmup_lr) == (256, 512, 0.25, 0.99996,
-                                                                                       2e-5, 1e-6)
+    assert (b.image_size, b.batch_size, b.drop_path, b.ema, b.min_lr, b.warmup_lr) == (
+        256,
+        512,
+        0.25,
+        0.99996,
+        2e-5,
+        1e-6,
+    )
     assert presets.get_recipe("cmt_s", dataset="digits") is presets.SMALL_DATA_PRESET
     assert presets.get_recipe("cmt_s", preset="imagenet", dataset="digits").image_size == 224
     with pytest.raises(ValueError, match="--preset"):
@@ -181,7 +187,7 @@ def test_random_erasing_matches_the_official_recipes_statistics():
         rows, cols = np.where(image[..., 0])
         assert (image[..., 0] == image[..., 1]).all()
         if rows.size:
-            assert image[rows.min():rows.max() + 1, cols.min():cols.max() + 1, 0].all()
+            assert image[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1, 0].all()
     noise = augment.random_erasing(images, 1.0, seed=8).numpy()
     noise = noise[noise != 100.0]
     assert abs(noise.mean()) < 0.01 and abs(noise.std() - 1.0) < 0.01  # per-pixel N(0, 1) fill
@@ -193,8 +199,9 @@ def test_normalize_matches_keras_cmt_preprocess_input():
     import keras_cmt
 
     images = np.random.default_rng(1).integers(0, 256, (2, 32, 32, 3)).astype("float32")
-    np.testing.assert_allclose(augment.normalize(images).numpy(),
-                               np.asarray(keras_cmt.preprocess_input(images)), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        augment.normalize(images).numpy(), np.asarray(keras_cmt.preprocess_input(images)), rtol=1e-5, atol=1e-5
+    )
 
 
 # ----------------------------------------------------------------------------------------------------- data
@@ -224,8 +231,9 @@ def test_validation_counts_every_image_once_on_every_pipeline_split(pipelines):
     steps = data.validation_steps(source, global_batch)
     total_weight, seen = 0.0, 0
     for pid in range(pipelines):
-        ctx = tf.distribute.InputContext(num_input_pipelines=pipelines, input_pipeline_id=pid,
-                                         num_replicas_in_sync=pipelines)
+        ctx = tf.distribute.InputContext(
+            num_input_pipelines=pipelines, input_pipeline_id=pid, num_replicas_in_sync=pipelines
+        )
         ds = data.val_dataset(source, 32, 1.0, global_batch, ctx)
         for x, y, w in ds.take(steps):
             assert x.shape == (global_batch // pipelines, 32, 32, 3)
@@ -281,8 +289,10 @@ def test_read_metrics_csv_keeps_a_row_with_an_na_cell(tmp_path):
     path = tmp_path / "metrics.csv"
     path.write_text("epoch,loss,val_accuracy,wall_train_s\n0,2.0,NA,12.5\n1,1.5,0.2,11.0\n2,1.2")
     rows = callbacks.read_metrics_csv(str(path))
-    assert rows[:2] == [{"epoch": 0, "loss": 2.0, "wall_train_s": 12.5},
-                        {"epoch": 1, "loss": 1.5, "val_accuracy": 0.2, "wall_train_s": 11.0}]
+    assert rows[:2] == [
+        {"epoch": 0, "loss": 2.0, "wall_train_s": 12.5},
+        {"epoch": 1, "loss": 1.5, "val_accuracy": 0.2, "wall_train_s": 11.0},
+    ]
     assert [t.get("wall_train_s") for t in callbacks.epoch_timings(str(path))] == [12.5, 11.0, None]
 
 
@@ -313,12 +323,19 @@ def test_atomic_backup_restores_weights_optimizer_and_epoch(tmp_path):
     class Record(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
             if not seen:
-                seen.append((epoch, int(self.model.optimizer.iterations.numpy()),
-                             [w.copy() for w in self.model.get_weights()]))
+                seen.append(
+                    (epoch, int(self.model.optimizer.iterations.numpy()), [w.copy() for w in self.model.get_weights()])
+                )
 
     last = tmp_path / "checkpoints" / "last.weights.h5"
-    restored.fit(x, y, epochs=3, batch_size=4, verbose=0,
-                 callbacks=[callbacks.AtomicBackupAndRestore(str(tmp_path / "backup"), last_copy=str(last)), Record()])
+    restored.fit(
+        x,
+        y,
+        epochs=3,
+        batch_size=4,
+        verbose=0,
+        callbacks=[callbacks.AtomicBackupAndRestore(str(tmp_path / "backup"), last_copy=str(last)), Record()],
+    )
     epoch, iterations, weights = seen[0]
     assert epoch == 2 and iterations == 4
     for a, b in zip(weights, model.get_weights()):
@@ -373,15 +390,17 @@ def test_weights_h5_bytes_pins_the_keras_internals_it_uses(tmp_path):
     from keras.src.saving import saving_lib
 
     assert hasattr(saving_lib, "H5IOStore") and hasattr(saving_lib, "_save_state"), keras.__version__
-    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4), keras.layers.BatchNormalization(),
-                              keras.layers.Dense(2)])
+    model = keras.Sequential(
+        [keras.Input((8,)), keras.layers.Dense(4), keras.layers.BatchNormalization(), keras.layers.Dense(2)]
+    )
     model(np.ones((2, 8), "float32"))
     data_bytes = callbacks.weights_h5_bytes(model)
     assert data_bytes is not None and bytes(data_bytes[:8]) == b"\x89HDF\r\n\x1a\n"
     path = tmp_path / "memory.weights.h5"
     path.write_bytes(bytes(data_bytes))
-    fresh = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4), keras.layers.BatchNormalization(),
-                              keras.layers.Dense(2)])
+    fresh = keras.Sequential(
+        [keras.Input((8,)), keras.layers.Dense(4), keras.layers.BatchNormalization(), keras.layers.Dense(2)]
+    )
     fresh.load_weights(str(path))
     x = np.random.default_rng(0).standard_normal((3, 8)).astype("float32")
     np.testing.assert_allclose(fresh.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
@@ -423,8 +442,10 @@ def test_declared_pixels_reads_each_format_header():
 def test_pipelines_skip_a_decompression_bomb_before_decoding_it():
     good = _encoded(np.full((48, 64, 3), 100, np.uint8), "PNG")
     encoded = tf.data.Dataset.from_tensor_slices([good, _png_declaring(40000, 30000), good])
-    for transform in (lambda e: augment.decode_random_resized_crop(e, 32),
-                      lambda e: augment.center_crop(augment.decode(e), 32, 1.0)):
+    for transform in (
+        lambda e: augment.decode_random_resized_crop(e, 32),
+        lambda e: augment.center_crop(augment.decode(e), 32, 1.0),
+    ):
         images = list(encoded.map(transform).ignore_errors())
         assert len(images) == 2 and all(tuple(i.shape) == (32, 32, 3) for i in images)
     with pytest.raises(tf.errors.InvalidArgumentError, match="decompression-bomb limit"):
@@ -449,8 +470,15 @@ def test_metrics_csv_times_each_epoch_and_a_waiting_validation_shows_as_a_stall(
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
     model.compile("sgd", "categorical_crossentropy", metrics=["accuracy"])
     path = tmp_path / "metrics.csv"
-    model.fit(x, y, validation_data=(x, y), epochs=3, batch_size=8, verbose=0,
-              callbacks=[callbacks.MetricsCSV(str(path)), WaitBeforeValidation()])
+    model.fit(
+        x,
+        y,
+        validation_data=(x, y),
+        epochs=3,
+        batch_size=8,
+        verbose=0,
+        callbacks=[callbacks.MetricsCSV(str(path)), WaitBeforeValidation()],
+    )
     assert path.read_text().splitlines()[0].split(",")[-4:] == list(callbacks.TIMING_KEYS)
     timings = callbacks.epoch_timings(str(path))
     assert [row["epoch"] for row in timings] == [0, 1, 2]

@@ -8,7 +8,6 @@ import keras_cmt
 from keras_cmt import variants
 
 
-
 def test_aliases_resolve_to_official_names():
     assert keras_cmt.get_variant("CMTSmall").name == "cmt_s"
     assert keras_cmt.get_variant("cmt-tiny").name == "cmt_ti"

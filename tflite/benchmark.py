@@ -55,13 +55,19 @@ def _fixed_input(model):
 
 def _latency_stats(times: list) -> dict:
     ordered = sorted(times)
-    return {"median_ms": statistics.median(times), "p10_ms": ordered[len(times) // 10],
-            "p90_ms": ordered[(len(times) * 9) // 10]}
+    return {
+        "median_ms": statistics.median(times),
+        "p10_ms": ordered[len(times) // 10],
+        "p90_ms": ordered[(len(times) * 9) // 10],
+    }
 
 
 RUNTIMES = ("interpreter", "compiled", "compiled_fp16")
-RUNTIME_LABELS = {"interpreter": "Interpreter", "compiled": "CompiledModel",
-                  "compiled_fp16": "CompiledModel, fp16 forced"}
+RUNTIME_LABELS = {
+    "interpreter": "Interpreter",
+    "compiled": "CompiledModel",
+    "compiled_fp16": "CompiledModel, fp16 forced",
+}
 
 
 def _check_runtime(runtime: str, use_xnnpack: bool) -> None:
@@ -79,8 +85,9 @@ def _load(model_path: str, threads: int, use_xnnpack: bool, runtime: str):
     return CompiledModelRunner(model_path, num_threads=threads, force_fp16=runtime == "compiled_fp16")
 
 
-def where_it_runs(model_path: str, threads: int, use_xnnpack: bool = True, interpreter=None,
-                  outputs=None, x=None) -> dict:
+def where_it_runs(
+    model_path: str, threads: int, use_xnnpack: bool = True, interpreter=None, outputs=None, x=None
+) -> dict:
     """XNNPACK partitions / nodes left to default kernels, the Analyzer's GPU verdict and, given another
     runtime's `outputs` for the input `x`, their largest difference from the `Interpreter`'s."""
     import numpy as np
@@ -100,8 +107,9 @@ def where_it_runs(model_path: str, threads: int, use_xnnpack: bool = True, inter
     return result
 
 
-def measure(model_path: str, threads: int, runs: int, warmup: int, use_xnnpack: bool = True,
-            runtime: str = "interpreter") -> dict:
+def measure(
+    model_path: str, threads: int, runs: int, warmup: int, use_xnnpack: bool = True, runtime: str = "interpreter"
+) -> dict:
     """Runs in the current process; `run()` calls it in a subprocess per configuration."""
     import numpy as np
 
@@ -147,16 +155,29 @@ def measure(model_path: str, threads: int, runs: int, warmup: int, use_xnnpack: 
     }
 
 
-def run(model_path: str, threads: int, runs: int, warmup: int, use_xnnpack: bool = True,
-        runtime: str = "interpreter") -> dict:
+def run(
+    model_path: str, threads: int, runs: int, warmup: int, use_xnnpack: bool = True, runtime: str = "interpreter"
+) -> dict:
     """`measure` in a fresh Python process (isolated peak memory)."""
     if not os.path.isfile(model_path):
         raise FileNotFoundError(f"TFLite model not found: {model_path}")
     _check_runtime(runtime, use_xnnpack)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    cmd = [sys.executable, "-m", "keras_cmt.tflite.benchmark", "--_worker", model_path, "--threads", str(threads),
-           "--runs", str(runs), "--warmup", str(warmup), "--runtime", runtime] + (
-               [] if use_xnnpack else ["--no_xnnpack"])
+    cmd = [
+        sys.executable,
+        "-m",
+        "keras_cmt.tflite.benchmark",
+        "--_worker",
+        model_path,
+        "--threads",
+        str(threads),
+        "--runs",
+        str(runs),
+        "--warmup",
+        str(warmup),
+        "--runtime",
+        runtime,
+    ] + ([] if use_xnnpack else ["--no_xnnpack"])
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -166,8 +187,9 @@ def run(model_path: str, threads: int, runs: int, warmup: int, use_xnnpack: bool
     return json.loads(lines[-1])
 
 
-def measure_interleaved(model_paths: list, threads: int, runs: int, warmup: int, use_xnnpack: bool = True,
-                        runtimes=("interpreter",)) -> list:
+def measure_interleaved(
+    model_paths: list, threads: int, runs: int, warmup: int, use_xnnpack: bool = True, runtimes=("interpreter",)
+) -> list:
     """Invokes every (model, runtime) in turn, `runs` rounds after `warmup`; one dict each, with
     `ratio_to_first` (the first model on the first runtime)."""
     for path in model_paths:
@@ -194,12 +216,22 @@ def measure_interleaved(model_paths: list, threads: int, runs: int, warmup: int,
             where = where_it_runs(path, threads, use_xnnpack, interpreter=model)
         else:
             where = where_it_runs(path, threads, outputs=model.invoke_raw(x), x=x)
-        results.append({
-            "model": os.path.basename(path), "path": os.path.abspath(path), "runtime": runtime, "threads": threads,
-            "xnnpack": use_xnnpack, "runs": runs, "warmup": warmup, "interleaved": True, **_latency_stats(series),
-            "ratio_to_first": statistics.median(series) / first, "file_mb": os.path.getsize(path) / 1e6,
-            **where,
-        })
+        results.append(
+            {
+                "model": os.path.basename(path),
+                "path": os.path.abspath(path),
+                "runtime": runtime,
+                "threads": threads,
+                "xnnpack": use_xnnpack,
+                "runs": runs,
+                "warmup": warmup,
+                "interleaved": True,
+                **_latency_stats(series),
+                "ratio_to_first": statistics.median(series) / first,
+                "file_mb": os.path.getsize(path) / 1e6,
+                **where,
+            }
+        )
     return results
 
 
@@ -220,26 +252,58 @@ def _diff_cell(r: dict) -> str:
 
 
 def format_interleaved_table(results: list) -> str:
-    lines = ["| model | runtime | threads | median ms | p10 ms | p90 ms | ratio to first | partitions | "
-             "default nodes | GPU Analyzer | max diff vs Interpreter |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| model | runtime | threads | median ms | p10 ms | p90 ms | ratio to first | partitions | "
+        "default nodes | GPU Analyzer | max diff vs Interpreter |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in results:
-        lines.append(f"| {r['model']} | {_runtime_label(r)} | {r['threads']} | {r['median_ms']:.2f} | "
-                     f"{r['p10_ms']:.2f} | {r['p90_ms']:.2f} | {r['ratio_to_first']:.3f} | {r['xnnpack_partitions']} | "
-                     f"{r['nodes_on_default_kernels']} | {_gpu_cell(r)} | {_diff_cell(r)} |")
+        lines.append(
+            f"| {r['model']} | {_runtime_label(r)} | {r['threads']} | {r['median_ms']:.2f} | "
+            f"{r['p10_ms']:.2f} | {r['p90_ms']:.2f} | {r['ratio_to_first']:.3f} | {r['xnnpack_partitions']} | "
+            f"{r['nodes_on_default_kernels']} | {_gpu_cell(r)} | {_diff_cell(r)} |"
+        )
     return "\n".join(lines)
 
 
 def format_table(results: list) -> str:
-    header = ("model", "runtime", "threads", "median ms", "p90 ms", "cpu ms", "file MB", "peak MB", "model MB",
-              "XNNPACK partitions", "default nodes", "default ops", "GPU Analyzer", "max diff vs Interpreter")
+    header = (
+        "model",
+        "runtime",
+        "threads",
+        "median ms",
+        "p90 ms",
+        "cpu ms",
+        "file MB",
+        "peak MB",
+        "model MB",
+        "XNNPACK partitions",
+        "default nodes",
+        "default ops",
+        "GPU Analyzer",
+        "max diff vs Interpreter",
+    )
     rows = [header]
     for r in results:
         ops = ", ".join(f"{k}x{v}" for k, v in r["default_kernel_ops"].items()) or "-"
-        rows.append((r["model"], _runtime_label(r), str(r["threads"]), f"{r['median_ms']:.2f}", f"{r['p90_ms']:.2f}",
-                     f"{r['median_cpu_ms']:.2f}", f"{r['file_mb']:.2f}", f"{r['peak_rss_mb']:.0f}", f"{r['model_mem_mb']:.0f}",
-                     str(r["xnnpack_partitions"]), str(r["nodes_on_default_kernels"]), ops, _gpu_cell(r),
-                     _diff_cell(r)))
+        rows.append(
+            (
+                r["model"],
+                _runtime_label(r),
+                str(r["threads"]),
+                f"{r['median_ms']:.2f}",
+                f"{r['p90_ms']:.2f}",
+                f"{r['median_cpu_ms']:.2f}",
+                f"{r['file_mb']:.2f}",
+                f"{r['peak_rss_mb']:.0f}",
+                f"{r['model_mem_mb']:.0f}",
+                str(r["xnnpack_partitions"]),
+                str(r["nodes_on_default_kernels"]),
+                ops,
+                _gpu_cell(r),
+                _diff_cell(r),
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths)) + " |" for row in rows]
     lines.insert(1, "| " + " | ".join("-" * w for w in widths) + " |")
@@ -252,26 +316,45 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, nargs="+", default=[2])
     p.add_argument("--runs", type=int, default=50)
     p.add_argument("--warmup", type=int, default=10)
-    p.add_argument("--runtime", nargs="+", default=["interpreter"], choices=RUNTIMES,
-                   help="interpreter (LiteRT Interpreter), compiled (CompiledModel, CPU), compiled_fp16 "
-                        "(CompiledModel with XNNPACK's fp16 inference forced)")
+    p.add_argument(
+        "--runtime",
+        nargs="+",
+        default=["interpreter"],
+        choices=RUNTIMES,
+        help="interpreter (LiteRT Interpreter), compiled (CompiledModel, CPU), compiled_fp16 "
+        "(CompiledModel with XNNPACK's fp16 inference forced)",
+    )
     p.add_argument("--no_xnnpack", action="store_true", help="TFLite's built-in kernels only (interpreter)")
-    p.add_argument("--interleave", action="store_true",
-                   help="run all models in one process, in turn, and report ratios to the first (A/B on a busy machine)")
+    p.add_argument(
+        "--interleave",
+        action="store_true",
+        help="run all models in one process, in turn, and report ratios to the first (A/B on a busy machine)",
+    )
     p.add_argument("--json", default=None, help="write the results here (default: benchmark_results.json)")
     quiet.add_verbose_argument(p)
     p.add_argument("--_worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args._worker:
-        print(json.dumps(measure(args.models[0], args.threads[0], args.runs, args.warmup, not args.no_xnnpack,
-                                 runtime=args.runtime[0])))
+        print(
+            json.dumps(
+                measure(
+                    args.models[0],
+                    args.threads[0],
+                    args.runs,
+                    args.warmup,
+                    not args.no_xnnpack,
+                    runtime=args.runtime[0],
+                )
+            )
+        )
         return 0
     results = []
     try:
         if args.interleave:
             for threads in args.threads:
-                batch = measure_interleaved(args.models, threads, args.runs, args.warmup, not args.no_xnnpack,
-                                            runtimes=args.runtime)
+                batch = measure_interleaved(
+                    args.models, threads, args.runs, args.warmup, not args.no_xnnpack, runtimes=args.runtime
+                )
                 results.extend(batch)
                 print(format_interleaved_table(batch))
         else:
@@ -279,8 +362,10 @@ def main(argv=None) -> int:
                 for runtime in args.runtime:
                     for threads in args.threads:
                         results.append(run(model, threads, args.runs, args.warmup, not args.no_xnnpack, runtime))
-                        print(f"{results[-1]['model']} {runtime} threads={threads}: "
-                              f"{results[-1]['median_ms']:.2f} ms", file=sys.stderr)
+                        print(
+                            f"{results[-1]['model']} {runtime} threads={threads}: {results[-1]['median_ms']:.2f} ms",
+                            file=sys.stderr,
+                        )
     except (FileNotFoundError, RuntimeError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

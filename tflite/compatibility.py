@@ -63,8 +63,11 @@ def gpu_verdict(model_bytes: bytes) -> dict:
     """The Analyzer's GPU-delegate verdict: whether the whole model is compatible, the flagged lines and op types."""
     report = analyzer_report(model_bytes)
     flagged = gpu_incompatible_ops(report)
-    return {"gpu_compatible": not flagged, "gpu_incompatible": flagged,
-            "gpu_incompatible_op_types": gpu_flagged_op_types(report)}
+    return {
+        "gpu_compatible": not flagged,
+        "gpu_incompatible": flagged,
+        "gpu_incompatible_op_types": gpu_flagged_op_types(report),
+    }
 
 
 def gpu_verdict_text(result: dict) -> str:

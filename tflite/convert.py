@@ -76,9 +76,7 @@ def load_model(model, *, weights=None, image_size=None, classes=None, logits=Fal
 
         return load_model_file(model)  # Keras' safe mode; a bad file is one ValueError line naming it
     if model not in keras_cmt.VARIANTS:
-        raise ValueError(
-            f"unknown model {model!r}: expected one of {', '.join(keras_cmt.VARIANTS)} or a .keras file"
-        )
+        raise ValueError(f"unknown model {model!r}: expected one of {', '.join(keras_cmt.VARIANTS)} or a .keras file")
     kwargs = dict(weights=weights, classifier_activation=None if logits else "softmax")
     if image_size is not None:
         kwargs["input_shape"] = (int(image_size), int(image_size), 3)
@@ -119,8 +117,15 @@ def serving_function(model, input_range: str = "0-255"):
     return serve
 
 
-def to_tflite(model, *, quantize: str = "none", representative_images=None, io_type: str = "float32",
-              input_range: str = "0-255", int8_ops: str = "xnnpack") -> bytes:
+def to_tflite(
+    model,
+    *,
+    quantize: str = "none",
+    representative_images=None,
+    io_type: str = "float32",
+    input_range: str = "0-255",
+    int8_ops: str = "xnnpack",
+) -> bytes:
     """The flatbuffer bytes of `model` (a keras.Model) converted with builtin ops only."""
     import tensorflow as tf
 
@@ -148,7 +153,9 @@ def to_tflite(model, *, quantize: str = "none", representative_images=None, io_t
         unsupported = sorted(set(re.findall(r"'(tf\.\w+)' op is neither a custom op nor a flex op", str(e))))
         reason = (
             f"{', '.join(unsupported)} ha{'ve' if len(unsupported) > 1 else 's'} no builtin TFLite op "
-            "(Select TF ops are not allowed)" if unsupported else _first_line(e)
+            "(Select TF ops are not allowed)"
+            if unsupported
+            else _first_line(e)
         )
         raise ConversionError(f"the model could not be converted to builtin TFLite ops: {reason}") from e
 
@@ -178,14 +185,28 @@ def read_labels(path: str):
 def precision_description(marker: str) -> str:
     """The sentence of the metadata description that says what a "reduced_precision_support" marker does."""
     if marker == quantization.FP16_INFERENCE_MARKER:
-        return ("Float16 weights; marked for fp16 inference (reduced_precision_support=fp16accfp16): XNNPACK "
-                "computes in fp16 on CPUs with ARMv8.2 FP16 arithmetic and in fp32 elsewhere.")
-    return (f"Marked reduced_precision_support={marker}: XNNPACK computes in fp32 (it takes fp16 only with "
-            f"{quantization.FP16_INFERENCE_MARKER}).")
+        return (
+            "Float16 weights; marked for fp16 inference (reduced_precision_support=fp16accfp16): XNNPACK "
+            "computes in fp16 on CPUs with ARMv8.2 FP16 arithmetic and in fp32 elsewhere."
+        )
+    return (
+        f"Marked reduced_precision_support={marker}: XNNPACK computes in fp32 (it takes fp16 only with "
+        f"{quantization.FP16_INFERENCE_MARKER})."
+    )
 
 
-def add_metadata(tflite_bytes: bytes, model, *, labels=None, input_range: str = "0-255",
-                 name=None, description=None, version="1", author="keras_cmt", license="Apache-2.0") -> bytes:
+def add_metadata(
+    tflite_bytes: bytes,
+    model,
+    *,
+    labels=None,
+    input_range: str = "0-255",
+    name=None,
+    description=None,
+    version="1",
+    author="keras_cmt",
+    license="Apache-2.0",
+) -> bytes:
     """Embeds image-classifier metadata and the label file into a converted model."""
     import keras_cmt
 
@@ -228,10 +249,25 @@ def add_metadata(tflite_bytes: bytes, model, *, labels=None, input_range: str = 
 DYNAMIC_PROJECTION_COST = 216 / 768
 
 
-def convert(model, output=None, *, weights=None, image_size=None, classes=None, quantize: str = "none",
-            representative_data=None, num_calibration_images: int = 200, io_type: str = "float32",
-            labels=None, with_metadata: bool = True, input_range: str = "0-255", logits: bool = False,
-            data_dir=None, int8_ops: str = "xnnpack", fuse: bool = True) -> bytes:
+def convert(
+    model,
+    output=None,
+    *,
+    weights=None,
+    image_size=None,
+    classes=None,
+    quantize: str = "none",
+    representative_data=None,
+    num_calibration_images: int = 200,
+    io_type: str = "float32",
+    labels=None,
+    with_metadata: bool = True,
+    input_range: str = "0-255",
+    logits: bool = False,
+    data_dir=None,
+    int8_ops: str = "xnnpack",
+    fuse: bool = True,
+) -> bytes:
     """Converts a CMT (variant name, `.keras` file or keras.Model) and returns the `.tflite` bytes.
 
     With `fuse` (the default), a model built by keras_cmt is first passed through
@@ -264,16 +300,21 @@ def convert(model, output=None, *, weights=None, image_size=None, classes=None, 
             # Per-head products as grouped 1x1 convolutions: XNNPACK's fp16 path (a float16 file on a phone with
             # fp16 arithmetic) cannot run a batch matmul with a constant operand.
             keras_model = inference.fuse_for_inference(
-                keras_model, key_side_projections=quantize != "int8",
-                projection_cost=DYNAMIC_PROJECTION_COST if quantize == "dynamic" else 1.0, head_projections="conv")
+                keras_model,
+                key_side_projections=quantize != "int8",
+                projection_cost=DYNAMIC_PROJECTION_COST if quantize == "dynamic" else 1.0,
+                head_projections="conv",
+            )
     images = None
     if quantize == "int8":
         if isinstance(representative_data, (str, os.PathLike)):
             from keras_cmt.tflite import representative_data as data_lib
 
             images, _ = data_lib.load_images(
-                os.fspath(representative_data), int(keras_model.input_shape[1]),
-                limit=num_calibration_images, data_dir=data_dir,
+                os.fspath(representative_data),
+                int(keras_model.input_shape[1]),
+                limit=num_calibration_images,
+                data_dir=data_dir,
             )
         else:
             images = np.asarray(representative_data, dtype=np.float32)[:num_calibration_images]
@@ -283,8 +324,14 @@ def convert(model, output=None, *, weights=None, image_size=None, classes=None, 
             import keras_cmt
 
             images = keras_cmt.preprocess_input(images)
-    result = to_tflite(keras_model, quantize=quantize, representative_images=images, io_type=io_type,
-                       input_range=input_range, int8_ops=int8_ops)
+    result = to_tflite(
+        keras_model,
+        quantize=quantize,
+        representative_images=images,
+        io_type=io_type,
+        input_range=input_range,
+        int8_ops=int8_ops,
+    )
     if with_metadata:
         result = add_metadata(result, keras_model, labels=labels, input_range=input_range)
     if output is not None:
@@ -306,20 +353,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image_size", type=int, default=None, help="square input size (multiple of 32)")
     p.add_argument("--classes", type=int, default=None, help="number of classes (variant names only)")
     p.add_argument("--quantize", default="none", help="none | float16 | dynamic | int8")
-    p.add_argument("--representative_data", default=None,
-                   help="calibration images for int8: digits, a folder of class sub-folders, a tfds name or .npz")
+    p.add_argument(
+        "--representative_data",
+        default=None,
+        help="calibration images for int8: digits, a folder of class sub-folders, a tfds name or .npz",
+    )
     p.add_argument("--data_dir", default=None, help="tfds data_dir for --representative_data")
     p.add_argument("--num_calibration_images", type=int, default=200)
-    p.add_argument("--int8_ops", default="xnnpack",
-                   help="xnnpack: int8 where XNNPACK has int8 kernels, float elsewhere (one partition); "
-                        "all: full-integer TFLITE_BUILTINS_INT8")
+    p.add_argument(
+        "--int8_ops",
+        default="xnnpack",
+        help="xnnpack: int8 where XNNPACK has int8 kernels, float elsewhere (one partition); "
+        "all: full-integer TFLITE_BUILTINS_INT8",
+    )
     p.add_argument("--io_type", default="float32", help="float32 | int8 | uint8 (int8 quantization only)")
     p.add_argument("--input_range", default="0-255", help="0-255 | 0-1 | normalized (preprocess_input done by the app)")
-    p.add_argument("--labels", default=None, help="label file, one label per line (default: ImageNet names for 1000 classes)")
+    p.add_argument(
+        "--labels", default=None, help="label file, one label per line (default: ImageNet names for 1000 classes)"
+    )
     p.add_argument("--logits", action="store_true", help="output logits instead of softmax probabilities")
     p.add_argument("--no_metadata", action="store_true", help="do not embed TFLite metadata")
-    p.add_argument("--no_fuse", action="store_true",
-                   help="convert the training graph as is instead of keras_cmt.fuse_for_inference(model)")
+    p.add_argument(
+        "--no_fuse",
+        action="store_true",
+        help="convert the training graph as is instead of keras_cmt.fuse_for_inference(model)",
+    )
     p.add_argument("--format", default="tflite", choices=("tflite", "onnx"))
     p.add_argument("--output", default=None, help="output file (default: derived from --model)")
     quiet.add_verbose_argument(p)
@@ -336,15 +394,34 @@ def main(argv=None) -> int:
 
             if args.quantize != "none":
                 raise ValueError("--format onnx exports float32 only; drop --quantize")
-            export_onnx.export(args.model, output, weights=weights, image_size=args.image_size,
-                               classes=args.classes, input_range=args.input_range, logits=args.logits)
+            export_onnx.export(
+                args.model,
+                output,
+                weights=weights,
+                image_size=args.image_size,
+                classes=args.classes,
+                input_range=args.input_range,
+                logits=args.logits,
+            )
         else:
-            convert(args.model, output, weights=weights, image_size=args.image_size, classes=args.classes,
-                    quantize=args.quantize, representative_data=args.representative_data,
-                    num_calibration_images=args.num_calibration_images, io_type=args.io_type,
-                    labels=args.labels, with_metadata=not args.no_metadata, fuse=not args.no_fuse,
-                    input_range=args.input_range, logits=args.logits, data_dir=args.data_dir,
-                    int8_ops=args.int8_ops)
+            convert(
+                args.model,
+                output,
+                weights=weights,
+                image_size=args.image_size,
+                classes=args.classes,
+                quantize=args.quantize,
+                representative_data=args.representative_data,
+                num_calibration_images=args.num_calibration_images,
+                io_type=args.io_type,
+                labels=args.labels,
+                with_metadata=not args.no_metadata,
+                fuse=not args.no_fuse,
+                input_range=args.input_range,
+                logits=args.logits,
+                data_dir=args.data_dir,
+                int8_ops=args.int8_ops,
+            )
     except (ValueError, FileNotFoundError, ConversionError, OSError, ImportError) as e:
         print(f"error: {_first_line(e)}", file=sys.stderr)
         return 2

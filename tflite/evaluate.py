@@ -36,8 +36,7 @@ def evaluate(models, dataset: str, reference=None, limit=None, data_dir=None, th
     paths = list(models) + ([reference] if reference and reference not in models else [])
     opened = {p: _open(p, threads) for p in paths}  # every file checked before the data is read
     size = opened[paths[0]].input_shape[1]
-    images, labels = representative_data.load_images(dataset, size, limit=limit, split="validation",
-                                                     data_dir=data_dir)
+    images, labels = representative_data.load_images(dataset, size, limit=limit, split="validation", data_dir=data_dir)
     predictions = {p: opened[p].predict(images).argmax(-1) for p in paths}
     results = {"dataset": dataset, "images": int(len(images)), "image_size": int(size), "models": []}
     for p in paths:
@@ -70,9 +69,13 @@ def main(argv=None) -> int:
     for m in results["models"]:
         extra = ""
         if "top1_agreement_with_reference" in m:
-            extra = (f"  agreement {100 * m['top1_agreement_with_reference']:.1f}%"
-                     f"  drop {m['accuracy_drop_points']:+.2f} pt")
-        print(f"{m['model']}: accuracy {100 * m['accuracy']:.2f}% on {results['images']} {results['dataset']} images{extra}")
+            extra = (
+                f"  agreement {100 * m['top1_agreement_with_reference']:.1f}%  drop {m['accuracy_drop_points']:+.2f} pt"
+            )
+        print(
+            f"{m['model']}: accuracy {100 * m['accuracy']:.2f}% on {results['images']} {results['dataset']} "
+            f"images{extra}"
+        )
     if args.json:
         from keras_cmt.tflite.convert import write_atomically
 

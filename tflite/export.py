@@ -31,20 +31,27 @@ FORMATS = {
 # (backend, format) pairs that cannot work, each with the reason and what to use instead.
 REFUSED = {
     ("jax", "litert"): "Keras exports LiteRT from the TensorFlow or PyTorch backend only: run with "
-                       "KERAS_BACKEND=tensorflow (the same weights load there)",
+    "KERAS_BACKEND=tensorflow (the same weights load there)",
     ("jax", "saved_model"): "a SavedModel from JAX holds JAX's StableHLO, which this TensorFlow cannot run (JAX 0.10 "
-                            "writes a newer StableHLO than TensorFlow 2.21 reads): run with KERAS_BACKEND=tensorflow",
+    "writes a newer StableHLO than TensorFlow 2.21 reads): run with KERAS_BACKEND=tensorflow",
     ("jax", "openvino"): "Keras converts JAX to OpenVINO through jax2tf's XlaCallModule, which OpenVINO cannot read: "
-                         "use --format onnx (OpenVINO reads .onnx files) or KERAS_BACKEND=tensorflow",
+    "use --format onnx (OpenVINO reads .onnx files) or KERAS_BACKEND=tensorflow",
     ("tensorflow", "torch"): "the torch format (torch.export) needs KERAS_BACKEND=torch",
     ("jax", "torch"): "the torch format (torch.export) needs KERAS_BACKEND=torch",
 }
 # What Keras' exports from the torch backend import: (module, what to install).
-TORCH_EXPORTERS = {"litert": ("litert_torch", "litert-torch (pip install 'keras-cmt[export-torch]')"),
-                   "saved_model": ("torch_xla", "torch_xla (a build for this torch)")}
+TORCH_EXPORTERS = {
+    "litert": ("litert_torch", "litert-torch (pip install 'keras-cmt[export-torch]')"),
+    "saved_model": ("torch_xla", "torch_xla (a build for this torch)"),
+}
 # The runtime package each format is checked with, and what to install when it is missing.
-RUNTIMES = {"onnx": "onnxruntime", "openvino": "openvino", "litert": "ai_edge_litert", "saved_model": "tensorflow",
-            "torch": "torch"}
+RUNTIMES = {
+    "onnx": "onnxruntime",
+    "openvino": "openvino",
+    "litert": "ai_edge_litert",
+    "saved_model": "tensorflow",
+    "torch": "torch",
+}
 INPUT_RANGES = ("0-255", "0-1", "normalized")
 
 
@@ -73,8 +80,10 @@ def check_format(fmt: str) -> None:
         try:
             __import__(needs[0])
         except ImportError:
-            raise ExportError(f"--format {fmt} on the torch backend needs {needs[1]}, which is not installed: "
-                              "run with KERAS_BACKEND=tensorflow (the same weights load there)") from None
+            raise ExportError(
+                f"--format {fmt} on the torch backend needs {needs[1]}, which is not installed: "
+                "run with KERAS_BACKEND=tensorflow (the same weights load there)"
+            ) from None
 
 
 def serving_model(model, input_range: str = "0-255", fuse: bool = True):
@@ -192,8 +201,17 @@ def check_output(fmt: str, output: str) -> str:
     return output
 
 
-def export(model, output: str, fmt: str, *, input_range: str = "0-255", fuse: bool = True, atol: float = 1e-4,
-           check: int = 2, **litert_options) -> str:
+def export(
+    model,
+    output: str,
+    fmt: str,
+    *,
+    input_range: str = "0-255",
+    fuse: bool = True,
+    atol: float = 1e-4,
+    check: int = 2,
+    **litert_options,
+) -> str:
     """Writes `model` (a keras.Model) in `fmt` to `output` after checking the file in its runtime; returns the
     largest error seen. Nothing is left at `output` (or beside it) unless the check passed."""
     check_format(fmt)
@@ -216,16 +234,16 @@ def export(model, output: str, fmt: str, *, input_range: str = "0-255", fuse: bo
             try:
                 served.export(written, format=FORMATS[fmt][0], verbose=False)
             except Exception as e:
-                raise ExportError(f"Keras' {FORMATS[fmt][0]} export failed on the {_backend()} backend: "
-                                  f"{_first_line(e)}") from e
+                raise ExportError(
+                    f"Keras' {FORMATS[fmt][0]} export failed on the {_backend()} backend: {_first_line(e)}"
+                ) from e
         error = 0.0
         if check:
             quantized = litert_options.get("quantize", "none") != "none"
             try:
                 got = run_exported(fmt, written, images)
             except ImportError as e:
-                raise ExportError(f"cannot check the {fmt} file: {_first_line(e)} (pip install "
-                                  f"{RUNTIMES[fmt]})") from e
+                raise ExportError(f"cannot check the {fmt} file: {_first_line(e)} (pip install {RUNTIMES[fmt]})") from e
             except Exception as e:
                 raise ExportError(f"the {fmt} file does not run in {RUNTIMES[fmt]}: {_first_line(e)}") from e
             error = float(np.max(np.abs(got - expected)))

@@ -28,8 +28,10 @@ def to_onnx_bytes(model, *, input_range: str = "0-255", fuse: bool = True) -> by
         path = os.path.join(folder, "model.onnx")
         export_lib.export(model, path, "onnx", input_range=input_range, fuse=fuse)
         if os.path.exists(path + ".data"):
-            raise convert_lib.ConversionError("the ONNX model keeps its weights in a second file; export it to a "
-                                              "path (keras-cmt export --format onnx --output PATH)")
+            raise convert_lib.ConversionError(
+                "the ONNX model keeps its weights in a second file; export it to a "
+                "path (keras-cmt export --format onnx --output PATH)"
+            )
         with open(path, "rb") as f:
             return f.read()
 
@@ -43,12 +45,20 @@ def onnx_predict(onnx_bytes: bytes, images: np.ndarray) -> np.ndarray:
     return np.concatenate([session.run(None, {name: image[None].astype(np.float32)})[0] for image in images])
 
 
-def export(model, output=None, *, weights=None, image_size=None, classes=None, input_range: str = "0-255",
-           logits: bool = False, fuse: bool = True) -> bytes:
+def export(
+    model,
+    output=None,
+    *,
+    weights=None,
+    image_size=None,
+    classes=None,
+    input_range: str = "0-255",
+    logits: bool = False,
+    fuse: bool = True,
+) -> bytes:
     """A variant name, `.keras` file or keras.Model to a checked ONNX file at `output` (written atomically);
     returns its bytes."""
-    keras_model = convert_lib.load_model(model, weights=weights, image_size=image_size, classes=classes,
-                                         logits=logits)
+    keras_model = convert_lib.load_model(model, weights=weights, image_size=image_size, classes=classes, logits=logits)
     if output is None:
         return to_onnx_bytes(keras_model, input_range=input_range, fuse=fuse)
     export_lib.export(keras_model, output, "onnx", input_range=input_range, fuse=fuse)
@@ -69,10 +79,23 @@ def main(argv=None) -> int:
     weights = None if args.weights in (None, "none", "None") else args.weights
     output = args.output or convert_lib.default_output_path(args.model, "none", args.image_size, "onnx")
     try:
-        export(args.model, output, weights=weights, image_size=args.image_size, classes=args.classes,
-               input_range=args.input_range, logits=args.logits)
-    except (ValueError, FileNotFoundError, convert_lib.ConversionError, export_lib.ExportError, OSError,
-            ImportError) as e:
+        export(
+            args.model,
+            output,
+            weights=weights,
+            image_size=args.image_size,
+            classes=args.classes,
+            input_range=args.input_range,
+            logits=args.logits,
+        )
+    except (
+        ValueError,
+        FileNotFoundError,
+        convert_lib.ConversionError,
+        export_lib.ExportError,
+        OSError,
+        ImportError,
+    ) as e:
         print(f"error: {convert_lib._first_line(e)}", file=sys.stderr)
         return 2
     print(f"wrote {os.path.abspath(output)} ({os.path.getsize(output) / 1e6:.2f} MB)")

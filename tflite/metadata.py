@@ -63,9 +63,7 @@ def build_image_classifier_metadata(
 
     image = meta_fb.TensorMetadataT()
     image.name = "image"
-    image.description = (
-        f"RGB image; the model normalises it as (x - {list(mean)}) / {list(std)}."
-    )
+    image.description = f"RGB image; the model normalises it as (x - {list(mean)}) / {list(std)}."
     image.content = meta_fb.ContentT()
     image.content.contentPropertiesType = meta_fb.ContentProperties.ImageProperties
     image.content.contentProperties = meta_fb.ImagePropertiesT()
@@ -82,9 +80,7 @@ def build_image_classifier_metadata(
 
     scores = meta_fb.TensorMetadataT()
     scores.name = "probability" if output_is_probability else "logits"
-    scores.description = (
-        f"{'Probabilities' if output_is_probability else 'Logits'} of the {num_classes} labels."
-    )
+    scores.description = f"{'Probabilities' if output_is_probability else 'Logits'} of the {num_classes} labels."
     scores.content = meta_fb.ContentT()
     scores.content.contentPropertiesType = meta_fb.ContentProperties.FeatureProperties
     scores.content.contentProperties = meta_fb.FeaturePropertiesT()
@@ -211,12 +207,8 @@ def normalization_for_metadata(input_range: str, mean, std):
     if input_range == "normalized":
         m = [255.0 * float(v) for v in mean]
         s = [255.0 * float(v) for v in std]
-        return m, s, float(min(-mi / si for mi, si in zip(m, s))), float(
-            max((255.0 - mi) / si for mi, si in zip(m, s))
-        )
-    raise ValueError(
-        f"unknown input range {input_range!r}: expected one of '0-255', '0-1', 'normalized'"
-    )
+        return m, s, float(min(-mi / si for mi, si in zip(m, s))), float(max((255.0 - mi) / si for mi, si in zip(m, s)))
+    raise ValueError(f"unknown input range {input_range!r}: expected one of '0-255', '0-1', 'normalized'")
 
 
 def mediapipe_compatible(mean, std) -> bool:

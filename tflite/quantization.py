@@ -142,8 +142,9 @@ WEIGHT_QUANTIZED_OPS = ("CONV_2D", "FULLY_CONNECTED")
 MIN_QUANTIZED_ELEMENTS = 1024
 
 
-def quantize_weights_for_xnnpack(model_bytes: bytes, op_types=WEIGHT_QUANTIZED_OPS,
-                                 min_elements: int = MIN_QUANTIZED_ELEMENTS) -> bytes:
+def quantize_weights_for_xnnpack(
+    model_bytes: bytes, op_types=WEIGHT_QUANTIZED_OPS, min_elements: int = MIN_QUANTIZED_ELEMENTS
+) -> bytes:
     """Returns `model_bytes` with the float32 weights of `op_types` stored as int8, one scale per output channel.
 
     The form TFLite's converter writes for dynamic-range quantization (symmetric, zero point 0, scales along the

@@ -57,8 +57,9 @@ def _from_array_file(path: str, image_size: int, limit):
     return images, np.asarray(labels[:limit])
 
 
-def load_images(dataset: str, image_size: int, limit=200, split: str = "train", seed: int = 0,
-                data_dir=None, crop_pct=None):
+def load_images(
+    dataset: str, image_size: int, limit=200, split: str = "train", seed: int = 0, data_dir=None, crop_pct=None
+):
     """(images [N, S, S, 3] float32 in [0, 255], labels [N]) from a dataset name, folder or array file."""
     if not dataset:
         raise ValueError("no representative dataset given")

@@ -23,9 +23,7 @@ def _interpreter_module():
     try:
         from ai_edge_litert import interpreter
     except ImportError as e:  # pragma: no cover - exercised only without the extra
-        raise ImportError(
-            "ai-edge-litert is not installed: pip install 'keras_cmt[tflite]'"
-        ) from e
+        raise ImportError("ai-edge-litert is not installed: pip install 'keras_cmt[tflite]'") from e
     return interpreter
 
 
@@ -89,9 +87,7 @@ class LiteRTModel(_BatchOneModel):
     def __init__(self, model, num_threads: int = 2, use_xnnpack: bool = True):
         interp = _interpreter_module()
         resolver = (
-            interp.OpResolverType.AUTO
-            if use_xnnpack
-            else interp.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+            interp.OpResolverType.AUTO if use_xnnpack else interp.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
         )
         kwargs = dict(num_threads=num_threads, experimental_op_resolver_type=resolver)
         if isinstance(model, (bytes, bytearray)):
@@ -107,9 +103,7 @@ class LiteRTModel(_BatchOneModel):
         self.input_details = self._interpreter.get_input_details()
         self.output_details = self._interpreter.get_output_details()
         if len(self.input_details) != 1:
-            raise ValueError(
-                f"expected a model with one input, got {len(self.input_details)}"
-            )
+            raise ValueError(f"expected a model with one input, got {len(self.input_details)}")
         self._input = self.input_details[0]
         self._output = self.output_details[0]
 
@@ -240,15 +234,18 @@ class CompiledModelRunner(_BatchOneModel):
                 self._data = f.read()
         self.force_fp16 = bool(force_fp16)
         flags = (XNNPACK_FLAG_QS8 | XNNPACK_FLAG_QU8 | XNNPACK_FLAG_FORCE_FP16) if force_fp16 else None
-        options = cm.Options(hardware_accelerators=cm.HardwareAccelerator.CPU,
-                             cpu_options=cm.CpuOptions(num_threads=num_threads, xnnpack_flags=flags))
+        options = cm.Options(
+            hardware_accelerators=cm.HardwareAccelerator.CPU,
+            cpu_options=cm.CpuOptions(num_threads=num_threads, xnnpack_flags=flags),
+        )
         try:
             with quiet.native_stderr_filtered():
                 self._model = cm.CompiledModel.from_buffer(self._data, options=options)
         except Exception as e:
             detail = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
             raise RuntimeError(
-                f"LiteRT could not compile the model{' with fp16 forced' if force_fp16 else ''}: {detail}") from e
+                f"LiteRT could not compile the model{' with fp16 forced' if force_fp16 else ''}: {detail}"
+            ) from e
         signature = next(iter(self._model.get_signature_list()))
         inputs = list(self._model.get_input_tensor_details(signature).values())
         outputs = list(self._model.get_output_tensor_details(signature).values())

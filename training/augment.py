@@ -8,8 +8,8 @@ Per batch: colour jitter (Keras' layer; only without RandAugment, as in timm), n
 mean/std, random erasing, then Mixup or CutMix (Keras' layers; one per batch, switch probability). Random erasing is
 written here: the official recipe's (timm's `RandomErasing(mode="pixel")`) erases after normalisation with
 per-pixel N(0, 1) noise over a box of 2-33% of the image with a log-uniform aspect ratio in 0.3..3.3, and Keras'
-`RandomErasing` works in pixel values with noise scaled by the value range and boxes of another distribution. Label smoothing
-is the loss's job (CategoricalCrossentropy(label_smoothing=...)) and commutes with Mixup/CutMix.
+`RandomErasing` works in pixel values with noise scaled by the value range and boxes of another distribution. Label
+smoothing is the loss's job (CategoricalCrossentropy(label_smoothing=...)) and commutes with Mixup/CutMix.
 """
 
 import math
@@ -67,17 +67,21 @@ def declared_pixels(encoded):
 
     def bmp():
         height = _unsigned(encoded, 22, 4, True)
-        height = tf.where(height >= 2 ** 31, 2 ** 32 - height, height)  # negative: a top-down bitmap
+        height = tf.where(height >= 2**31, 2**32 - height, height)  # negative: a top-down bitmap
         return _unsigned(encoded, 18, 4, True) * height
 
     def jpeg():
         return tf.reduce_prod(tf.cast(tf.image.extract_jpeg_shape(encoded)[:2], tf.int64))
 
-    return tf.case([(tf.io.is_jpeg(encoded), jpeg),
-                    (tf.equal(magic, b"\x89PNG"), png),
-                    (tf.equal(tf.strings.substr(encoded, 0, 3), b"GIF"), gif),
-                    (tf.equal(tf.strings.substr(encoded, 0, 2), b"BM"), bmp)],
-                   default=lambda: tf.constant(0, tf.int64))
+    return tf.case(
+        [
+            (tf.io.is_jpeg(encoded), jpeg),
+            (tf.equal(magic, b"\x89PNG"), png),
+            (tf.equal(tf.strings.substr(encoded, 0, 3), b"GIF"), gif),
+            (tf.equal(tf.strings.substr(encoded, 0, 2), b"BM"), bmp),
+        ],
+        default=lambda: tf.constant(0, tf.int64),
+    )
 
 
 def check_declared_size(encoded):
@@ -87,9 +91,15 @@ def check_declared_size(encoded):
     if Image.MAX_IMAGE_PIXELS is None:  # the user switched Pillow's limit off: so do we
         return encoded
     pixels = declared_pixels(encoded)
-    with tf.control_dependencies([tf.debugging.assert_less_equal(
-            pixels, tf.constant(Image.MAX_IMAGE_PIXELS, tf.int64),
-            message="image declares more pixels than Pillow's decompression-bomb limit")]):
+    with tf.control_dependencies(
+        [
+            tf.debugging.assert_less_equal(
+                pixels,
+                tf.constant(Image.MAX_IMAGE_PIXELS, tf.int64),
+                message="image declares more pixels than Pillow's decompression-bomb limit",
+            )
+        ]
+    ):
         return tf.identity(encoded)
 
 
@@ -147,6 +157,7 @@ def random_erasing(images, probability, seed=None, min_area=0.02, max_area=1 / 3
     shape = tf.shape(images)
     batch, height, width = shape[0], shape[1], shape[2]
     h, w = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
+
     # Stateful random ops (as tf.data's other augmentations): each draws anew on every batch.
     def uniform(shape, low=0.0, high=1.0, offset=0):
         return tf.random.uniform(shape, low, high, seed=None if seed is None else seed + offset)
@@ -193,8 +204,11 @@ class BatchAugment:
         self.cutmix = None
         if recipe.randaugment_magnitude <= 0 and recipe.color_jitter > 0:  # RandAugment runs per image (data.py)
             self.color_jitter = keras.layers.RandomColorJitter(
-                value_range=(0, 255), brightness_factor=recipe.color_jitter, contrast_factor=recipe.color_jitter,
-                seed=seed)
+                value_range=(0, 255),
+                brightness_factor=recipe.color_jitter,
+                contrast_factor=recipe.color_jitter,
+                seed=seed,
+            )
         self.random_erasing = float(recipe.random_erasing)
         self.seed = seed
         if recipe.mixup > 0:

@@ -44,8 +44,14 @@ TARGETS = {"max_wall_s": 300.0, "seed0_min_top1": 0.990, "every_seed_min_top1": 
 
 def main_job(seed, model_dir):
     """One run of the main job in a fresh process; its report plus the wall time of the whole command."""
-    command = [sys.executable, "-m", "keras_cmt.training.demo", f"--model_dir={model_dir}", f"--seed={seed}",
-               "--overwrite"]
+    command = [
+        sys.executable,
+        "-m",
+        "keras_cmt.training.demo",
+        f"--model_dir={model_dir}",
+        f"--seed={seed}",
+        "--overwrite",
+    ]
     print("$", " ".join(command[1:]), flush=True)
     load_before = os.getloadavg()
     start = time.time()
@@ -56,14 +62,26 @@ def main_job(seed, model_dir):
     from keras_cmt.training import callbacks
 
     epochs = callbacks.epoch_timings(os.path.join(model_dir, "metrics.csv"))
-    return {"seed": seed, "wall_s": round(wall, 1), "val_top1": report["keras"]["val_accuracy"],
-            "epoch_timings": epochs, "stalls": callbacks.stalls(epochs),
-            "val_top5": report["keras"]["val_top5"], "epochs": report["keras"]["epochs"],
-            "stage_wall_time_s": report["stage_wall_time_s"],
-            "tflite": {row["format"]: {"val_top1": row["val_accuracy"], "median_ms": row["median_ms"],
-                                       "agreement_with_fp32": row["top1_agreement_with_fp32"]}
-                       for row in report["tflite"]},
-            "load_average_before": load_before, "load_average_after": os.getloadavg()}
+    return {
+        "seed": seed,
+        "wall_s": round(wall, 1),
+        "val_top1": report["keras"]["val_accuracy"],
+        "epoch_timings": epochs,
+        "stalls": callbacks.stalls(epochs),
+        "val_top5": report["keras"]["val_top5"],
+        "epochs": report["keras"]["epochs"],
+        "stage_wall_time_s": report["stage_wall_time_s"],
+        "tflite": {
+            row["format"]: {
+                "val_top1": row["val_accuracy"],
+                "median_ms": row["median_ms"],
+                "agreement_with_fp32": row["top1_agreement_with_fp32"],
+            }
+            for row in report["tflite"]
+        },
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
+    }
 
 
 def main_job_over_seeds(seeds, work_dir):
@@ -79,9 +97,11 @@ def main_job_over_seeds(seeds, work_dir):
         "mean_val_top1": statistics.mean(r["val_top1"] for r in runs),
         "targets": TARGETS,
     }
-    summary["meets_targets"] = (summary["max_wall_s"] <= TARGETS["max_wall_s"]
-                                and summary["min_val_top1"] >= TARGETS["every_seed_min_top1"]
-                                and (0 not in by_seed or by_seed[0]["val_top1"] >= TARGETS["seed0_min_top1"]))
+    summary["meets_targets"] = (
+        summary["max_wall_s"] <= TARGETS["max_wall_s"]
+        and summary["min_val_top1"] >= TARGETS["every_seed_min_top1"]
+        and (0 not in by_seed or by_seed[0]["val_top1"] >= TARGETS["seed0_min_top1"])
+    )
     return summary
 
 
@@ -95,9 +115,11 @@ def training_throughput(size, batch):
     recipe = presets.IMAGENET_PRESETS["cmt_ti"].replace(image_size=size, batch_size=batch)
     model = train.build_model("cmt_ti", size, 1000, recipe.drop_path)
     steps = FLAGS.warmup_steps + FLAGS.timed_steps
-    model.compile(optimizer=train.build_optimizer(recipe, model, steps, 1, batch),
-                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=0.1),
-                  metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
+    model.compile(
+        optimizer=train.build_optimizer(recipe, model, steps, 1, batch),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=0.1),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+    )
     rng = np.random.default_rng(0)
     x = rng.normal(size=(batch, size, size, 3)).astype("float32")
     y = tf.one_hot(rng.integers(0, 1000, batch), 1000).numpy()
@@ -112,11 +134,18 @@ def training_throughput(size, batch):
             times.append(time.perf_counter() - self.t)
 
     model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0, callbacks=[Timer()])
-    timed = times[FLAGS.warmup_steps:]
+    timed = times[FLAGS.warmup_steps :]
     median = statistics.median(timed)
-    return {"model": "cmt_ti", "image_size": size, "batch_size": batch, "timed_steps": len(timed),
-            "median_step_s": round(median, 4), "images_per_s": round(batch / median, 2),
-            "min_step_s": round(min(timed), 4), "max_step_s": round(max(timed), 4)}
+    return {
+        "model": "cmt_ti",
+        "image_size": size,
+        "batch_size": batch,
+        "timed_steps": len(timed),
+        "median_step_s": round(median, 4),
+        "images_per_s": round(batch / median, 2),
+        "min_step_s": round(min(timed), 4),
+        "max_step_s": round(max(timed), 4),
+    }
 
 
 def main(argv):
@@ -124,9 +153,15 @@ def main(argv):
     import tensorflow as tf
 
     # The load average says whether other processes shared the CPUs (figures scale with it on a busy machine).
-    report = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                          "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
-                          "tensorflow": tf.__version__, "load_average_at_start": os.getloadavg()}}
+    report = {
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
+            "tensorflow": tf.__version__,
+            "load_average_at_start": os.getloadavg(),
+        }
+    }
     if not FLAGS.skip_accuracy:
         seeds = [int(seed) for seed in FLAGS.seeds]
         if FLAGS.work_dir:
@@ -147,18 +182,23 @@ def main(argv):
         job = report["main_job"]
         for r in job["runs"]:
             tflite = ", ".join(f"{k} {v['val_top1'] * 100:.2f}%" for k, v in r["tflite"].items())
-            print(f"| main job, seed {r['seed']}: wall time; Keras val top-1; TFLite val top-1 | {r['wall_s']:.0f} s; "
-                  f"{r['val_top1'] * 100:.2f}%; {tflite} |")
+            print(
+                f"| main job, seed {r['seed']}: wall time; Keras val top-1; TFLite val top-1 | {r['wall_s']:.0f} s; "
+                f"{r['val_top1'] * 100:.2f}%; {tflite} |"
+            )
             walls = " / ".join(f"{e.get('wall_train_s', 0) + e.get('wall_val_s', 0):.0f}" for e in r["epoch_timings"])
-            print(f"| seed {r['seed']}: seconds per epoch (train + validation); stalls | {walls}; "
-                  f"{len(r['stalls'])} |")
-        print(f"| main job over seeds {', '.join(str(r['seed']) for r in job['runs'])}: max wall time; min val top-1 "
-              f"| {job['max_wall_s']:.0f} s; {job['min_val_top1'] * 100:.2f}% (targets <= 300 s, >= 99.0% seed 0, "
-              f">= 98.5% each: {'met' if job['meets_targets'] else 'NOT met'}) |")
+            print(f"| seed {r['seed']}: seconds per epoch (train + validation); stalls | {walls}; {len(r['stalls'])} |")
+        print(
+            f"| main job over seeds {', '.join(str(r['seed']) for r in job['runs'])}: max wall time; min val top-1 "
+            f"| {job['max_wall_s']:.0f} s; {job['min_val_top1'] * 100:.2f}% (targets <= 300 s, >= 99.0% seed 0, "
+            f">= 98.5% each: {'met' if job['meets_targets'] else 'NOT met'}) |"
+        )
     if "throughput" in report:
         t = report["throughput"]
-        print(f"| CMT-Ti {t['image_size']}px batch {t['batch_size']} training, median of {t['timed_steps']} steps "
-              f"| {t['images_per_s']:.1f} images/s ({t['median_step_s']:.3f} s/step) |")
+        print(
+            f"| CMT-Ti {t['image_size']}px batch {t['batch_size']} training, median of {t['timed_steps']} steps "
+            f"| {t['images_per_s']:.1f} images/s ({t['median_step_s']:.3f} s/step) |"
+        )
     os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
     from keras_cmt import atomic_files
 

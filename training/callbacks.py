@@ -89,10 +89,16 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
     backups an epoch apart, and must all resume from the older.
     """
 
-    def __init__(self, backup_dir, save_freq="epoch", delete_checkpoint=True, last_copy=None, keep_previous=False,
-                 restore_epoch=None):
-        super().__init__(backup_dir, save_freq=save_freq, delete_checkpoint=delete_checkpoint,
-                         double_checkpoint=False)
+    def __init__(
+        self,
+        backup_dir,
+        save_freq="epoch",
+        delete_checkpoint=True,
+        last_copy=None,
+        keep_previous=False,
+        restore_epoch=None,
+    ):
+        super().__init__(backup_dir, save_freq=save_freq, delete_checkpoint=delete_checkpoint, double_checkpoint=False)
         self.last_copy = last_copy
         self.keep_previous = keep_previous
         self.restore_epoch = restore_epoch
@@ -183,8 +189,11 @@ def trim_metrics_csv(path, before_epoch):
     epoch_col = next(csv.reader([header])).index("epoch")
     for line in lines[1:]:
         fields = next(csv.reader([line]), [])
-        if len(fields) == len(next(csv.reader([header]))) and fields[epoch_col].isdigit() \
-                and int(fields[epoch_col]) < before_epoch:
+        if (
+            len(fields) == len(next(csv.reader([header])))
+            and fields[epoch_col].isdigit()
+            and int(fields[epoch_col]) < before_epoch
+        ):
             kept.append(line)
     if kept != lines:
         storage.write_text(path, "\n".join(kept) + "\n")
@@ -203,8 +212,9 @@ def _clock():
 
 def epoch_timings(metrics_csv):
     """Per epoch of a metrics.csv written by MetricsCSV: the TIMING_KEYS it holds."""
-    return [{"epoch": row["epoch"], **{k: row[k] for k in TIMING_KEYS if k in row}}
-            for row in read_metrics_csv(metrics_csv)]
+    return [
+        {"epoch": row["epoch"], **{k: row[k] for k in TIMING_KEYS if k in row}} for row in read_metrics_csv(metrics_csv)
+    ]
 
 
 def stalls(epochs, min_wall_s=3.0, max_cpu_share=0.3):
@@ -241,10 +251,15 @@ class MetricsCSV(keras.callbacks.Callback):
         marks = self._marks
         if "epoch" not in marks or "steps_end" not in marks:
             return {}
-        spans = {"train": (marks["epoch"], marks["steps_end"]),
-                 "val": (marks["steps_end"], marks.get("val_end", marks["steps_end"]))}
-        return {f"{kind}_{name}_s": round(end[i] - begin[i], 2) for name, (begin, end) in spans.items()
-                for i, kind in enumerate(("wall", "cpu"))}
+        spans = {
+            "train": (marks["epoch"], marks["steps_end"]),
+            "val": (marks["steps_end"], marks.get("val_end", marks["steps_end"])),
+        }
+        return {
+            f"{kind}_{name}_s": round(end[i] - begin[i], 2)
+            for name, (begin, end) in spans.items()
+            for i, kind in enumerate(("wall", "cpu"))
+        }
 
     def on_epoch_end(self, epoch, logs=None):
         logs = {**(logs or {}), **self._timings()}
@@ -328,8 +343,11 @@ class SyncBatchNormStatistics(keras.callbacks.Callback):
         if self._fn is None:
             import tensorflow as tf
 
-            variables = [v.value if hasattr(v, "value") else v for v in self.model.non_trainable_weights
-                         if v.path.endswith(("moving_mean", "moving_variance"))]
+            variables = [
+                v.value if hasattr(v, "value") else v
+                for v in self.model.non_trainable_weights
+                if v.path.endswith(("moving_mean", "moving_variance"))
+            ]
             strategy = self.strategy
 
             def replica_fn():

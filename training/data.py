@@ -33,8 +33,13 @@ from keras_cmt.training import augment, rand_augment
 
 AUTOTUNE = tf.data.AUTOTUNE
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
-_MAGIC = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
-          (b"BM", "BMP"))
+_MAGIC = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"BM", "BMP"),
+)
 _VAL_DIR_NAMES = ("val", "validation", "test")
 
 
@@ -74,8 +79,7 @@ def _stratified_split(labels, val_fraction, seed):
         step = max(2, int(round(1 / max(val_fraction, 1e-9))))
         val = np.arange(len(labels))[::step] if val_fraction > 0 else np.array([], np.int64)
         return np.setdiff1d(np.arange(len(labels)), val), val
-    train, val = train_test_split(np.arange(len(labels)), test_size=val_fraction, stratify=labels,
-                                  random_state=seed)
+    train, val = train_test_split(np.arange(len(labels)), test_size=val_fraction, stratify=labels, random_state=seed)
     return np.sort(train), np.sort(val)
 
 
@@ -98,8 +102,9 @@ def digits_source(val_fraction=0.2, seed=0):
     def val_fn():
         return tf.data.Dataset.from_tensor_slices((images[val_idx], labels[val_idx]))
 
-    return Source("digits", 10, len(train_idx), len(val_idx), False, train_fn, val_fn,
-                  class_names=[str(i) for i in range(10)])
+    return Source(
+        "digits", 10, len(train_idx), len(val_idx), False, train_fn, val_fn, class_names=[str(i) for i in range(10)]
+    )
 
 
 def _utf8(name):
@@ -158,8 +163,11 @@ def _png_size(f):
     """(width, height) from a PNG's IHDR chunk, its CRC and fields checked; None if malformed."""
     f.seek(8)
     chunk = f.read(25)
-    if len(chunk) < 25 or chunk[:8] != b"\x00\x00\x00\rIHDR" or zlib.crc32(chunk[4:21]) != int.from_bytes(
-            chunk[21:25], "big"):
+    if (
+        len(chunk) < 25
+        or chunk[:8] != b"\x00\x00\x00\rIHDR"
+        or zlib.crc32(chunk[4:21]) != int.from_bytes(chunk[21:25], "big")
+    ):
         return None
     depth, colour, compression, filtering, interlace = chunk[16:21]
     if depth not in _PNG_DEPTHS.get(colour, ()) or compression or filtering or interlace > 1:
@@ -266,7 +274,8 @@ class _Walk:
                                 f"--dataset={_show(self.dataset_root)}: symbolic link {_show(shown)} points to "
                                 f"{_show(target)}, outside its class folder {_show(class_dir)} and inside or above "
                                 "the dataset or another class folder (its images would be counted twice or under "
-                                "another label); remove the link")
+                                "another label); remove the link"
+                            )
                         if stat.S_ISDIR(target_st.st_mode):
                             subdirs.append((shown, target))
                         elif stat.S_ISREG(target_st.st_mode):
@@ -300,12 +309,17 @@ class _Walk:
         for k in np.flatnonzero(same) + 1:
             i, j = first[k], order[k]
             if labels[i] != labels[j]:
-                raise DatasetError(f"--dataset={_show(self.dataset_root)}: {_show(self.paths[j])} and "
-                                   f"{_show(self.paths[i])} are the same file in two class folders")
+                raise DatasetError(
+                    f"--dataset={_show(self.dataset_root)}: {_show(self.paths[j])} and "
+                    f"{_show(self.paths[i])} are the same file in two class folders"
+                )
             duplicate[j] = True
         if duplicate.any():
-            logging.info("Dropped %d duplicate(s) (links to the same file) under %s", int(duplicate.sum()),
-                         _show(self.dataset_root))
+            logging.info(
+                "Dropped %d duplicate(s) (links to the same file) under %s",
+                int(duplicate.sum()),
+                _show(self.dataset_root),
+            )
         keep = np.flatnonzero(~duplicate)
         return [self.paths[i] for i in keep], labels[keep], keys[keep]
 
@@ -328,16 +342,22 @@ def _class_folders(root, class_names):
             if not os.path.isdir(path):
                 continue
             if not _utf8(name) or "\n" in name or "\r" in name:
-                raise DatasetError(f"--dataset={_show(root)}: class folder name {name!r} is not one line of valid "
-                                   "UTF-8; rename it")
+                raise DatasetError(
+                    f"--dataset={_show(root)}: class folder name {name!r} is not one line of valid UTF-8; rename it"
+                )
             class_names.append(name)
-    folders = {name: (os.path.join(root, name), os.path.realpath(os.path.join(root, name)))
-               for name in class_names if os.path.isdir(os.path.join(root, name))}
+    folders = {
+        name: (os.path.join(root, name), os.path.realpath(os.path.join(root, name)))
+        for name in class_names
+        if os.path.isdir(os.path.join(root, name))
+    }
     previous = None
     for real_sep, name in sorted((real.rstrip(os.sep) + os.sep, name) for name, (_, real) in folders.items()):
         if previous is not None and real_sep.startswith(previous[0]):
-            raise DatasetError(f"--dataset={_show(root)}: class folders {_show(folders[previous[1]][0])} and "
-                               f"{_show(folders[name][0])} are the same folder or one inside the other")
+            raise DatasetError(
+                f"--dataset={_show(root)}: class folders {_show(folders[previous[1]][0])} and "
+                f"{_show(folders[name][0])} are the same folder or one inside the other"
+            )
         previous = (real_sep, name)
     return class_names, folders
 
@@ -361,9 +381,13 @@ def _scan_classes(root, class_names=None, dataset_root=None):
     skipped = walk.skipped + [(p, lab, r) for p, lab, r in zip(paths, labels, reasons) if r is not None]
     if skipped:
         by_reason = collections.Counter(r for _, _, r in skipped)
-        logging.warning("Skipping %d file(s) under %s (%s), e.g. %s", len(skipped), _show(root),
-                        ", ".join(f"{n} {r}" for r, n in sorted(by_reason.items())),
-                        ", ".join(_show(p) for p, _, _ in skipped[:3]))
+        logging.warning(
+            "Skipping %d file(s) under %s (%s), e.g. %s",
+            len(skipped),
+            _show(root),
+            ", ".join(f"{n} {r}" for r, n in sorted(by_reason.items())),
+            ", ".join(_show(p) for p, _, _ in skipped[:3]),
+        )
     paths = [p for p, ok in zip(paths, good) if ok]
     return (paths, labels[good], class_names, skipped, keys[good])
 
@@ -384,9 +408,11 @@ def _check_classes(root, class_names, folders_root, labels, skipped):
     counts = np.bincount(labels, minlength=len(class_names))
     for label in np.flatnonzero(counts == 0):
         in_class = [s for s in skipped if s[1] == label]
-        raise DatasetError(f"--dataset={_show(root)}: class folder "
-                           f"{_show(os.path.join(folders_root, class_names[label]))} has no usable image"
-                           f"{_skip_summary(in_class)}")
+        raise DatasetError(
+            f"--dataset={_show(root)}: class folder "
+            f"{_show(os.path.join(folders_root, class_names[label]))} has no usable image"
+            f"{_skip_summary(in_class)}"
+        )
 
 
 def folder_source(root, val_fraction=0.2, seed=0):
@@ -405,28 +431,38 @@ def folder_source(root, val_fraction=0.2, seed=0):
         train_dir = os.path.join(root, "train")
         paths, labels, class_names, skipped, keys = _scan_classes(train_dir, dataset_root=root)
         if class_names and len(paths) == 0:
-            raise DatasetError(f"--dataset={root}: no images found in class sub-folders of {train_dir}"
-                               f"{_skip_summary(skipped)}")
+            raise DatasetError(
+                f"--dataset={root}: no images found in class sub-folders of {train_dir}{_skip_summary(skipped)}"
+            )
         extra = sorted(set(_class_folders(val_dir, None)[0]) - set(class_names))
         if extra:
-            raise DatasetError(f"--dataset={root}: {_show(os.path.join(val_dir, extra[0]))} has no class folder "
-                               f"in {train_dir} ({len(extra)} such validation class folder(s))")
+            raise DatasetError(
+                f"--dataset={root}: {_show(os.path.join(val_dir, extra[0]))} has no class folder "
+                f"in {train_dir} ({len(extra)} such validation class folder(s))"
+            )
         val_paths, val_labels, _, val_skipped, val_keys = _scan_classes(val_dir, class_names, dataset_root=root)
         _, in_both, _ = np.intersect1d(_void(val_keys), _void(keys), return_indices=True)
         if len(in_both):
-            raise DatasetError(f"--dataset={root}: {_show(val_paths[in_both.min()])} is also a training image (the "
-                               "same file in train and validation)")
+            raise DatasetError(
+                f"--dataset={root}: {_show(val_paths[in_both.min()])} is also a training image (the "
+                "same file in train and validation)"
+            )
         missing = [class_names[i] for i in np.flatnonzero(np.bincount(val_labels, minlength=len(class_names)) == 0)]
         if missing and len(val_paths):
-            logging.warning("%d class(es) have no validation image in %s, e.g. %s", len(missing), val_dir,
-                            ", ".join(_show(m) for m in missing[:3]))
+            logging.warning(
+                "%d class(es) have no validation image in %s, e.g. %s",
+                len(missing),
+                val_dir,
+                ", ".join(_show(m) for m in missing[:3]),
+            )
         folders_root, scanned_labels, scanned_skipped = train_dir, labels, skipped
         skipped = skipped + val_skipped
     else:
         all_paths, all_labels, class_names, skipped, _ = _scan_classes(root)
         if class_names and len(all_paths) == 0:
-            raise DatasetError(f"--dataset={root}: no images found in class sub-folders {expected}"
-                               f"{_skip_summary(skipped)}")
+            raise DatasetError(
+                f"--dataset={root}: no images found in class sub-folders {expected}{_skip_summary(skipped)}"
+            )
         if len(all_paths) == 0:
             paths = val_paths = []
         else:
@@ -440,12 +476,20 @@ def folder_source(root, val_fraction=0.2, seed=0):
         raise DatasetError(f"--dataset={root}: no images found in class sub-folders {expected}")
     _check_classes(root, class_names, folders_root, scanned_labels, scanned_skipped)
     if len(class_names) < 2:
-        raise DatasetError(f"--dataset={root}: only one class folder ({os.path.join(folders_root, class_names[0])}); "
-                           "a classifier needs two or more")
+        raise DatasetError(
+            f"--dataset={root}: only one class folder ({os.path.join(folders_root, class_names[0])}); "
+            "a classifier needs two or more"
+        )
     if len(val_paths) == 0:
         raise DatasetError(f"--dataset={root}: no validation images (add a val/ folder or raise --val_fraction)")
-    logging.info("Folder %s: %d training and %d validation images in %d classes (%d unusable files skipped)",
-                 root, len(paths), len(val_paths), len(class_names), len(skipped))
+    logging.info(
+        "Folder %s: %d training and %d validation images in %d classes (%d unusable files skipped)",
+        root,
+        len(paths),
+        len(val_paths),
+        len(class_names),
+        len(skipped),
+    )
 
     def read(path, label):
         return tf.io.read_file(path), label
@@ -458,8 +502,18 @@ def folder_source(root, val_fraction=0.2, seed=0):
         ds = tf.data.Dataset.from_tensor_slices((np.array(val_paths), np.array(val_labels)))
         return ds.map(read, num_parallel_calls=AUTOTUNE)
 
-    return Source(os.path.basename(root), len(class_names), len(paths), len(val_paths), True,
-                  train_fn, val_fn, class_names=class_names, skipped_files=len(skipped), origin=root)
+    return Source(
+        os.path.basename(root),
+        len(class_names),
+        len(paths),
+        len(val_paths),
+        True,
+        train_fn,
+        val_fn,
+        class_names=class_names,
+        skipped_files=len(skipped),
+        origin=root,
+    )
 
 
 def tfds_source(name, data_dir=None, manual_dir=None, train_split="train", val_split=None, seed=0):
@@ -469,8 +523,9 @@ def tfds_source(name, data_dir=None, manual_dir=None, train_split="train", val_s
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError:
-        raise DatasetError(f"--dataset={name}: unknown dataset (not 'digits', not an existing folder, not a tfds "
-                           "dataset name)") from None
+        raise DatasetError(
+            f"--dataset={name}: unknown dataset (not 'digits', not an existing folder, not a tfds dataset name)"
+        ) from None
     features = builder.info.features
     if "image" not in features or "label" not in features:
         raise DatasetError(f"--dataset={name}: the tfds dataset has no 'image' and 'label' features")
@@ -515,14 +570,24 @@ def tfds_source(name, data_dir=None, manual_dir=None, train_split="train", val_s
 
     def val_fn():
         return builder.as_dataset(split=val_split, shuffle_files=False, decoders=decoders).map(
-            to_pair, num_parallel_calls=AUTOTUNE)
+            to_pair, num_parallel_calls=AUTOTUNE
+        )
 
-    return Source(name, features["label"].num_classes, num_train, num_val, True, train_fn, val_fn,
-                  class_names=features["label"].names)
+    return Source(
+        name,
+        features["label"].num_classes,
+        num_train,
+        num_val,
+        True,
+        train_fn,
+        val_fn,
+        class_names=features["label"].names,
+    )
 
 
-def resolve_source(dataset, data_dir=None, manual_dir=None, val_fraction=0.2, train_split="train",
-                   val_split=None, seed=0, split_seed=0):
+def resolve_source(
+    dataset, data_dir=None, manual_dir=None, val_fraction=0.2, train_split="train", val_split=None, seed=0, split_seed=0
+):
     """Turns `--dataset` into a Source: 'digits', an existing folder, or a tfds name (checked in that order).
 
     `split_seed` draws the held-out split of digits and of folders without val/ (the same images for every
@@ -565,8 +630,9 @@ def _options(deterministic=False, autotune=True):
     return options
 
 
-def train_dataset(source, recipe, global_batch, input_context=None, seed=None, shuffle_buffer=None,
-                  deterministic=False):
+def train_dataset(
+    source, recipe, global_batch, input_context=None, seed=None, shuffle_buffer=None, deterministic=False
+):
     """Endless, shuffled, augmented batches of (normalised images, one-hot labels) for one input pipeline;
     `deterministic`: the same batches on every run of a seed (order kept, the random augmentations drawn in
     sequence: slower)."""
@@ -585,8 +651,9 @@ def train_dataset(source, recipe, global_batch, input_context=None, seed=None, s
         if recipe.hflip:
             image = tf.image.random_flip_left_right(image)
         if recipe.randaugment_magnitude > 0:
-            image = rand_augment.rand_augment(image, recipe.randaugment_magnitude, recipe.randaugment_magnitude_std,
-                                              recipe.randaugment_ops)
+            image = rand_augment.rand_augment(
+                image, recipe.randaugment_magnitude, recipe.randaugment_magnitude_std, recipe.randaugment_ops
+            )
         return image, label
 
     # Stateful random ops called in parallel draw in the order the calls happen to run.
@@ -609,14 +676,17 @@ _EXHAUSTED_RE = re.compile(re.escape(_EXHAUSTED) + r": (.*? files)")
 def _exhausted(source, spec):
     """One element that fails with a one-line message: what the endless training stream ends in if a whole pass
     over this pipeline's share of the training split yields no image."""
-    message = (f"{_EXHAUSTED}: --dataset={_show(source.origin or source.name)}: no training image could be decoded in a whole pass "
-               f"over its {source.num_train} files")
+    message = (
+        f"{_EXHAUSTED}: --dataset={_show(source.origin or source.name)}: no training image could be decoded in a "
+        f"whole pass over its {source.num_train} files"
+    )
 
     def fail(_):
         check = tf.debugging.Assert(tf.constant(False), [tf.constant(message)])
         with tf.control_dependencies([check]):
-            return tf.nest.map_structure(lambda s: tf.zeros([d if d is not None else 0 for d in s.shape], s.dtype),
-                                         spec)
+            return tf.nest.map_structure(
+                lambda s: tf.zeros([d if d is not None else 0 for d in s.shape], s.dtype), spec
+            )
 
     return tf.data.Dataset.from_tensors(0).map(fail)
 
@@ -647,15 +717,19 @@ def val_dataset(source, image_size, crop_pct, global_batch, input_context=None):
         ds = ds.ignore_errors(log_warning=True)
     ds = ds.map(lambda x, y: (x, tf.cast(y, tf.int64), tf.constant(1.0)))
     pad = tf.data.Dataset.from_tensors(
-        (tf.zeros([image_size, image_size, 3], tf.float32), tf.constant(0, tf.int64), tf.constant(0.0))).repeat()
+        (tf.zeros([image_size, image_size, 3], tf.float32), tf.constant(0, tf.int64), tf.constant(0.0))
+    ).repeat()
     ds = ds.concatenate(pad).batch(per_replica, drop_remainder=True)
     num_classes = source.num_classes
 
     def finish(x, y, w):
         return augment.normalize(x), tf.one_hot(y, num_classes, dtype=tf.float32), w
 
-    return ds.map(finish, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE).with_options(
-        _options(deterministic=True, autotune=False))
+    return (
+        ds.map(finish, num_parallel_calls=AUTOTUNE)
+        .prefetch(AUTOTUNE)
+        .with_options(_options(deterministic=True, autotune=False))
+    )
 
 
 def steps_per_epoch(source, global_batch):

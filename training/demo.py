@@ -29,8 +29,11 @@ from keras_cmt.training import presets
 # keras_cmt.tflite.convert's --quantize modes the demo converts to, and the name each file and table row gets.
 MODES = {"none": "fp32", "dynamic": "dynamic", "int8": "int8"}
 # The small-data preset's schedule, which the README's figures were measured with (keras_cmt.training.benchmark_digits).
-DEFAULTS = {"epochs": presets.SMALL_DATA_PRESET.epochs, "image_size": presets.SMALL_DATA_PRESET.image_size,
-            "batch_size": presets.SMALL_DATA_PRESET.batch_size}
+DEFAULTS = {
+    "epochs": presets.SMALL_DATA_PRESET.epochs,
+    "image_size": presets.SMALL_DATA_PRESET.image_size,
+    "batch_size": presets.SMALL_DATA_PRESET.batch_size,
+}
 
 
 class DemoError(RuntimeError):
@@ -43,8 +46,12 @@ def _parse_args(argv):
     parser.add_argument("--epochs", type=int, default=DEFAULTS["epochs"])
     parser.add_argument("--image_size", type=int, default=DEFAULTS["image_size"])
     parser.add_argument("--batch_size", type=int, default=DEFAULTS["batch_size"])
-    parser.add_argument("--seed", type=int, default=0, help="initialisation, shuffling and augmentation (the "
-                        "validation split stays the same)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="initialisation, shuffling and augmentation (the validation split stays the same)",
+    )
     parser.add_argument("--threads", type=int, default=2, help="LiteRT threads for the latency figures")
     parser.add_argument("--overwrite", action="store_true", help="train again even if model_dir holds a run")
     quiet.add_verbose_argument(parser)
@@ -59,13 +66,21 @@ def _finished_run(args):
         return None
     with open(path) as f:
         results = json.load(f)
-    wanted = {"epochs": args.epochs, "image_size": args.image_size, "global_batch_size": args.batch_size,
-              "seed": args.seed, "model": "cmt_ti", "dataset": "digits"}
+    wanted = {
+        "epochs": args.epochs,
+        "image_size": args.image_size,
+        "global_batch_size": args.batch_size,
+        "seed": args.seed,
+        "model": "cmt_ti",
+        "dataset": "digits",
+    }
     differs = {k: results.get(k) for k, v in wanted.items() if results.get(k) != v}
     if differs:
-        raise DemoError(f"--model_dir={args.model_dir} holds a finished run with other settings "
-                        f"({', '.join(f'{k}={v}' for k, v in differs.items())}); use another --model_dir or "
-                        "--overwrite")
+        raise DemoError(
+            f"--model_dir={args.model_dir} holds a finished run with other settings "
+            f"({', '.join(f'{k}={v}' for k, v in differs.items())}); use another --model_dir or "
+            "--overwrite"
+        )
     return results
 
 
@@ -74,11 +89,24 @@ def _train(args):
     if finished is not None:
         print(f"[1/3] reusing the finished run in {args.model_dir} (--overwrite to train again)", flush=True)
         return finished
-    print(f"[1/3] training cmt_ti on digits at {args.image_size}x{args.image_size} for {args.epochs} epochs, "
-          f"seed {args.seed}", flush=True)
-    cmd = [sys.executable, "-m", "keras_cmt.training.train", "--model=cmt_ti", "--dataset=digits",
-           f"--image_size={args.image_size}", f"--epochs={args.epochs}", f"--batch_size={args.batch_size}",
-           f"--seed={args.seed}", f"--model_dir={args.model_dir}", "--progress=epoch"]
+    print(
+        f"[1/3] training cmt_ti on digits at {args.image_size}x{args.image_size} for {args.epochs} epochs, "
+        f"seed {args.seed}",
+        flush=True,
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "keras_cmt.training.train",
+        "--model=cmt_ti",
+        "--dataset=digits",
+        f"--image_size={args.image_size}",
+        f"--epochs={args.epochs}",
+        f"--batch_size={args.batch_size}",
+        f"--seed={args.seed}",
+        f"--model_dir={args.model_dir}",
+        "--progress=epoch",
+    ]
     cmd += ["--overwrite"] if args.overwrite else []
     cmd += ["--verbose"] if args.verbose else []
     status = subprocess.run(cmd).returncode
@@ -104,8 +132,9 @@ def _convert(args, labels):
     for mode, name in MODES.items():
         path = paths[mode]
         print(f"[2/3] converting {keras_path} to {name}: {path}", flush=True)
-        convert.convert(model, path, quantize=mode, labels=labels,
-                        representative_data="digits" if mode == "int8" else None)
+        convert.convert(
+            model, path, quantize=mode, labels=labels, representative_data="digits" if mode == "int8" else None
+        )
         outputs[mode] = path
     return outputs
 
@@ -119,28 +148,39 @@ def _measure(args, tflite_files):
     speed = benchmark.measure_interleaved(paths, args.threads, runs=50, warmup=5)
     rows = []
     for mode, entry, timing in zip(MODES, accuracy["models"], speed):
-        rows.append({
-            "format": MODES[mode], "file": tflite_files[mode],
-            "file_mb": round(timing["file_mb"], 2), "val_accuracy": entry["accuracy"],
-            "top1_agreement_with_fp32": entry.get("top1_agreement_with_reference"),
-            "median_ms": round(timing["median_ms"], 2), "ratio_to_fp32": round(timing["ratio_to_first"], 3),
-            "xnnpack_partitions": timing["xnnpack_partitions"],
-            "nodes_on_default_kernels": timing["nodes_on_default_kernels"],
-        })
+        rows.append(
+            {
+                "format": MODES[mode],
+                "file": tflite_files[mode],
+                "file_mb": round(timing["file_mb"], 2),
+                "val_accuracy": entry["accuracy"],
+                "top1_agreement_with_fp32": entry.get("top1_agreement_with_reference"),
+                "median_ms": round(timing["median_ms"], 2),
+                "ratio_to_fp32": round(timing["ratio_to_first"], 3),
+                "xnnpack_partitions": timing["xnnpack_partitions"],
+                "nodes_on_default_kernels": timing["nodes_on_default_kernels"],
+            }
+        )
     return rows
 
 
 def _print_report(args, trained, rows, report_path):
-    print(f"\nCMT-Ti on digits at {args.image_size}x{args.image_size}, seed {args.seed}: Keras val top-1 "
-          f"{trained['val_accuracy'] * 100:.2f}% after {trained['epochs']} epochs "
-          f"({trained['wall_time_s'] / 60:.1f} min of training)")
-    print(f"| format | file (MB) | val top-1 | agreement with fp32 | median latency, {args.threads} threads (ms) | "
-          "XNNPACK partitions | nodes left to default kernels |")
+    print(
+        f"\nCMT-Ti on digits at {args.image_size}x{args.image_size}, seed {args.seed}: Keras val top-1 "
+        f"{trained['val_accuracy'] * 100:.2f}% after {trained['epochs']} epochs "
+        f"({trained['wall_time_s'] / 60:.1f} min of training)"
+    )
+    print(
+        f"| format | file (MB) | val top-1 | agreement with fp32 | median latency, {args.threads} threads (ms) | "
+        "XNNPACK partitions | nodes left to default kernels |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         agreement = "-" if r["format"] == "fp32" else f"{r['top1_agreement_with_fp32'] * 100:.1f}%"
-        print(f"| {r['format']} | {r['file_mb']} | {r['val_accuracy'] * 100:.2f}% | {agreement} | "
-              f"{r['median_ms']} | {r['xnnpack_partitions']} | {r['nodes_on_default_kernels']} |")
+        print(
+            f"| {r['format']} | {r['file_mb']} | {r['val_accuracy'] * 100:.2f}% | {agreement} | "
+            f"{r['median_ms']} | {r['xnnpack_partitions']} | {r['nodes_on_default_kernels']} |"
+        )
     print(f"\nfiles: {', '.join(r['file'] for r in rows)}")
     print(f"report: {report_path}; training curves: {os.path.join(args.model_dir, 'curves.png')}")
 
@@ -155,11 +195,20 @@ def run(args):
     converted_s = time.time() - start - trained_s
     rows = _measure(args, tflite_files)
     report = {
-        "keras": {"val_accuracy": trained["val_accuracy"], "val_top5": trained["val_top5"],
-                  "epochs": trained["epochs"], "seed": args.seed, "train_wall_time_s": trained["wall_time_s"]},
-        "tflite": rows, "threads": args.threads,
-        "stage_wall_time_s": {"train": round(trained_s, 1), "convert": round(converted_s, 1),
-                              "evaluate": round(time.time() - start - trained_s - converted_s, 1)},
+        "keras": {
+            "val_accuracy": trained["val_accuracy"],
+            "val_top5": trained["val_top5"],
+            "epochs": trained["epochs"],
+            "seed": args.seed,
+            "train_wall_time_s": trained["wall_time_s"],
+        },
+        "tflite": rows,
+        "threads": args.threads,
+        "stage_wall_time_s": {
+            "train": round(trained_s, 1),
+            "convert": round(converted_s, 1),
+            "evaluate": round(time.time() - start - trained_s - converted_s, 1),
+        },
         "total_wall_time_s": round(time.time() - start, 1),
     }
     path = os.path.join(args.model_dir, "report.json")
@@ -176,8 +225,10 @@ def main(argv=None):
         sys.stderr.write(f"keras_cmt.training.demo: error: {e}\n")
         sys.exit(1)
     except KeyboardInterrupt:
-        sys.stderr.write(f"\ninterrupted: run the same command again to resume the training in {args.model_dir} "
-                         "after its last completed epoch\n")
+        sys.stderr.write(
+            f"\ninterrupted: run the same command again to resume the training in {args.model_dir} "
+            "after its last completed epoch\n"
+        )
         sys.exit(130)
 
 

@@ -1,4 +1,5 @@
-"""Top-1 / top-5 of a CMT model on a dataset split at a chosen resolution: `python -m keras_cmt.training.evaluate --help`.
+"""Top-1 / top-5 of a CMT model on a dataset split at a chosen resolution (`python -m keras_cmt.training.evaluate
+--help`).
 
     python -m keras_cmt.training.evaluate --model_path=/tmp/cmt_digits/model.keras --dataset=digits
     python -m keras_cmt.training.evaluate --model=cmt_s --weights=cmt_small.pth --dataset=imagenet2012 --image_size=224
@@ -20,8 +21,12 @@ flags.DEFINE_string("weights", None, "A .weights.h5 or official .pth to load int
 flags.DEFINE_string("dataset", "digits", "'digits', a folder of class sub-folders, or a tfds name.")
 flags.DEFINE_string("data_dir", None, "tfds data_dir.")
 flags.DEFINE_string("manual_dir", None, "tfds manual_dir.")
-flags.DEFINE_string("split", None, "tfds split to evaluate (default: validation, else test). For digits and "
-                    "folders: the held-out split of --val_fraction, as in training.")
+flags.DEFINE_string(
+    "split",
+    None,
+    "tfds split to evaluate (default: validation, else test). For digits and "
+    "folders: the held-out split of --val_fraction, as in training.",
+)
 flags.DEFINE_float("val_fraction", 0.2, "As in keras_cmt.training.train, so that the held-out split is the same.")
 flags.DEFINE_integer("split_seed", 0, "As in keras_cmt.training.train, so that the held-out split is the same.")
 flags.DEFINE_integer("image_size", None, "Evaluation resolution (default: the model's input size).")
@@ -51,8 +56,14 @@ def evaluate():
             except storage.StorageError as e:
                 _fail(str(e))
     try:
-        source = data.resolve_source(FLAGS.dataset, FLAGS.data_dir, FLAGS.manual_dir, FLAGS.val_fraction,
-                                     val_split=FLAGS.split, split_seed=FLAGS.split_seed)
+        source = data.resolve_source(
+            FLAGS.dataset,
+            FLAGS.data_dir,
+            FLAGS.manual_dir,
+            FLAGS.val_fraction,
+            val_split=FLAGS.split,
+            split_seed=FLAGS.split_seed,
+        )
     except data.DatasetError as e:
         _fail(str(e))
 
@@ -65,8 +76,10 @@ def evaluate():
         model = _load_model(FLAGS.model_path)
         size = model.input_shape[1]
         if FLAGS.image_size and FLAGS.image_size != size:
-            _fail(f"--model_path takes {size}x{size} input; to evaluate at {FLAGS.image_size}, pass its weights "
-                  "with --weights and --model instead")
+            _fail(
+                f"--model_path takes {size}x{size} input; to evaluate at {FLAGS.image_size}, pass its weights "
+                "with --weights and --model instead"
+            )
     else:
         size = FLAGS.image_size or keras_cmt.VARIANTS[FLAGS.model].default_size
         model = train.build_model(FLAGS.model, size, source.num_classes, 0.0, FLAGS.model_overrides)
@@ -78,18 +91,29 @@ def evaluate():
     if model.output_shape[-1] != source.num_classes:
         _fail(f"the model has {model.output_shape[-1]} classes, {source.name} has {source.num_classes}")
     crop_pct = FLAGS.crop_pct or (1.0 if FLAGS.dataset == "digits" else 0.875)
-    model.compile(loss=keras.losses.CategoricalCrossentropy(),
-                  weighted_metrics=[keras.metrics.CategoricalAccuracy(name="accuracy"),
-                                    keras.metrics.TopKCategoricalAccuracy(k=min(5, source.num_classes),
-                                                                          name="top5")])
+    model.compile(
+        loss=keras.losses.CategoricalCrossentropy(),
+        weighted_metrics=[
+            keras.metrics.CategoricalAccuracy(name="accuracy"),
+            keras.metrics.TopKCategoricalAccuracy(k=min(5, source.num_classes), name="top5"),
+        ],
+    )
     ds = data.val_dataset(source, size, crop_pct, FLAGS.batch_size)
     steps = data.validation_steps(source, FLAGS.batch_size)
     metrics = model.evaluate(ds, steps=steps, return_dict=True, verbose=0)
-    results = {"dataset": source.name, "images": source.num_val, "image_size": size, "crop_pct": crop_pct,
-               "top1": float(metrics["accuracy"]), "top5": float(metrics["top5"]),
-               "model": FLAGS.model_path or f"{FLAGS.model}:{FLAGS.weights}"}
-    print(f"{results['model']} on {source.name} ({source.num_val} images, {size}x{size}, crop {crop_pct}): "
-          f"top-1 {results['top1']:.4f}  top-5 {results['top5']:.4f}")
+    results = {
+        "dataset": source.name,
+        "images": source.num_val,
+        "image_size": size,
+        "crop_pct": crop_pct,
+        "top1": float(metrics["accuracy"]),
+        "top5": float(metrics["top5"]),
+        "model": FLAGS.model_path or f"{FLAGS.model}:{FLAGS.weights}",
+    }
+    print(
+        f"{results['model']} on {source.name} ({source.num_val} images, {size}x{size}, crop {crop_pct}): "
+        f"top-1 {results['top1']:.4f}  top-5 {results['top5']:.4f}"
+    )
     if FLAGS.output:
         storage.write_json(FLAGS.output, results)
     return results

@@ -40,16 +40,32 @@ def define_flags():
     if "model" in FLAGS:
         return
     flags.DEFINE_enum("model", "cmt_ti", list(VARIANTS), "CMT variant.")
-    flags.DEFINE_string("dataset", "digits", "'digits' (bundled, offline), a folder of class sub-folders, or a tfds "
-                        "name such as imagenet2012 or imagenette.")
+    flags.DEFINE_string(
+        "dataset",
+        "digits",
+        "'digits' (bundled, offline), a folder of class sub-folders, or a tfds "
+        "name such as imagenet2012 or imagenette.",
+    )
     flags.DEFINE_string("model_dir", None, "Where checkpoints, logs, metrics.csv, results.json and exports go.")
-    flags.DEFINE_string("weights", None, "Start from 'imagenet' or a .weights.h5/.pth file (fine-tuning); a "
-                        "checkpoint with another number of classes gets a new head.")
-    flags.DEFINE_string("model_overrides", None, "JSON of keras_cmt.CMT arguments that change the variant's "
-                        "architecture, e.g. '{\"depths\": [1, 1, 1, 1]}' (small models for tests and experiments).")
+    flags.DEFINE_string(
+        "weights",
+        None,
+        "Start from 'imagenet' or a .weights.h5/.pth file (fine-tuning); a "
+        "checkpoint with another number of classes gets a new head.",
+    )
+    flags.DEFINE_string(
+        "model_overrides",
+        None,
+        "JSON of keras_cmt.CMT arguments that change the variant's "
+        "architecture, e.g. '{\"depths\": [1, 1, 1, 1]}' (small models for tests and experiments).",
+    )
     flags.DEFINE_string("config", None, "A JSON or YAML file of flag values (a whole recipe).")
-    flags.DEFINE_enum("preset", "auto", ("auto",) + presets.PRESET_NAMES,
-                      "Recipe: auto = small_data for digits, else the variant's official ImageNet recipe.")
+    flags.DEFINE_enum(
+        "preset",
+        "auto",
+        ("auto",) + presets.PRESET_NAMES,
+        "Recipe: auto = small_data for digits, else the variant's official ImageNet recipe.",
+    )
     flags.DEFINE_integer("image_size", None, "Input height and width, a multiple of 32 (default: the preset's).")
     flags.DEFINE_integer("epochs", None, "Epochs (default: the preset's).")
     flags.DEFINE_integer("batch_size", None, "Global batch size over all replicas (default: the preset's).")
@@ -60,37 +76,86 @@ def define_flags():
     flags.DEFINE_float("val_fraction", 0.2, "Held-out fraction per class for digits and for folders without val/.")
     flags.DEFINE_enum("strategy", "default", STRATEGIES, "tf.distribute strategy.")
     flags.DEFINE_string("tpu", None, "TPU name or grpc:// address, for --strategy=tpu ('local' on a TPU VM).")
-    flags.DEFINE_integer("num_cpu_devices", 0, "With --strategy=mirrored and no GPU: split the CPU into this many "
-                         "logical devices (to try distribution on a laptop or in tests).")
-    flags.DEFINE_enum("distribution", "none", DISTRIBUTIONS, "Keras' distribution API, on KERAS_BACKEND=jax: "
-                      "data_parallel over every device of every process, or model_parallel (data parallel, with the "
-                      "head's widest weights split over --model_parallel_size devices). Instead of --strategy.")
-    flags.DEFINE_integer("model_parallel_size", 2, "With --distribution=model_parallel: devices each split weight "
-                         "spans (the mesh's model axis; within one process).")
-    flags.DEFINE_string("coordinator_address", None, "With --distribution and several processes: host:port of "
-                        "process 0, the same on every process (else KERAS_DISTRIBUTION_JOB_ADDRESSES).")
-    flags.DEFINE_integer("num_processes", None, "With --distribution: the number of processes (hosts) of the run "
-                         "(else KERAS_DISTRIBUTION_NUM_PROCESSES; default 1).")
-    flags.DEFINE_integer("process_id", None, "With --distribution and several processes: this process, 0 to "
-                         "num_processes - 1; 0 is the chief (else KERAS_DISTRIBUTION_PROCESS_ID).")
-    flags.DEFINE_bool("deterministic", False, "The same batches on every run of a --seed: the input pipeline keeps "
-                      "its order and draws its random augmentations in sequence (slower input).")
-    flags.DEFINE_bool("mixed_precision", False, "bfloat16 on TPU/CPU and under --distribution, float16 with loss "
-                      "scaling on GPU (tf.distribute).")
+    flags.DEFINE_integer(
+        "num_cpu_devices",
+        0,
+        "With --strategy=mirrored and no GPU: split the CPU into this many "
+        "logical devices (to try distribution on a laptop or in tests).",
+    )
+    flags.DEFINE_enum(
+        "distribution",
+        "none",
+        DISTRIBUTIONS,
+        "Keras' distribution API, on KERAS_BACKEND=jax: "
+        "data_parallel over every device of every process, or model_parallel (data parallel, with the "
+        "head's widest weights split over --model_parallel_size devices). Instead of --strategy.",
+    )
+    flags.DEFINE_integer(
+        "model_parallel_size",
+        2,
+        "With --distribution=model_parallel: devices each split weight "
+        "spans (the mesh's model axis; within one process).",
+    )
+    flags.DEFINE_string(
+        "coordinator_address",
+        None,
+        "With --distribution and several processes: host:port of "
+        "process 0, the same on every process (else KERAS_DISTRIBUTION_JOB_ADDRESSES).",
+    )
+    flags.DEFINE_integer(
+        "num_processes",
+        None,
+        "With --distribution: the number of processes (hosts) of the run "
+        "(else KERAS_DISTRIBUTION_NUM_PROCESSES; default 1).",
+    )
+    flags.DEFINE_integer(
+        "process_id",
+        None,
+        "With --distribution and several processes: this process, 0 to "
+        "num_processes - 1; 0 is the chief (else KERAS_DISTRIBUTION_PROCESS_ID).",
+    )
+    flags.DEFINE_bool(
+        "deterministic",
+        False,
+        "The same batches on every run of a --seed: the input pipeline keeps "
+        "its order and draws its random augmentations in sequence (slower input).",
+    )
+    flags.DEFINE_bool(
+        "mixed_precision",
+        False,
+        "bfloat16 on TPU/CPU and under --distribution, float16 with loss scaling on GPU (tf.distribute).",
+    )
     flags.DEFINE_bool("jit_compile", False, "Compile the train step with XLA.")
     flags.DEFINE_integer("steps_per_execution", 1, "Train steps per tf.function call.")
     flags.DEFINE_integer("steps_per_epoch", 0, "0: training examples // batch size.")
     flags.DEFINE_integer("freeze_epochs", 0, "Fine-tuning: train only the head for this many epochs, then all.")
     flags.DEFINE_integer("seed", 0, "Random seed (initialisation, shuffling, augmentation, drop path).")
-    flags.DEFINE_integer("split_seed", 0, "Seed of the held-out split of digits and of folders without val/ "
-                         "(kept apart from --seed: every training seed is validated on the same images).")
+    flags.DEFINE_integer(
+        "split_seed",
+        0,
+        "Seed of the held-out split of digits and of folders without val/ "
+        "(kept apart from --seed: every training seed is validated on the same images).",
+    )
     flags.DEFINE_integer("shuffle_buffer", 0, "0: min(training examples, 10000).")
-    flags.DEFINE_enum("progress", "auto", ("auto", "bar", "epoch", "none"), "Keras' progress display: a bar, one "
-                      "line per epoch, or none; auto: a bar on a terminal, one line per epoch otherwise.")
-    flags.DEFINE_bool("verbose", False, "Also show the libraries' log lines and warnings (TensorFlow's C++ logs, "
-                      "deprecations, keras_cmt's INFO lines), hidden by default.")
-    flags.DEFINE_bool("overwrite", False, "Replace the run in model_dir (finished, interrupted or of another model) "
-                      "instead of refusing or resuming; unrelated files are never replaced.")
+    flags.DEFINE_enum(
+        "progress",
+        "auto",
+        ("auto", "bar", "epoch", "none"),
+        "Keras' progress display: a bar, one "
+        "line per epoch, or none; auto: a bar on a terminal, one line per epoch otherwise.",
+    )
+    flags.DEFINE_bool(
+        "verbose",
+        False,
+        "Also show the libraries' log lines and warnings (TensorFlow's C++ logs, "
+        "deprecations, keras_cmt's INFO lines), hidden by default.",
+    )
+    flags.DEFINE_bool(
+        "overwrite",
+        False,
+        "Replace the run in model_dir (finished, interrupted or of another model) "
+        "instead of refusing or resuming; unrelated files are never replaced.",
+    )
     # Recipe fields; unset means the preset's value.
     flags.DEFINE_float("base_lr", None, "Base learning rate at lr_reference_batch (peak = base * batch / ref).")
     flags.DEFINE_integer("lr_reference_batch", None, "Batch size the base lr is given for (512 officially).")
@@ -115,8 +180,9 @@ def define_flags():
 
     flags.register_validator("batch_size", lambda v: v is None or v > 0, "--batch_size must be positive")
     flags.register_validator("epochs", lambda v: v is None or v > 0, "--epochs must be positive")
-    flags.register_validator("image_size", lambda v: v is None or (v > 0 and v % 32 == 0),
-                             "--image_size must be a positive multiple of 32")
+    flags.register_validator(
+        "image_size", lambda v: v is None or (v > 0 and v % 32 == 0), "--image_size must be a positive multiple of 32"
+    )
     flags.mark_flag_as_required("model_dir")
 
 

@@ -20,17 +20,27 @@ MODEL_PARALLEL_LAYOUT = {
     "head/kernel": (None, "model"),  # classifier: (1280, classes)
     "head/bias": ("model",),
 }
-_ENV = {"coordinator_address": "KERAS_DISTRIBUTION_JOB_ADDRESSES",
-        "num_processes": "KERAS_DISTRIBUTION_NUM_PROCESSES",
-        "process_id": "KERAS_DISTRIBUTION_PROCESS_ID"}
+_ENV = {
+    "coordinator_address": "KERAS_DISTRIBUTION_JOB_ADDRESSES",
+    "num_processes": "KERAS_DISTRIBUTION_NUM_PROCESSES",
+    "process_id": "KERAS_DISTRIBUTION_PROCESS_ID",
+}
 
 
 class DistributionError(ValueError):
     """A `--distribution` flag combination that cannot work; the message is one line naming the flag."""
 
 
-def check_flags(distribution, strategy="default", backend=None, coordinator_address=None, num_processes=None,
-                process_id=None, model_parallel_size=2, environ=None):
+def check_flags(
+    distribution,
+    strategy="default",
+    backend=None,
+    coordinator_address=None,
+    num_processes=None,
+    process_id=None,
+    model_parallel_size=2,
+    environ=None,
+):
     """Cheap checks before any work. Returns (num_processes, process_id, coordinator_address), flags over
     Keras' environment variables; (1, 0, None) for one process."""
     environ = os.environ if environ is None else environ
@@ -40,16 +50,22 @@ def check_flags(distribution, strategy="default", backend=None, coordinator_addr
     if distribution == "none":
         named = [f"--{k}" for k, v in given.items() if v is not None]
         if named:
-            raise DistributionError(f"{named[0]} needs --distribution=data_parallel or model_parallel (on "
-                                    "TensorFlow, several workers are --strategy=multi_worker with TF_CONFIG)")
+            raise DistributionError(
+                f"{named[0]} needs --distribution=data_parallel or model_parallel (on "
+                "TensorFlow, several workers are --strategy=multi_worker with TF_CONFIG)"
+            )
         return 1, 0, None
     backend = backend or environ.get("KERAS_BACKEND", "tensorflow")
     if backend != "jax":
-        raise DistributionError(f"--distribution={distribution} is Keras' distribution API, which runs on JAX: set "
-                                f"KERAS_BACKEND=jax (it is {backend}; on TensorFlow use --strategy)")
+        raise DistributionError(
+            f"--distribution={distribution} is Keras' distribution API, which runs on JAX: set "
+            f"KERAS_BACKEND=jax (it is {backend}; on TensorFlow use --strategy)"
+        )
     if strategy not in (None, "default"):
-        raise DistributionError(f"--distribution={distribution} and --strategy={strategy} exclude each other: "
-                                "--strategy is tf.distribute (TensorFlow), --distribution Keras' API (JAX)")
+        raise DistributionError(
+            f"--distribution={distribution} and --strategy={strategy} exclude each other: "
+            "--strategy is tf.distribute (TensorFlow), --distribution Keras' API (JAX)"
+        )
     if distribution == "model_parallel" and model_parallel_size < 2:
         raise DistributionError(f"--model_parallel_size={model_parallel_size} must be at least 2")
     values = {}
@@ -73,13 +89,16 @@ def check_flags(distribution, strategy="default", backend=None, coordinator_addr
     if processes < 1:
         raise DistributionError(f"{processes_from}={processes} must be at least 1")
     if pid is None:
-        raise DistributionError(f"{processes_from}={processes} needs --process_id (0 to {processes - 1}; 0 is the "
-                                "coordinator)")
+        raise DistributionError(
+            f"{processes_from}={processes} needs --process_id (0 to {processes - 1}; 0 is the coordinator)"
+        )
     if not 0 <= pid < processes:
         raise DistributionError(f"{pid_from}={pid} is not in 0..{processes - 1} ({processes_from}={processes})")
     if not address:
-        raise DistributionError(f"{processes_from}={processes} needs --coordinator_address (host:port of process 0, "
-                                "the same on every process)")
+        raise DistributionError(
+            f"{processes_from}={processes} needs --coordinator_address (host:port of process 0, "
+            "the same on every process)"
+        )
     address = address.split(",")[0].strip()  # Keras' variable lists every job; JAX needs only the coordinator
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -90,9 +109,11 @@ def check_flags(distribution, strategy="default", backend=None, coordinator_addr
 def check_model_parallel_classes(distribution, num_classes, model_parallel_size):
     """The classifier is split by columns: its width must divide by the model axis."""
     if distribution == "model_parallel" and num_classes % model_parallel_size:
-        raise DistributionError(f"--distribution=model_parallel splits the classifier over --model_parallel_size="
-                                f"{model_parallel_size} devices, but the dataset has {num_classes} classes (use a "
-                                "size that divides them, or data_parallel)")
+        raise DistributionError(
+            f"--distribution=model_parallel splits the classifier over --model_parallel_size="
+            f"{model_parallel_size} devices, but the dataset has {num_classes} classes (use a "
+            "size that divides them, or data_parallel)"
+        )
 
 
 def make(distribution, num_processes=1, process_id=0, coordinator_address=None, model_parallel_size=2):
@@ -103,23 +124,28 @@ def make(distribution, num_processes=1, process_id=0, coordinator_address=None, 
 
     with quiet.native_stderr_filtered():
         if num_processes > 1:
-            keras.distribution.initialize(job_addresses=coordinator_address, num_processes=num_processes,
-                                          process_id=process_id)
+            keras.distribution.initialize(
+                job_addresses=coordinator_address, num_processes=num_processes, process_id=process_id
+            )
         devices = keras.distribution.list_devices()
     if distribution == "data_parallel":
         result = keras.distribution.DataParallel(devices=devices, auto_shard_dataset=False)
     else:
         local = len(devices) // num_processes
         if local % model_parallel_size:
-            raise DistributionError(f"--model_parallel_size={model_parallel_size} does not divide the {local} "
-                                    "devices of each process (the model axis stays within a process)")
-        mesh = keras.distribution.DeviceMesh((len(devices) // model_parallel_size, model_parallel_size),
-                                             ("batch", "model"), devices)
+            raise DistributionError(
+                f"--model_parallel_size={model_parallel_size} does not divide the {local} "
+                "devices of each process (the model axis stays within a process)"
+            )
+        mesh = keras.distribution.DeviceMesh(
+            (len(devices) // model_parallel_size, model_parallel_size), ("batch", "model"), devices
+        )
         layout_map = keras.distribution.LayoutMap(mesh)
         for path, axes in MODEL_PARALLEL_LAYOUT.items():
             layout_map[path] = axes
-        result = keras.distribution.ModelParallel(layout_map=layout_map, batch_dim_name="batch",
-                                                  auto_shard_dataset=False)
+        result = keras.distribution.ModelParallel(
+            layout_map=layout_map, batch_dim_name="batch", auto_shard_dataset=False
+        )
     # Global, not a scope: Keras' data adapters and trainer look it up when `fit` starts.
     keras.distribution.set_distribution(result)
     return KerasDistribution(result, num_processes, process_id)
@@ -164,9 +190,13 @@ class KerasDistribution:
         """This process's pipeline: its shard of the data, batches of global batch / processes."""
         import tensorflow as tf
 
-        return dataset_fn(tf.distribute.InputContext(num_input_pipelines=self.num_processes,
-                                                     input_pipeline_id=self.process_id,
-                                                     num_replicas_in_sync=self.num_processes))
+        return dataset_fn(
+            tf.distribute.InputContext(
+                num_input_pipelines=self.num_processes,
+                input_pipeline_id=self.process_id,
+                num_replicas_in_sync=self.num_processes,
+            )
+        )
 
 
 def is_keras_distribution(strategy):

@@ -35,7 +35,8 @@ def _squash(source):
 
 
 def bug_present():
-    """Which of the two faulty statements the installed Keras still contains: {'symbolic_build': bool, 'reduce': bool}."""
+    """Which of the two faulty statements the installed Keras still contains:
+    {'symbolic_build': bool, 'reduce': bool}."""
     return {
         "symbolic_build": _BUILD_SIGNATURE in _squash(inspect.getsource(_ORIGINAL_MAYBE_SYMBOLIC_BUILD)),
         "reduce": _REDUCE_SIGNATURE in _squash(inspect.getsource(_ORIGINAL_REDUCE_PER_REPLICA)),
@@ -79,16 +80,21 @@ def _maybe_symbolic_build(self, iterator=None, data_batch=None):
 
 
 def is_applied():
-    return (_tf_trainer.reduce_per_replica is reduce_per_replica
-            and _tf_trainer.TensorFlowTrainer._maybe_symbolic_build is _maybe_symbolic_build)
+    return (
+        _tf_trainer.reduce_per_replica is reduce_per_replica
+        and _tf_trainer.TensorFlowTrainer._maybe_symbolic_build is _maybe_symbolic_build
+    )
 
 
 def apply():
     """Installs both replacements (idempotent). Returns False, and logs why, when the installed Keras lacks the bug."""
     present = bug_present()
     if not all(present.values()):
-        logging.warning("multiworker_compat: Keras no longer contains the faulty code (%s); not patching. If "
-                        "multi-worker fit works unpatched, delete training/multiworker_compat.py.", present)
+        logging.warning(
+            "multiworker_compat: Keras no longer contains the faulty code (%s); not patching. If "
+            "multi-worker fit works unpatched, delete training/multiworker_compat.py.",
+            present,
+        )
         return False
     _tf_trainer.reduce_per_replica = reduce_per_replica
     _tf_trainer.TensorFlowTrainer._maybe_symbolic_build = _maybe_symbolic_build

@@ -52,14 +52,54 @@ class Recipe:
 
 # Official recipe (cmt_pytorch README / train.py). EMA 0 = off (Ti is trained without model EMA).
 IMAGENET_PRESETS = {
-    "cmt_ti": Recipe(image_size=160, batch_size=2048, epochs=800, base_lr=8e-4, min_lr=1e-5, warmup_lr=1e-7,
-                     warmup_epochs=20, weight_decay=0.05, drop_path=0.1, ema=0.0),
-    "cmt_xs": Recipe(image_size=192, batch_size=2048, epochs=400, base_lr=7e-4, min_lr=2e-5, warmup_lr=1e-6,
-                     warmup_epochs=20, weight_decay=0.04, drop_path=0.08, ema=0.9998),
-    "cmt_s": Recipe(image_size=224, batch_size=1024, epochs=300, base_lr=5e-4, min_lr=1e-5, warmup_lr=1e-7,
-                    warmup_epochs=20, weight_decay=0.05, drop_path=0.1, ema=0.99996),
-    "cmt_b": Recipe(image_size=256, batch_size=512, epochs=300, base_lr=5e-4, min_lr=2e-5, warmup_lr=1e-6,
-                    warmup_epochs=20, weight_decay=0.05, drop_path=0.25, ema=0.99996),
+    "cmt_ti": Recipe(
+        image_size=160,
+        batch_size=2048,
+        epochs=800,
+        base_lr=8e-4,
+        min_lr=1e-5,
+        warmup_lr=1e-7,
+        warmup_epochs=20,
+        weight_decay=0.05,
+        drop_path=0.1,
+        ema=0.0,
+    ),
+    "cmt_xs": Recipe(
+        image_size=192,
+        batch_size=2048,
+        epochs=400,
+        base_lr=7e-4,
+        min_lr=2e-5,
+        warmup_lr=1e-6,
+        warmup_epochs=20,
+        weight_decay=0.04,
+        drop_path=0.08,
+        ema=0.9998,
+    ),
+    "cmt_s": Recipe(
+        image_size=224,
+        batch_size=1024,
+        epochs=300,
+        base_lr=5e-4,
+        min_lr=1e-5,
+        warmup_lr=1e-7,
+        warmup_epochs=20,
+        weight_decay=0.05,
+        drop_path=0.1,
+        ema=0.99996,
+    ),
+    "cmt_b": Recipe(
+        image_size=256,
+        batch_size=512,
+        epochs=300,
+        base_lr=5e-4,
+        min_lr=2e-5,
+        warmup_lr=1e-6,
+        warmup_epochs=20,
+        weight_decay=0.05,
+        drop_path=0.25,
+        ema=0.99996,
+    ),
 }
 
 # Small-data preset for `digits` (1,437 training images of 8x8 pixels, upscaled), the README's main job: 20 warm-up
@@ -67,10 +107,28 @@ IMAGENET_PRESETS = {
 # what a digit means. Crops keep 80-100% of the area (the digit fills the image; smaller crops cut strokes off and
 # enlarge digits beyond what the un-cropped evaluation shows) and stochastic depth 0.1 (the official CMT-Ti value)
 # regularises the 16 blocks. The learning rate is given for a batch of 64 and scales linearly from there.
-SMALL_DATA_PRESET = Recipe(image_size=64, batch_size=64, epochs=10, base_lr=1e-3, lr_reference_batch=64,
-                           min_lr=1e-5, warmup_lr=1e-5, warmup_epochs=1, weight_decay=0.05, drop_path=0.1,
-                           ema=0.0, label_smoothing=0.1, randaugment_magnitude=0.0, mixup=0.0, cutmix=0.0,
-                           random_erasing=0.0, color_jitter=0.0, crop_scale_min=0.8, hflip=False, crop_pct=1.0)
+SMALL_DATA_PRESET = Recipe(
+    image_size=64,
+    batch_size=64,
+    epochs=10,
+    base_lr=1e-3,
+    lr_reference_batch=64,
+    min_lr=1e-5,
+    warmup_lr=1e-5,
+    warmup_epochs=1,
+    weight_decay=0.05,
+    drop_path=0.1,
+    ema=0.0,
+    label_smoothing=0.1,
+    randaugment_magnitude=0.0,
+    mixup=0.0,
+    cutmix=0.0,
+    random_erasing=0.0,
+    color_jitter=0.0,
+    crop_scale_min=0.8,
+    hflip=False,
+    crop_pct=1.0,
+)
 
 PRESET_NAMES = ("imagenet", "small_data")
 

@@ -14,8 +14,23 @@ import tensorflow as tf
 MAX_MAGNITUDE = 10.0
 # timm's default fill for geometric operations: the ImageNet mean in [0, 255].
 FILL = (124.0, 116.0, 104.0)
-OPS = ("AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", "SolarizeAdd", "Color", "Contrast",
-       "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateX", "TranslateY")
+OPS = (
+    "AutoContrast",
+    "Equalize",
+    "Invert",
+    "Rotate",
+    "Posterize",
+    "Solarize",
+    "SolarizeAdd",
+    "Color",
+    "Contrast",
+    "Brightness",
+    "Sharpness",
+    "ShearX",
+    "ShearY",
+    "TranslateX",
+    "TranslateY",
+)
 
 
 def sample_magnitude(magnitude, std, shape=(), seed=None):
@@ -99,8 +114,13 @@ def _affine(image, transform):
     with_mask = tf.concat([image, tf.ones_like(image[..., :1])], axis=-1)
     transform = tf.concat([tf.cast(transform, tf.float32), tf.zeros([2])], axis=0)[None]
     out = tf.raw_ops.ImageProjectiveTransformV3(
-        images=with_mask[None], transforms=transform, output_shape=tf.stack([height, width]),
-        fill_value=0.0, interpolation="BILINEAR", fill_mode="CONSTANT")[0]
+        images=with_mask[None],
+        transforms=transform,
+        output_shape=tf.stack([height, width]),
+        fill_value=0.0,
+        interpolation="BILINEAR",
+        fill_mode="CONSTANT",
+    )[0]
     mask = out[..., 3:]
     return out[..., :3] + (1.0 - mask) * tf.constant(FILL)
 

@@ -28,8 +28,20 @@ from keras_cmt.training import storage
 RUN_RECORD = "run.json"
 LOCK = ".lock"
 # Everything keras_cmt.training.train writes at the top of model_dir.
-OUTPUTS = frozenset({"backup", "checkpoints", "logs", "metrics.csv", "curves.png", "results.json", "model.keras",
-                     "model.weights.h5", RUN_RECORD, LOCK})
+OUTPUTS = frozenset(
+    {
+        "backup",
+        "checkpoints",
+        "logs",
+        "metrics.csv",
+        "curves.png",
+        "results.json",
+        "model.keras",
+        "model.weights.h5",
+        RUN_RECORD,
+        LOCK,
+    }
+)
 # A remote lease not refreshed for this long is taken to belong to a dead process; refreshed four times as often,
 # so that a few slow or failed writes do not lose it.
 LEASE_TIMEOUT_S = 120.0
@@ -88,19 +100,24 @@ def plan(model_dir, ident, overwrite):
     foreign = [e for e in entries if e not in OUTPUTS]
     if foreign:
         shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
-        raise RunFolderError(f"--model_dir={model_dir} holds files that are not a keras_cmt run ({shown}); "
-                             "give a new or empty folder")
+        raise RunFolderError(
+            f"--model_dir={model_dir} holds files that are not a keras_cmt run ({shown}); give a new or empty folder"
+        )
     record = read_record(model_dir)
     if record is not None and record.get("identity") != ident:
         other = describe(record["identity"]) if record.get("identity") else f"something unreadable ({RUN_RECORD})"
         if not overwrite:
-            raise RunFolderError(f"--model_dir={model_dir} holds a run of {other}, not of {describe(ident)}; use "
-                                 "another --model_dir or --overwrite to replace it")
+            raise RunFolderError(
+                f"--model_dir={model_dir} holds a run of {other}, not of {describe(ident)}; use "
+                "another --model_dir or --overwrite to replace it"
+            )
         return "restart", f"replacing the run of {other} in {model_dir} (--overwrite)"
     if storage.exists(storage.join(model_dir, "results.json")):
         if not overwrite:
-            raise RunFolderError(f"--model_dir={model_dir} holds a finished run ({model_dir}/results.json); use "
-                                 "another --model_dir or --overwrite")
+            raise RunFolderError(
+                f"--model_dir={model_dir} holds a finished run ({model_dir}/results.json); use "
+                "another --model_dir or --overwrite"
+            )
         return "restart", f"starting the run in {model_dir} again (--overwrite)"
     if overwrite:
         return "restart", f"starting the run in {model_dir} again (--overwrite)"
@@ -125,8 +142,13 @@ class RunFolderInUse(RunFolderError):
 
 
 def _holder_body():
-    return {"host": socket.gethostname(), "pid": os.getpid(), "token": uuid.uuid4().hex,
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "heartbeat": time.time()}
+    return {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "token": uuid.uuid4().hex,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "heartbeat": time.time(),
+    }
 
 
 def _in_use(model_dir, holder, detail=""):
@@ -136,8 +158,10 @@ def _in_use(model_dir, holder, detail=""):
             who += f", started {holder['started']}"
     else:
         who = "another process"
-    return RunFolderInUse(f"--model_dir={model_dir} is in use by another training run ({who}{detail}); wait for "
-                          "it to end or use another --model_dir")
+    return RunFolderInUse(
+        f"--model_dir={model_dir} is in use by another training run ({who}{detail}); wait for "
+        "it to end or use another --model_dir"
+    )
 
 
 class _LockUnsupported(Exception):
@@ -239,10 +263,17 @@ class Lease:
         if current is not None:
             age = self._age(current)
             if age < self.timeout_s:
-                raise _in_use(self.model_dir, current, f", lease refreshed {max(age, 0):.0f} s ago; taken over "
-                                                       f"after {self.timeout_s:.0f} s without a refresh")
-            logging.warning("Taking over the stale lease %s (%s)", self.path,
-                            "unreadable" if not current else f"last refreshed {age:.0f} s ago")
+                raise _in_use(
+                    self.model_dir,
+                    current,
+                    f", lease refreshed {max(age, 0):.0f} s ago; taken over "
+                    f"after {self.timeout_s:.0f} s without a refresh",
+                )
+            logging.warning(
+                "Taking over the stale lease %s (%s)",
+                self.path,
+                "unreadable" if not current else f"last refreshed {age:.0f} s ago",
+            )
         self.holder = _holder_body()
         storage.write_json(self.path, self.holder)
         time.sleep(self.settle_s)
@@ -258,8 +289,12 @@ class Lease:
             current = self._read()
             if current and current.get("token") != self.holder["token"]:
                 self.lost_to = current
-                logging.error("The lease %s was taken over by process %s on %s", self.path, current.get("pid"),
-                              current.get("host"))
+                logging.error(
+                    "The lease %s was taken over by process %s on %s",
+                    self.path,
+                    current.get("pid"),
+                    current.get("host"),
+                )
                 return
             self.holder["heartbeat"] = time.time()
             try:
@@ -270,8 +305,10 @@ class Lease:
     def check(self):
         if self.lost_to is not None:
             who = f"process {self.lost_to.get('pid')} on {self.lost_to.get('host', 'an unknown host')}"
-            raise RunFolderInUse(f"--model_dir={self.model_dir}: {who} took over this run's lease (no refresh "
-                                 f"for {self.timeout_s:.0f} s?); this run stopped so as not to write over it")
+            raise RunFolderInUse(
+                f"--model_dir={self.model_dir}: {who} took over this run's lease (no refresh "
+                f"for {self.timeout_s:.0f} s?); this run stopped so as not to write over it"
+            )
 
     def release(self):
         self._stop.set()

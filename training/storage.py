@@ -62,7 +62,8 @@ def _is_write_failure(error):
     if isinstance(error, (OSError, tf.errors.OpError)):
         return True
     return isinstance(error, RuntimeError) and any(
-        word in str(error) for word in ("write failed", "flush", "errno", "No space left"))
+        word in str(error) for word in ("write failed", "flush", "errno", "No space left")
+    )
 
 
 def normalize(path):
@@ -71,7 +72,7 @@ def normalize(path):
         return None
     path = os.fspath(path)
     if path.startswith("file://"):
-        return path[len("file://"):] or "/"
+        return path[len("file://") :] or "/"
     return path
 
 
@@ -246,4 +247,3 @@ def first_line(error):
 def _first_line(error):
     message = getattr(error, "message", None) or str(error) or type(error).__name__
     return message.strip().splitlines()[0]
-

@@ -69,8 +69,9 @@ def make_strategy(strategy, tpu=None, num_cpu_devices=0):
 def check_batch_size(strategy, global_batch):
     replicas = strategy.num_replicas_in_sync
     if global_batch % replicas:
-        raise StrategyError(f"--batch_size={global_batch} cannot be split over {replicas} replicas "
-                            f"(use a multiple of {replicas})")
+        raise StrategyError(
+            f"--batch_size={global_batch} cannot be split over {replicas} replicas (use a multiple of {replicas})"
+        )
     return global_batch // replicas
 
 
@@ -87,7 +88,8 @@ def worker_info(strategy):
     if not multiworker_compat.is_multi_worker(strategy) or resolver is None:
         return "worker", 0, True
     task_type, task_id = resolver.task_type, resolver.task_id
-    is_chief = task_type == "chief" or (task_type == "worker" and task_id == 0
-                                        and "chief" not in resolver.cluster_spec().as_dict())
+    is_chief = task_type == "chief" or (
+        task_type == "worker" and task_id == 0 and "chief" not in resolver.cluster_spec().as_dict()
+    )
     logging.info("Multi-worker: this is %s %d (%s)", task_type, task_id, "chief" if is_chief else "not chief")
     return task_type, task_id, is_chief

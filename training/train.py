@@ -45,13 +45,23 @@ def build_optimizer(recipe, model, steps_per_epoch, epochs, batch_size):
     alpha = min(1.0, recipe.min_lr / peak) if peak > 0 else 0.0
     if warmup > 0:
         schedule = keras.optimizers.schedules.CosineDecay(
-            initial_learning_rate=recipe.warmup_lr, decay_steps=total - warmup, alpha=alpha,
-            warmup_target=peak, warmup_steps=warmup)
+            initial_learning_rate=recipe.warmup_lr,
+            decay_steps=total - warmup,
+            alpha=alpha,
+            warmup_target=peak,
+            warmup_steps=warmup,
+        )
     else:
         schedule = keras.optimizers.schedules.CosineDecay(initial_learning_rate=peak, decay_steps=total, alpha=alpha)
     optimizer = keras.optimizers.AdamW(
-        learning_rate=schedule, weight_decay=recipe.weight_decay, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
-        use_ema=recipe.ema > 0, ema_momentum=recipe.ema if recipe.ema > 0 else 0.99)
+        learning_rate=schedule,
+        weight_decay=recipe.weight_decay,
+        beta_1=0.9,
+        beta_2=0.999,
+        epsilon=1e-8,
+        use_ema=recipe.ema > 0,
+        ema_momentum=recipe.ema if recipe.ema > 0 else 0.99,
+    )
     optimizer.exclude_from_weight_decay(var_list=no_decay_variables(model))
     return optimizer
 
@@ -81,8 +91,11 @@ def load_start_weights(model, weights, model_name, image_size):
                 keras_cmt.load_weights(model, local, exclude_head=False)
                 logging.info("Loaded %s", weights)
             except ValueError as e:
-                logging.info("Checkpoint %s does not fit the head (%s); loading all but the head.", weights,
-                             str(e).splitlines()[0][:200])
+                logging.info(
+                    "Checkpoint %s does not fit the head (%s); loading all but the head.",
+                    weights,
+                    str(e).splitlines()[0][:200],
+                )
                 keras_cmt.load_weights(model, local, exclude_head=True)
     except Exception as e:  # noqa: BLE001 - a truncated or foreign file: h5py, zip and pickle errors alike
         raise RunError(f"--weights={weights}: cannot load it: {_reason(e, weights)}") from None
@@ -92,8 +105,10 @@ def check_weights_file(weights):
     """A truncated or foreign `--weights` file fails in one line before the run folder is touched; whether its
     weights fit the model is checked when they are loaded."""
     if weights.endswith(".keras"):
-        raise RunError(f"--weights={weights}: a .keras model, not a weights file; give its .weights.h5 (a run "
-                       "folder's model.weights.h5) or an official .pth")
+        raise RunError(
+            f"--weights={weights}: a .keras model, not a weights file; give its .weights.h5 (a run "
+            "folder's model.weights.h5) or an official .pth"
+        )
     if not weights.endswith(".h5"):
         return
     import h5py
@@ -111,7 +126,7 @@ def _reason(error, path):
     local = os.path.basename(path)
     for prefix in (f"{path}: ", f"{local}: "):
         if text.startswith(prefix):
-            text = text[len(prefix):]
+            text = text[len(prefix) :]
     return text[:300]
 
 
@@ -125,9 +140,15 @@ def build_model(model_name, image_size, num_classes, drop_path, overrides_json=N
     if not overrides_json:
         return keras_cmt.build_model(model_name, **kwargs)
     variant = keras_cmt.VARIANTS[model_name]
-    config = dict(depths=variant.depths, embed_dims=variant.embed_dims, num_heads=variant.num_heads,
-                  mlp_ratios=variant.mlp_ratios, stem_channels=variant.stem_channels,
-                  head_dropout=variant.head_dropout, name=variant.name)
+    config = dict(
+        depths=variant.depths,
+        embed_dims=variant.embed_dims,
+        num_heads=variant.num_heads,
+        mlp_ratios=variant.mlp_ratios,
+        stem_channels=variant.stem_channels,
+        head_dropout=variant.head_dropout,
+        name=variant.name,
+    )
     config.update(json.loads(overrides_json))
     return keras_cmt.CMT(**config, **kwargs)
 
@@ -194,9 +215,14 @@ def run(argv=None):
         recipe = training_flags.recipe_from_flags()
         strategy_lib.check_flags(FLAGS.strategy, FLAGS.tpu)
         processes = keras_distribution.check_flags(
-            FLAGS.distribution, FLAGS.strategy, backend=keras_backend(), coordinator_address=FLAGS.coordinator_address,
-            num_processes=FLAGS.num_processes, process_id=FLAGS.process_id,
-            model_parallel_size=FLAGS.model_parallel_size)
+            FLAGS.distribution,
+            FLAGS.strategy,
+            backend=keras_backend(),
+            coordinator_address=FLAGS.coordinator_address,
+            num_processes=FLAGS.num_processes,
+            process_id=FLAGS.process_id,
+            model_parallel_size=FLAGS.model_parallel_size,
+        )
         if recipe.image_size % 32:
             raise training_flags.ConfigError(f"image_size={recipe.image_size} is not a multiple of 32")
         storage.check_reachable(FLAGS.model_dir, "--model_dir")  # a bad URL fails here, before any work
@@ -205,16 +231,26 @@ def run(argv=None):
         if FLAGS.weights and FLAGS.weights != "imagenet":
             storage.check_readable(FLAGS.weights, "--weights")
             check_weights_file(FLAGS.weights)
-        source = data.resolve_source(FLAGS.dataset, FLAGS.data_dir, FLAGS.manual_dir, FLAGS.val_fraction,
-                                     FLAGS.train_split, FLAGS.val_split, FLAGS.seed, FLAGS.split_seed)
+        source = data.resolve_source(
+            FLAGS.dataset,
+            FLAGS.data_dir,
+            FLAGS.manual_dir,
+            FLAGS.val_fraction,
+            FLAGS.train_split,
+            FLAGS.val_split,
+            FLAGS.seed,
+            FLAGS.split_seed,
+        )
         if FLAGS.distribution == "none":
             strategy = strategy_lib.make_strategy(FLAGS.strategy, FLAGS.tpu, FLAGS.num_cpu_devices)
             task_type, task_id, is_chief = strategy_lib.worker_info(strategy)
         else:
-            keras_distribution.check_model_parallel_classes(FLAGS.distribution, source.num_classes,
-                                                            FLAGS.model_parallel_size)
-            strategy = keras_distribution.make(FLAGS.distribution, *processes,
-                                               model_parallel_size=FLAGS.model_parallel_size)
+            keras_distribution.check_model_parallel_classes(
+                FLAGS.distribution, source.num_classes, FLAGS.model_parallel_size
+            )
+            strategy = keras_distribution.make(
+                FLAGS.distribution, *processes, model_parallel_size=FLAGS.model_parallel_size
+            )
             task_type, task_id, is_chief = "process", strategy.process_id, strategy.is_chief
         strategy_lib.check_batch_size(strategy, recipe.batch_size)
         # One command per folder: only the chief locks it (the workers of a multi-worker run share it). Taken
@@ -223,8 +259,15 @@ def run(argv=None):
         lock = run_folder.lock(FLAGS.model_dir) if is_chief else None
     except storage.NoSpaceError as e:
         _fail(str(e), status=1)
-    except (training_flags.ConfigError, data.DatasetError, strategy_lib.StrategyError, RunError,
-            run_folder.RunFolderError, storage.StorageError, keras_distribution.DistributionError) as e:
+    except (
+        training_flags.ConfigError,
+        data.DatasetError,
+        strategy_lib.StrategyError,
+        RunError,
+        run_folder.RunFolderError,
+        storage.StorageError,
+        keras_distribution.DistributionError,
+    ) as e:
         _fail(str(e))
     try:
         try:
@@ -235,8 +278,9 @@ def run(argv=None):
             _fail(str(e), status=1)
         except (run_folder.RunFolderError, storage.StorageError) as e:
             _fail(str(e))
-        return _train(recipe, source, strategy, start_mode, start_line, run_identity, lock, t_start,
-                      task_type, task_id, is_chief)
+        return _train(
+            recipe, source, strategy, start_mode, start_line, run_identity, lock, t_start, task_type, task_id, is_chief
+        )
     except RunError as e:
         _fail(str(e))
     except run_folder.RunFolderInUse as e:  # the lease was taken over during the run
@@ -255,8 +299,11 @@ def run(argv=None):
 
 def _is_write_failure(error):
     """storage's WriteError, a full disk wherever it was met (TensorBoard's writer too), an OSError on model_dir."""
-    return isinstance(error, storage.WriteError) or storage.is_no_space(error) or (
-        isinstance(error, OSError) and _under_model_dir(getattr(error, "filename", None)))
+    return (
+        isinstance(error, storage.WriteError)
+        or storage.is_no_space(error)
+        or (isinstance(error, OSError) and _under_model_dir(getattr(error, "filename", None)))
+    )
 
 
 def _under_model_dir(path):
@@ -274,14 +321,15 @@ def _write_failure_line(error):
     path = getattr(error, "path", None) or getattr(error, "filename", None)
     where = f" (writing {path})" if path else ""
     if storage.is_no_space(error):
-        return f"--model_dir={FLAGS.model_dir}: no space left on device{where}; free some and run the same " \
-               "command again to resume after the last completed epoch"
+        return (
+            f"--model_dir={FLAGS.model_dir}: no space left on device{where}; free some and run the same "
+            "command again to resume after the last completed epoch"
+        )
     reason = getattr(error, "reason", None) or getattr(error, "strerror", None) or storage.first_line(error)
     return f"--model_dir={FLAGS.model_dir}: {reason}{where}"
 
 
-def _train(recipe, source, strategy, start_mode, start_line, run_identity, lock, t_start, task_type, task_id,
-           is_chief):
+def _train(recipe, source, strategy, start_mode, start_line, run_identity, lock, t_start, task_type, task_id, is_chief):
     """The run itself, once the flags are checked and the folder locked."""
     from keras_cmt.training import callbacks as cb
     from keras_cmt.training import data
@@ -303,7 +351,8 @@ def _train(recipe, source, strategy, start_mode, start_line, run_identity, lock,
 
     if FLAGS.mixed_precision:
         keras.mixed_precision.set_global_policy(
-            "mixed_bfloat16" if jax_distribution else strategy_lib.mixed_precision_policy(strategy))
+            "mixed_bfloat16" if jax_distribution else strategy_lib.mixed_precision_policy(strategy)
+        )
     keras.utils.set_random_seed(FLAGS.seed)
 
     global_batch = recipe.batch_size
@@ -313,21 +362,30 @@ def _train(recipe, source, strategy, start_mode, start_line, run_identity, lock,
     freeze_epochs = min(FLAGS.freeze_epochs, epochs)
     logging.info("Recipe: %s", recipe.to_dict())
     if is_chief:
-        print(f"{FLAGS.model} on {source.name}: {source.num_classes} classes, {source.num_train} train / "
-              f"{source.num_val} val images at {recipe.image_size}px; {_replicas(strategy.num_replicas_in_sync)}, "
-              f"global batch {global_batch}, {steps} steps/epoch, {epochs} epochs, peak lr {recipe.peak_lr():.3g}",
-              flush=True)
+        print(
+            f"{FLAGS.model} on {source.name}: {source.num_classes} classes, {source.num_train} train / "
+            f"{source.num_val} val images at {recipe.image_size}px; {_replicas(strategy.num_replicas_in_sync)}, "
+            f"global batch {global_batch}, {steps} steps/epoch, {epochs} epochs, peak lr {recipe.peak_lr():.3g}",
+            flush=True,
+        )
 
     train_ds = strategy.distribute_datasets_from_function(
-        lambda ctx: data.train_dataset(source, recipe, global_batch, ctx, seed=FLAGS.seed,
-                                       shuffle_buffer=FLAGS.shuffle_buffer or None,
-                                       deterministic=FLAGS.deterministic))
+        lambda ctx: data.train_dataset(
+            source,
+            recipe,
+            global_batch,
+            ctx,
+            seed=FLAGS.seed,
+            shuffle_buffer=FLAGS.shuffle_buffer or None,
+            deterministic=FLAGS.deterministic,
+        )
+    )
     val_ds = strategy.distribute_datasets_from_function(
-        lambda ctx: data.val_dataset(source, recipe.image_size, recipe.crop_pct, global_batch, ctx))
+        lambda ctx: data.val_dataset(source, recipe.image_size, recipe.crop_pct, global_batch, ctx)
+    )
 
     with strategy.scope():
-        model = build_model(FLAGS.model, recipe.image_size, source.num_classes, recipe.drop_path,
-                            FLAGS.model_overrides)
+        model = build_model(FLAGS.model, recipe.image_size, source.num_classes, recipe.drop_path, FLAGS.model_overrides)
         if FLAGS.weights:
             load_start_weights(model, FLAGS.weights, FLAGS.model, recipe.image_size)
 
@@ -338,12 +396,15 @@ def _train(recipe, source, strategy, start_mode, start_line, run_identity, lock,
                 optimizer=optimizer,
                 loss=keras.losses.CategoricalCrossentropy(label_smoothing=recipe.label_smoothing),
                 # weighted_: Keras applies the sample weights (zero on validation padding) only to these.
-                weighted_metrics=[keras.metrics.CategoricalAccuracy(name="accuracy"),
-                                  keras.metrics.TopKCategoricalAccuracy(k=min(5, source.num_classes),
-                                                                        name="top5")],
+                weighted_metrics=[
+                    keras.metrics.CategoricalAccuracy(name="accuracy"),
+                    keras.metrics.TopKCategoricalAccuracy(k=min(5, source.num_classes), name="top5"),
+                ],
                 # Under Keras' distribution the step is always compiled: JAX's eager step would run the
                 # devices' collectives one op at a time (on CPU devices they then wait on each other forever).
-                jit_compile=FLAGS.jit_compile or jax_distribution, steps_per_execution=FLAGS.steps_per_execution)
+                jit_compile=FLAGS.jit_compile or jax_distribution,
+                steps_per_execution=FLAGS.steps_per_execution,
+            )
             # Built here, not on the first step: under the default strategy Keras would create the optimizer's
             # slots inside the first trace of the train step, and TensorFlow then traces it a second time
             # (about 25 s of CMT-Ti's start-up on 2 cores).
@@ -356,10 +417,14 @@ def _train(recipe, source, strategy, start_mode, start_line, run_identity, lock,
         # Processes killed a moment apart hold backups an epoch apart (each keeps the one before): all resume
         # from the oldest.
         resume_epoch = strategy.min_over_processes(own_epoch) if jax_distribution else own_epoch
-        if resume_epoch not in (own_epoch, phase_start) and \
-                cb.read_backup_metadata(backup_dir, epoch=resume_epoch) is None:
-            raise RunError(f"{backup_dir}: this process's backup is of epoch {own_epoch}, another process's of "
-                           f"epoch {resume_epoch}, which this one no longer has: run again with --overwrite")
+        if (
+            resume_epoch not in (own_epoch, phase_start)
+            and cb.read_backup_metadata(backup_dir, epoch=resume_epoch) is None
+        ):
+            raise RunError(
+                f"{backup_dir}: this process's backup is of epoch {own_epoch}, another process's of "
+                f"epoch {resume_epoch}, which this one no longer has: run again with --overwrite"
+            )
         if is_chief and resume_epoch != own_epoch:
             print(f"another process's backup is of epoch {resume_epoch}: every process resumes after it", flush=True)
         # First: BatchNorm statistics are averaged over workers before anything saves them (collective). Not
@@ -368,27 +433,43 @@ def _train(recipe, source, strategy, start_mode, start_line, run_identity, lock,
         result.append(keras.callbacks.TerminateOnNaN())
         if is_chief:
             cb.trim_metrics_csv(paths.metrics_csv, resume_epoch)
-            best = max((r["val_accuracy"] for r in cb.read_metrics_csv(paths.metrics_csv)
-                        if "val_accuracy" in r), default=None)
+            best = max(
+                (r["val_accuracy"] for r in cb.read_metrics_csv(paths.metrics_csv) if "val_accuracy" in r), default=None
+            )
             result += [
                 cb.MetricsCSV(paths.metrics_csv),
                 cb.PlotCurves(paths.metrics_csv, paths.curves_png),
-                cb.AtomicModelCheckpoint(storage.join(paths.checkpoints, "best.weights.h5"),
-                                         monitor="val_accuracy", mode="max", save_best_only=True,
-                                         save_weights_only=True, initial_value_threshold=best),
+                cb.AtomicModelCheckpoint(
+                    storage.join(paths.checkpoints, "best.weights.h5"),
+                    monitor="val_accuracy",
+                    mode="max",
+                    save_best_only=True,
+                    save_weights_only=True,
+                    initial_value_threshold=best,
+                ),
                 keras.callbacks.TensorBoard(paths.logs, write_graph=False, profile_batch=0),
             ]
         if lock is not None:
             result.append(cb.CheckRunLock(lock))
         # Last, so that a kill between the two leaves an extra CSV row (trimmed on resume), never a missing one.
-        result.append(cb.AtomicBackupAndRestore(
-            backup_dir, last_copy=storage.join(paths.checkpoints, "last.weights.h5") if is_chief else None,
-            keep_previous=multi_worker, restore_epoch=resume_epoch))
+        result.append(
+            cb.AtomicBackupAndRestore(
+                backup_dir,
+                last_copy=storage.join(paths.checkpoints, "last.weights.h5") if is_chief else None,
+                keep_previous=multi_worker,
+                restore_epoch=resume_epoch,
+            )
+        )
         return result
 
     # shuffle=False: the tf.data pipeline shuffles (Keras would only warn that it ignores shuffle=True).
-    fit_kwargs = dict(validation_data=val_ds, steps_per_epoch=steps, validation_steps=val_steps,
-                      verbose=_fit_verbosity(), shuffle=False)
+    fit_kwargs = dict(
+        validation_data=val_ds,
+        steps_per_epoch=steps,
+        validation_steps=val_steps,
+        verbose=_fit_verbosity(),
+        shuffle=False,
+    )
     if freeze_epochs > 0:
         if storage.exists(paths.phase1_done):
             model.load_weights(paths.phase1_done)
@@ -396,17 +477,28 @@ def _train(recipe, source, strategy, start_mode, start_line, run_identity, lock,
         else:
             set_backbone_trainable(model, False)
             compile_for(freeze_epochs)
-            logging.info("Phase 1: head only for %d epochs (%d trainable weights)", freeze_epochs,
-                         len(model.trainable_weights))
-            model.fit(train_ds, epochs=freeze_epochs, initial_epoch=0,
-                      callbacks=callbacks_for("frozen", paths.backup_dir("frozen")), **fit_kwargs)
+            logging.info(
+                "Phase 1: head only for %d epochs (%d trainable weights)", freeze_epochs, len(model.trainable_weights)
+            )
+            model.fit(
+                train_ds,
+                epochs=freeze_epochs,
+                initial_epoch=0,
+                callbacks=callbacks_for("frozen", paths.backup_dir("frozen")),
+                **fit_kwargs,
+            )
             cb.atomic_save(model, paths.phase1_done, weights_only=True)
         set_backbone_trainable(model, True)
     history = None
     if epochs > freeze_epochs:
         compile_for(epochs - freeze_epochs)
-        history = model.fit(train_ds, epochs=epochs, initial_epoch=freeze_epochs,
-                            callbacks=callbacks_for("train", paths.backup_dir("train")), **fit_kwargs)
+        history = model.fit(
+            train_ds,
+            epochs=epochs,
+            initial_epoch=freeze_epochs,
+            callbacks=callbacks_for("train", paths.backup_dir("train")),
+            **fit_kwargs,
+        )
 
     # Every worker evaluates (collective ops); with EMA, fit has already swapped the averaged weights in.
     final = model.evaluate(val_ds, steps=val_steps, return_dict=True, verbose=0)
@@ -450,8 +542,11 @@ def _train(recipe, source, strategy, start_mode, start_line, run_identity, lock,
     cb.atomic_save(model, paths.final_keras, include_optimizer=False)
     cb.plot_curves(paths.metrics_csv, paths.curves_png)
     storage.write_json(paths.results_json, results)  # last: its presence means the run finished
-    print(f"val top-1 {results['val_accuracy'] * 100:.2f}%, top-5 {results['val_top5'] * 100:.2f}% after "
-          f"{epochs} epochs ({results['wall_time_s'] / 60:.1f} min); wrote {FLAGS.model_dir}", flush=True)
+    print(
+        f"val top-1 {results['val_accuracy'] * 100:.2f}%, top-5 {results['val_top5'] * 100:.2f}% after "
+        f"{epochs} epochs ({results['wall_time_s'] / 60:.1f} min); wrote {FLAGS.model_dir}",
+        flush=True,
+    )
     return results
 
 
@@ -466,8 +561,9 @@ def main(argv):
 
 
 def _interrupted():
-    sys.stderr.write(f"\ninterrupted: run the same command again to resume {FLAGS.model_dir} after its last "
-                     "completed epoch\n")
+    sys.stderr.write(
+        f"\ninterrupted: run the same command again to resume {FLAGS.model_dir} after its last completed epoch\n"
+    )
     sys.exit(130)
 
 

@@ -21,6 +21,13 @@ from keras_cmt.hub.export import backbone_from_model, export_preset, task_from_m
 cmt_presets.set_exporter(export_preset)
 
 __all__ = [
-    "CMTBackbone", "CMTImageClassifier", "CMTImageClassifierPreprocessor", "CMTImageConverter", "PRESETS",
-    "backbone_config", "backbone_from_model", "export_preset", "task_from_model",
+    "CMTBackbone",
+    "CMTImageClassifier",
+    "CMTImageClassifierPreprocessor",
+    "CMTImageConverter",
+    "PRESETS",
+    "backbone_config",
+    "backbone_from_model",
+    "export_preset",
+    "task_from_model",
 ]

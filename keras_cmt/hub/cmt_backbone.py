@@ -34,26 +34,53 @@ class CMTBackbone(FeaturePyramidBackbone):
         dtype: the dtype policy of every layer (e.g. "mixed_bfloat16").
     """
 
-    def __init__(self, depths, embed_dims, num_heads, mlp_ratios, stem_channels, sr_ratios=variants.SR_RATIOS,
-                 head_channels=variants.HEAD_CHANNELS, qkv_bias=True, drop_path_rate=0.0,
-                 position_bias_size=(224, 224), image_shape=(None, None, 3), data_format=None, dtype=None,
-                 **kwargs):
+    def __init__(
+        self,
+        depths,
+        embed_dims,
+        num_heads,
+        mlp_ratios,
+        stem_channels,
+        sr_ratios=variants.SR_RATIOS,
+        head_channels=variants.HEAD_CHANNELS,
+        qkv_bias=True,
+        drop_path_rate=0.0,
+        position_bias_size=(224, 224),
+        image_shape=(None, None, 3),
+        data_format=None,
+        dtype=None,
+        **kwargs,
+    ):
         data_format = standardize_data_format(data_format)
-        cmt.check_stage_lists(depths=depths, embed_dims=embed_dims, num_heads=num_heads, mlp_ratios=mlp_ratios,
-                              sr_ratios=sr_ratios)
+        cmt.check_stage_lists(
+            depths=depths, embed_dims=embed_dims, num_heads=num_heads, mlp_ratios=mlp_ratios, sr_ratios=sr_ratios
+        )
         if isinstance(position_bias_size, int):
             position_bias_size = (position_bias_size, position_bias_size)
         position_bias_size = tuple(int(s) for s in position_bias_size)
         if len(position_bias_size) != 2 or any(s <= 0 or s % 32 for s in position_bias_size):
             raise ValueError(f"position_bias_size must be (height, width), multiples of 32; got {position_bias_size}.")
-        image_shape, bias_size = cmt.resolve_input_shape(image_shape, None, position_bias_size, data_format,
-                                                         arg_name="image_shape")
+        image_shape, bias_size = cmt.resolve_input_shape(
+            image_shape, None, position_bias_size, data_format, arg_name="image_shape"
+        )
 
         # === Functional model ===
         image_input = keras.layers.Input(shape=image_shape)
-        x, stages = cmt.cmt_features(image_input, depths, embed_dims, num_heads, mlp_ratios, stem_channels,
-                                     sr_ratios, head_channels, qkv_bias, drop_path_rate, bias_size, data_format,
-                                     dtype=dtype)
+        x, stages = cmt.cmt_features(
+            image_input,
+            depths,
+            embed_dims,
+            num_heads,
+            mlp_ratios,
+            stem_channels,
+            sr_ratios,
+            head_channels,
+            qkv_bias,
+            drop_path_rate,
+            bias_size,
+            data_format,
+            dtype=dtype,
+        )
         super().__init__(inputs=image_input, outputs=x, dtype=dtype, **kwargs)
 
         # === Config ===
@@ -73,22 +100,24 @@ class CMTBackbone(FeaturePyramidBackbone):
 
     def get_config(self):
         config = super().get_config()
-        config.update({
-            "depths": self.depths,
-            "embed_dims": self.embed_dims,
-            "num_heads": self.num_heads,
-            "mlp_ratios": self.mlp_ratios,
-            "stem_channels": self.stem_channels,
-            "sr_ratios": self.sr_ratios,
-            "head_channels": self.head_channels,
-            "qkv_bias": self.qkv_bias,
-            "drop_path_rate": self.drop_path_rate,
-            "position_bias_size": self.position_bias_size,
-            "image_shape": self.image_shape,
-            # Saved, unlike keras-hub's own backbones: image_shape's order depends on it, and a preset made in a
-            # channels-first session must still build where channels-last is the default.
-            "data_format": self.data_format,
-        })
+        config.update(
+            {
+                "depths": self.depths,
+                "embed_dims": self.embed_dims,
+                "num_heads": self.num_heads,
+                "mlp_ratios": self.mlp_ratios,
+                "stem_channels": self.stem_channels,
+                "sr_ratios": self.sr_ratios,
+                "head_channels": self.head_channels,
+                "qkv_bias": self.qkv_bias,
+                "drop_path_rate": self.drop_path_rate,
+                "position_bias_size": self.position_bias_size,
+                "image_shape": self.image_shape,
+                # Saved, unlike keras-hub's own backbones: image_shape's order depends on it, and a preset made in a
+                # channels-first session must still build where channels-last is the default.
+                "data_format": self.data_format,
+            }
+        )
         return config
 
     def load_weights(self, filepath, *args, **kwargs):
@@ -101,16 +130,21 @@ class CMTBackbone(FeaturePyramidBackbone):
         path = os.fspath(filepath)
         self._cmt_weights_file = path
         task = getattr(self, "_cmt_task", lambda: None)()
-        if task is not None and not getattr(task, "_cmt_head_loaded", False) and \
-                os.path.basename(path) in ("model.weights.h5", "model.weights.json"):
+        if (
+            task is not None
+            and not getattr(task, "_cmt_head_loaded", False)
+            and os.path.basename(path) in ("model.weights.h5", "model.weights.json")
+        ):
             cmt_presets.check_head_weights(os.path.dirname(path), task.num_classes)
         if path.endswith(".h5"):
             loading.check_weights_file(path)
         try:
             return super().load_weights(filepath, *args, **kwargs)
         except Exception as e:  # noqa: BLE001 - Keras and h5py raise ValueError, OSError, KeyError, ...
-            raise ValueError(f"{path}: cannot load it into the CMT backbone (another model's weights?): "
-                             f"{' '.join(str(e).split())[:240]}") from None
+            raise ValueError(
+                f"{path}: cannot load it into the CMT backbone (another model's weights?): "
+                f"{' '.join(str(e).split())[:240]}"
+            ) from None
 
     @classproperty
     def presets(cls):
@@ -128,6 +162,11 @@ class CMTBackbone(FeaturePyramidBackbone):
 def backbone_config(variant):
     """The `CMTBackbone` arguments of a released variant ("cmt_ti", "cmt_s", an alias such as "CMTSmall")."""
     v = variants.get_variant(variant)
-    return dict(depths=list(v.depths), embed_dims=list(v.embed_dims), num_heads=list(v.num_heads),
-                mlp_ratios=list(v.mlp_ratios), stem_channels=v.stem_channels,
-                position_bias_size=[v.default_size, v.default_size])
+    return dict(
+        depths=list(v.depths),
+        embed_dims=list(v.embed_dims),
+        num_heads=list(v.num_heads),
+        mlp_ratios=list(v.mlp_ratios),
+        stem_channels=v.stem_channels,
+        position_bias_size=[v.default_size, v.default_size],
+    )

@@ -30,12 +30,29 @@ class CMTImageClassifier(ImageClassifier):
     backbone_cls = CMTBackbone
     preprocessor_cls = CMTImageClassifierPreprocessor
 
-    def __init__(self, backbone, num_classes=None, preprocessor=None, pooling="avg", activation=None, dropout=0.1,
-                 head_dtype=None, **kwargs):
+    def __init__(
+        self,
+        backbone,
+        num_classes=None,
+        preprocessor=None,
+        pooling="avg",
+        activation=None,
+        dropout=0.1,
+        head_dtype=None,
+        **kwargs,
+    ):
         if num_classes is None:
             raise ValueError(self._no_classes_message(backbone, preprocessor))
-        super().__init__(backbone=backbone, num_classes=num_classes, preprocessor=preprocessor, pooling=pooling,
-                         activation=activation, dropout=dropout, head_dtype=head_dtype, **kwargs)
+        super().__init__(
+            backbone=backbone,
+            num_classes=num_classes,
+            preprocessor=preprocessor,
+            pooling=pooling,
+            activation=activation,
+            dropout=dropout,
+            head_dtype=head_dtype,
+            **kwargs,
+        )
         # keras-hub loads the backbone's weights after the head's: the backbone's `load_weights` checks that a
         # preset's head was loaded (or asked for anew) through this link.
         backbone._cmt_task = weakref.ref(self)
@@ -50,8 +67,10 @@ class CMTImageClassifier(ImageClassifier):
             preset = os.path.dirname(weights)
         if isinstance(preset, str) and os.path.isdir(preset):
             return cmt_presets.task_json_error(preset) or f"{preset}: CMTImageClassifier needs num_classes."
-        return ("CMTImageClassifier needs num_classes (from a preset: its task.json is missing or another model's; "
-                "pass num_classes= to put a new head on the backbone).")
+        return (
+            "CMTImageClassifier needs num_classes (from a preset: its task.json is missing or another model's; "
+            "pass num_classes= to put a new head on the backbone)."
+        )
 
     def load_task_weights(self, filepath):
         """keras-hub's `load_task_weights` (a preset's task.weights.h5, the head), failing in one line naming a
@@ -63,8 +82,10 @@ class CMTImageClassifier(ImageClassifier):
         try:
             super().load_task_weights(filepath)
         except Exception as e:  # noqa: BLE001 - Keras and h5py raise ValueError, OSError, KeyError, ...
-            raise ValueError(f"{path}: cannot load the classifier head's weights (another model's?): "
-                             f"{' '.join(str(e).split())[:240]}") from None
+            raise ValueError(
+                f"{path}: cannot load the classifier head's weights (another model's?): "
+                f"{' '.join(str(e).split())[:240]}"
+            ) from None
         self._cmt_head_loaded = True
 
     @classproperty

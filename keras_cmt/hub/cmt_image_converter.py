@@ -41,13 +41,14 @@ class ShortSideResizeCenterCrop(keras.layers.Resizing):
         shorter = min(height, width) if static else ops.numpy.minimum(height, width)
         new_h, new_w = _resized_shape(height, width, shorter, short_side(self.height, self.crop_pct))
         for size in ((height, new_w), (new_h, new_w)):  # PIL's two passes, each rounded
-            images = ops.image.resize(images, size, interpolation=interpolation, antialias=self.antialias,
-                                      data_format=self.data_format)
+            images = ops.image.resize(
+                images, size, interpolation=interpolation, antialias=self.antialias, data_format=self.data_format
+            )
             images = ops.numpy.clip(ops.numpy.round(images), 0.0, 255.0)
         top, left = _crop_offset(new_h - self.height), _crop_offset(new_w - self.width)
         if self.data_format == "channels_last":
-            return images[..., top:top + self.height, left:left + self.width, :]
-        return images[..., top:top + self.height, left:left + self.width]
+            return images[..., top : top + self.height, left : left + self.width, :]
+        return images[..., top : top + self.height, left : left + self.width]
 
     def get_config(self):
         return {**super().get_config(), "crop_pct": self.crop_pct}
@@ -67,19 +68,39 @@ class CMTImageConverter(ImageConverter):
 
     backbone_cls = CMTBackbone
 
-    def __init__(self, image_size=None, crop_pct=DEFAULT_CROP_PCT, scale=None, offset=None,
-                 interpolation="bicubic", antialias=True, **kwargs):
+    def __init__(
+        self,
+        image_size=None,
+        crop_pct=DEFAULT_CROP_PCT,
+        scale=None,
+        offset=None,
+        interpolation="bicubic",
+        antialias=True,
+        **kwargs,
+    ):
         if scale is None and offset is None:
             scale, offset = IMAGENET_SCALE, IMAGENET_OFFSET
-        super().__init__(image_size=image_size, scale=scale, offset=offset, interpolation=interpolation,
-                         antialias=antialias, **kwargs)
+        super().__init__(
+            image_size=image_size,
+            scale=scale,
+            offset=offset,
+            interpolation=interpolation,
+            antialias=antialias,
+            **kwargs,
+        )
         if not 0.0 < float(crop_pct) <= 1.0:
             raise ValueError(f"crop_pct must be in (0, 1]; got {crop_pct!r}.")
         self.crop_pct = float(crop_pct)
         self.resizing = ShortSideResizeCenterCrop(
-            height=image_size[0] if image_size else None, width=image_size[1] if image_size else None,
-            crop_pct=self.crop_pct, interpolation=interpolation, antialias=antialias, data_format=self.data_format,
-            dtype=self.dtype_policy, name="resizing")
+            height=image_size[0] if image_size else None,
+            width=image_size[1] if image_size else None,
+            crop_pct=self.crop_pct,
+            interpolation=interpolation,
+            antialias=antialias,
+            data_format=self.data_format,
+            dtype=self.dtype_policy,
+            name="resizing",
+        )
 
     def get_config(self):
         # data_format too: keras-hub's ImageConverter leaves it out, and a converter saved channels-first must not
@@ -95,4 +116,6 @@ class CMTImageConverter(ImageConverter):
     def from_preset(cls, preset, **kwargs):
         """keras-hub's `ImageConverter.from_preset`, plus keras_cmt's named presets and a one-line error for a
         local directory that is not a CMT preset."""
-        return super().from_preset(cmt_presets.resolve(preset, need=((("image_converter.json",), "the image converter"),)), **kwargs)
+        return super().from_preset(
+            cmt_presets.resolve(preset, need=((("image_converter.json",), "the image converter"),)), **kwargs
+        )

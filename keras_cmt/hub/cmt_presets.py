@@ -19,17 +19,18 @@ from keras_cmt.weights import pretrained
 PRESETS = {
     f"{name}_imagenet": {
         "metadata": {
-            "description": (f"{variants.VARIANTS[variant].builder_name} ({variant}) image classifier, the official "
-                            f"ImageNet-1k weights (top-1 {variants.VARIANTS[variant].top1}%), converted; "
-                            f"{variants.VARIANTS[variant].default_size}x{variants.VARIANTS[variant].default_size} "
-                            "input."),
+            "description": (
+                f"{variants.VARIANTS[variant].builder_name} ({variant}) image classifier, the official "
+                f"ImageNet-1k weights (top-1 {variants.VARIANTS[variant].top1}%), converted; "
+                f"{variants.VARIANTS[variant].default_size}x{variants.VARIANTS[variant].default_size} "
+                "input."
+            ),
             "params": variants.VARIANTS[variant].params,
             "path": "cmt",
         },
         "variant": variant,
     }
-    for name, variant in (("cmt_tiny", "cmt_ti"), ("cmt_xs", "cmt_xs"), ("cmt_small", "cmt_s"),
-                          ("cmt_base", "cmt_b"))
+    for name, variant in (("cmt_tiny", "cmt_ti"), ("cmt_xs", "cmt_xs"), ("cmt_small", "cmt_s"), ("cmt_base", "cmt_b"))
 }
 
 BACKBONE_CLASS = "keras_cmt>CMTBackbone"
@@ -42,6 +43,7 @@ _exporter = None
 def set_exporter(export_preset):
     global _exporter
     _exporter = export_preset
+
 
 WEIGHTS = (("model.weights.h5", "model.weights.json"), "the backbone's weights")
 PREPROCESSOR_FILES = ((("preprocessor.json", "image_converter.json"), "the preprocessor"),)
@@ -98,8 +100,10 @@ def task_json_error(preset):
         return f"{preset}: no task.json (the classifier); pass num_classes= to put a new head on the backbone."
     found = _registered_name(path)
     if found != TASK_CLASS:
-        return (f"{path}: the configuration of {found or 'an unknown model'}, not of keras_cmt's CMTImageClassifier "
-                "(a damaged or mixed preset; pass num_classes= to put a new head on the backbone).")
+        return (
+            f"{path}: the configuration of {found or 'an unknown model'}, not of keras_cmt's CMTImageClassifier "
+            "(a damaged or mixed preset; pass num_classes= to put a new head on the backbone)."
+        )
     return None
 
 
@@ -117,8 +121,10 @@ def check_head_weights(preset, num_classes):
         saved = None
     if saved is not None and saved != num_classes:
         return  # keras-hub's from_preset(..., num_classes=N): a new head by request
-    raise ValueError(f"{preset}: incomplete CMT preset, missing task.weights.h5 (the classifier head's weights): "
-                     "the head would be random; for a new head, CMTImageClassifier.from_preset(..., num_classes=N).")
+    raise ValueError(
+        f"{preset}: incomplete CMT preset, missing task.weights.h5 (the classifier head's weights): "
+        "the head would be random; for a new head, CMTImageClassifier.from_preset(..., num_classes=N)."
+    )
 
 
 def listing():
@@ -199,7 +205,7 @@ def resolve(preset, need):
     if preset in PRESETS:
         return named_preset(preset)
     if preset.startswith("file://"):
-        preset = preset[len("file://"):]
+        preset = preset[len("file://") :]
     if "://" in preset:
         return preset
     import keras_hub

@@ -32,8 +32,10 @@ def config_from_model(model, source="model"):
     """The `CMTBackbone` arguments that rebuild a plain CMT model's layers (read from its layers), at the model's
     input size."""
     first = _layer(model, "blocks_a_0", source)
-    depths = [sum(1 for layer in model.layers if layer.name.startswith(f"blocks_{letter}_"))
-              for letter in variants.STAGE_LETTERS]
+    depths = [
+        sum(1 for layer in model.layers if layer.name.startswith(f"blocks_{letter}_"))
+        for letter in variants.STAGE_LETTERS
+    ]
     biases = [_layer(model, f"relative_pos_{letter}", source) for letter in variants.STAGE_LETTERS]
     last_block = model.get_layer(f"blocks_d_{depths[3] - 1}")
     data_format = first.data_format
@@ -78,9 +80,12 @@ def task_from_model(model, source="model"):
         return backbone, converter
     head = model.get_layer("head")
     dropout = model.get_layer("head_dropout").rate if "head_dropout" in names else 0.0
-    task = CMTImageClassifier(backbone=backbone, num_classes=head.units,
-                              preprocessor=CMTImageClassifierPreprocessor(image_converter=converter),
-                              dropout=dropout)
+    task = CMTImageClassifier(
+        backbone=backbone,
+        num_classes=head.units,
+        preprocessor=CMTImageClassifierPreprocessor(image_converter=converter),
+        dropout=dropout,
+    )
     task.output_dense.set_weights(head.get_weights())
     return task, converter
 
@@ -119,9 +124,12 @@ def load_plain_model(model, weights=None, size=None):
         return loaded, model
     variant = variants.get_variant(model)
     size = size or variant.default_size
-    built = cmt.build_model(variant.name, weights=weights, input_shape=(size, size, 3) if
-                            keras.config.image_data_format() == "channels_last" else (3, size, size),
-                            classifier_activation=None)
+    built = cmt.build_model(
+        variant.name,
+        weights=weights,
+        input_shape=(size, size, 3) if keras.config.image_data_format() == "channels_last" else (3, size, size),
+        classifier_activation=None,
+    )
     return built, f"{variant.name} ({weights or 'random'} weights)"
 
 

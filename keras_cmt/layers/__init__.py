@@ -11,6 +11,14 @@ from keras_cmt.layers.patch_embedding import PatchEmbedding
 from keras_cmt.layers.relative_position_bias import RelativePositionBias
 
 __all__ = [
-    "CMTBlock", "ChannelLayerNormalization", "ChannelsFirstLayerNormalization", "DropPath", "InvertedResidualFFN", "LightweightAttention",
-    "LocalPerceptionUnit", "PatchEmbedding", "RelativePositionBias", "exact_gelu",
+    "CMTBlock",
+    "ChannelLayerNormalization",
+    "ChannelsFirstLayerNormalization",
+    "DropPath",
+    "InvertedResidualFFN",
+    "LightweightAttention",
+    "LocalPerceptionUnit",
+    "PatchEmbedding",
+    "RelativePositionBias",
+    "exact_gelu",
 ]

@@ -22,8 +22,18 @@ class CMTBlock(keras.layers.Layer):
         data_format: "channels_last" or "channels_first" (default: Keras' image data format).
     """
 
-    def __init__(self, dim, num_heads, mlp_ratio, sr_ratio=1, qkv_bias=True, drop_path_rate=0.0,
-                 ln_epsilon=1e-6, data_format=None, **kwargs):
+    def __init__(
+        self,
+        dim,
+        num_heads,
+        mlp_ratio,
+        sr_ratio=1,
+        qkv_bias=True,
+        drop_path_rate=0.0,
+        ln_epsilon=1e-6,
+        data_format=None,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.dim = int(dim)
         self.num_heads = int(num_heads)
@@ -36,11 +46,13 @@ class CMTBlock(keras.layers.Layer):
         policy, data_format = self.dtype_policy, self.data_format
         self.lpu = LocalPerceptionUnit(self.dim, data_format=data_format, name="lpu", dtype=policy)
         self.norm1 = channel_layer_norm(self.ln_epsilon, data_format, name="norm1", dtype=policy)
-        self.attn = LightweightAttention(self.dim, self.num_heads, self.sr_ratio, self.qkv_bias,
-                                         data_format=data_format, name="attn", dtype=policy)
+        self.attn = LightweightAttention(
+            self.dim, self.num_heads, self.sr_ratio, self.qkv_bias, data_format=data_format, name="attn", dtype=policy
+        )
         self.norm2 = channel_layer_norm(self.ln_epsilon, data_format, name="norm2", dtype=policy)
-        self.mlp = InvertedResidualFFN(self.dim, int(self.dim * self.mlp_ratio), data_format=data_format,
-                                       name="mlp", dtype=policy)
+        self.mlp = InvertedResidualFFN(
+            self.dim, int(self.dim * self.mlp_ratio), data_format=data_format, name="mlp", dtype=policy
+        )
         self.drop_path = DropPath(self.drop_path_rate, name="drop_path", dtype=policy)
 
     def build(self, inputs_shape, relative_position_bias_shape=None):
@@ -50,8 +62,7 @@ class CMTBlock(keras.layers.Layer):
 
     def call(self, inputs, relative_position_bias, training=None):
         x = self.lpu(inputs)
-        x = x + self.drop_path(self.attn(self.norm1(x), relative_position_bias, training=training),
-                               training=training)
+        x = x + self.drop_path(self.attn(self.norm1(x), relative_position_bias, training=training), training=training)
         return x + self.drop_path(self.mlp(self.norm2(x), training=training), training=training)
 
     def compute_output_shape(self, inputs_shape, relative_position_bias_shape=None):

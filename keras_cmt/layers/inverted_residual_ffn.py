@@ -1,7 +1,8 @@
 """CMT's inverted residual feed-forward network (IRFFN).
 
 1x1 expand -> GELU -> BN, then a 3x3 depthwise convolution with a shortcut, DWConv(x) + x (the LPU's
-computation, `LocalPerceptionUnit`) -> GELU -> BN, then 1x1 project -> BN (the official `Mlp`). The hidden width is `int(dim * mlp_ratio)`, truncated as the official code does
+computation, `LocalPerceptionUnit`) -> GELU -> BN, then 1x1 project -> BN (the official `Mlp`). The hidden width is
+`int(dim * mlp_ratio)`, truncated as the official code does
 (CMT-Ti: int(46 * 3.6) = 165, not 166). GELU is the exact (erf) one, as PyTorch's nn.GELU() (`exact_gelu`).
 """
 
@@ -26,12 +27,19 @@ class InvertedResidualFFN(keras.layers.Layer):
         policy, data_format = self.dtype_policy, self.data_format
 
         def pointwise(filters, name):
-            return keras.layers.Conv2D(filters, 1, data_format=data_format,
-                                       kernel_initializer=initializers.conv_kernel(), name=name, dtype=policy)
+            return keras.layers.Conv2D(
+                filters,
+                1,
+                data_format=data_format,
+                kernel_initializer=initializers.conv_kernel(),
+                name=name,
+                dtype=policy,
+            )
 
         def batch_norm(name):  # PyTorch's momentum 0.1 is Keras' 0.9
-            return keras.layers.BatchNormalization(axis=channel_axis(data_format), momentum=0.9,
-                                                   epsilon=self.bn_epsilon, name=name, dtype=policy)
+            return keras.layers.BatchNormalization(
+                axis=channel_axis(data_format), momentum=0.9, epsilon=self.bn_epsilon, name=name, dtype=policy
+            )
 
         self.conv1 = pointwise(self.hidden_dim, "conv1")
         self.norm1 = batch_norm("norm1")

@@ -41,12 +41,19 @@ class LightweightAttention(keras.layers.Layer):
         if self.dim % self.num_heads:
             raise ValueError(f"dim {self.dim} is not divisible by num_heads {self.num_heads}.")
         self.head_dim = self.dim // self.num_heads
-        self.scale = self.head_dim ** -0.5
+        self.scale = self.head_dim**-0.5
         policy = self.dtype_policy
 
         def projection(name, use_bias):
-            return keras.layers.Conv2D(self.dim, 1, use_bias=use_bias, data_format=self.data_format,
-                                       kernel_initializer=initializers.linear_kernel(), name=name, dtype=policy)
+            return keras.layers.Conv2D(
+                self.dim,
+                1,
+                use_bias=use_bias,
+                data_format=self.data_format,
+                kernel_initializer=initializers.linear_kernel(),
+                name=name,
+                dtype=policy,
+            )
 
         self.q = projection("q", self.qkv_bias)
         self.k = projection("k", self.qkv_bias)
@@ -54,11 +61,17 @@ class LightweightAttention(keras.layers.Layer):
         self.proj = projection("proj", True)
         if self.sr_ratio > 1:
             self.sr = keras.layers.DepthwiseConv2D(
-                self.sr_ratio, strides=self.sr_ratio, padding="valid", data_format=self.data_format,
-                depthwise_initializer=initializers.depthwise_kernel(self.dim), name="sr", dtype=policy)
+                self.sr_ratio,
+                strides=self.sr_ratio,
+                padding="valid",
+                data_format=self.data_format,
+                depthwise_initializer=initializers.depthwise_kernel(self.dim),
+                name="sr",
+                dtype=policy,
+            )
             self.sr_norm = keras.layers.BatchNormalization(
-                axis=channel_axis(self.data_format), momentum=0.9, epsilon=self.bn_epsilon, name="sr_norm",
-                dtype=policy)
+                axis=channel_axis(self.data_format), momentum=0.9, epsilon=self.bn_epsilon, name="sr_norm", dtype=policy
+            )
 
     def build(self, inputs_shape, relative_position_bias_shape=None):
         for layer in (self.q, self.k, self.v, self.proj):

@@ -22,8 +22,13 @@ class LocalPerceptionUnit(keras.layers.Layer):
         self.dim = int(dim)
         self.data_format = standardize_data_format(data_format)
         self.proj = keras.layers.DepthwiseConv2D(
-            3, padding="same", use_bias=False, data_format=self.data_format,
-            depthwise_initializer=initializers.depthwise_kernel(self.dim), name="proj", dtype=self.dtype_policy,
+            3,
+            padding="same",
+            use_bias=False,
+            data_format=self.data_format,
+            depthwise_initializer=initializers.depthwise_kernel(self.dim),
+            name="proj",
+            dtype=self.dtype_policy,
         )
 
     def build(self, input_shape):

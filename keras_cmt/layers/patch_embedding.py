@@ -18,8 +18,14 @@ class PatchEmbedding(keras.layers.Layer):
         self.epsilon = float(epsilon)
         self.data_format = standardize_data_format(data_format)
         self.proj = keras.layers.Conv2D(
-            self.embed_dim, self.patch_size, strides=self.patch_size, padding="valid", data_format=self.data_format,
-            kernel_initializer=initializers.conv_kernel(), name="proj", dtype=self.dtype_policy,
+            self.embed_dim,
+            self.patch_size,
+            strides=self.patch_size,
+            padding="valid",
+            data_format=self.data_format,
+            kernel_initializer=initializers.conv_kernel(),
+            name="proj",
+            dtype=self.dtype_policy,
         )
         self.norm = channel_layer_norm(self.epsilon, self.data_format, name="norm", dtype=self.dtype_policy)
 

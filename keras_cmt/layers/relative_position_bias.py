@@ -72,8 +72,9 @@ class RelativePositionBias(keras.layers.Layer):
         n_q = self.query_size[0] * self.query_size[1]
         n_k = self.key_size[0] * self.key_size[1]
         # The official code draws it from N(0, 1) (torch.randn).
-        self.bias = self.add_weight(name="bias", shape=(self.num_heads, n_q, n_k),
-                                    initializer=keras.initializers.RandomNormal(stddev=1.0))
+        self.bias = self.add_weight(
+            name="bias", shape=(self.num_heads, n_q, n_k), initializer=keras.initializers.RandomNormal(stddev=1.0)
+        )
 
     def _grid(self, shape):
         return tuple(shape[axis] for axis in spatial_axes(self.data_format))

@@ -42,16 +42,15 @@ def _has_head(model):
 
 def assign_state_dict(model, state_dict, source="checkpoint", exclude_head=False):
     """Assigns an official-layout state dict (numpy arrays) to `model`, all or nothing."""
-    state_dict = {
-        (k[len("module."):] if k.startswith("module.") else k): v for k, v in state_dict.items()
-    }
+    state_dict = {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in state_dict.items()}
     entries = checkpoint_mapping.official_mapping(model)
     if exclude_head:
         entries = [e for e in entries if not e[0].startswith("head.")]
     expected = {key for key, _, _ in entries}
     skipped_head = exclude_head or not _has_head(model)
     unexpected = [
-        k for k in state_dict
+        k
+        for k in state_dict
         if k not in expected and not k.endswith(_IGNORED_SUFFIXES) and not (skipped_head and k.startswith("head."))
     ]
     missing = [k for k in expected if k not in state_dict]
@@ -85,12 +84,12 @@ def assign_state_dict(model, state_dict, source="checkpoint", exclude_head=False
         raise ValueError(f"{source}: {resize_errors[0]}")
 
     if wrong_type:
-        raise ValueError(f"{source}: tensors that are not floating point (not weights of this model?): "
-                         + _list(wrong_type))
+        raise ValueError(
+            f"{source}: tensors that are not floating point (not weights of this model?): " + _list(wrong_type)
+        )
     head_mismatch = [m for m in mismatched if m[0].startswith("head.")]
     head = np.asarray(state_dict.get("head.weight", ()))
-    if (head_mismatch and len(mismatched) == len(head_mismatch) and not missing and not unexpected
-            and head.ndim == 2):
+    if head_mismatch and len(mismatched) == len(head_mismatch) and not missing and not unexpected and head.ndim == 2:
         raise _classes_error(source, head.shape[0], model)
     if missing or unexpected or mismatched:
         found = checkpoint_mapping.describe_state_dict(state_dict)
@@ -116,8 +115,9 @@ def _classes_error(source, file_classes, model):
 def _differences(missing, unexpected, mismatched):
     parts = []
     if mismatched:
-        parts.append("mis-shaped: " + _list(
-            f"{k} (file {_shape_text(a)} vs model {_shape_text(b)})" for k, a, b in mismatched))
+        parts.append(
+            "mis-shaped: " + _list(f"{k} (file {_shape_text(a)} vs model {_shape_text(b)})" for k, a, b in mismatched)
+        )
     if missing:
         parts.append(f"missing {len(missing)}: " + _list(missing))
     if unexpected:
@@ -190,8 +190,10 @@ def _check_data(path, datasets, shapes, dtypes):
     variable is assigned, and not half-way through Keras' load."""
     total = sum(math.prod(shapes[d]) * np.dtype(dtypes[d]).itemsize for d in datasets)
     if total > MAX_H5_BYTES:
-        raise ValueError(f"{path}: its tensors declare {total} bytes, more than a CMT's weights take "
-                         f"(at most {MAX_H5_BYTES >> 30} GiB); refused before reading them.")
+        raise ValueError(
+            f"{path}: its tensors declare {total} bytes, more than a CMT's weights take "
+            f"(at most {MAX_H5_BYTES >> 30} GiB); refused before reading them."
+        )
     current = None
     try:
         with h5py.File(path, "r") as f:
@@ -234,8 +236,11 @@ def load_keras_weights(model, path, exclude_head=False):
         return a == b or (expected_names[_group(dataset)] in biases and len(a) == 3 and a[0] == b[0])
 
     missing = [expected_names[g] for g in expected_names if g not in found_names]
-    unexpected = [found_names[g] for g in found_names
-                  if g not in expected_names and not (skip_head and g + "/" == _KERAS_HEAD_GROUP)]
+    unexpected = [
+        found_names[g]
+        for g in found_names
+        if g not in expected_names and not (skip_head and g + "/" == _KERAS_HEAD_GROUP)
+    ]
     mismatched = {}
     for group, name in expected_names.items():
         if group not in found_names:
@@ -250,8 +255,13 @@ def load_keras_weights(model, path, exclude_head=False):
     if missing or unexpected or mismatched:
         parts = []
         if mismatched:
-            parts.append("different: " + _list(f"{name} (the file's {found_names[group]})" if found_names[group] != name
-                                               else name for group, name in mismatched.items()))
+            parts.append(
+                "different: "
+                + _list(
+                    f"{name} (the file's {found_names[group]})" if found_names[group] != name else name
+                    for group, name in mismatched.items()
+                )
+            )
         if missing:
             parts.append(f"missing {len(missing)}: " + _list(missing))
         if unexpected:
@@ -314,8 +324,7 @@ def _unresolvable_class(config):
         node = stack.pop()
         if isinstance(node, dict):
             name = node.get("class_name")
-            if (isinstance(name, str) and not name.startswith("__") and "module" in node
-                    and not _resolvable(node)):
+            if isinstance(name, str) and not name.startswith("__") and "module" in node and not _resolvable(node):
                 return _clean(f"{node.get('module')}.{name}" if node.get("module") else name)
             stack.extend(reversed(list(node.values())))
         elif isinstance(node, list):
@@ -353,8 +362,10 @@ def load_model_file(path):
             except KeyError:
                 raise ValueError(f"{path}: not a Keras .keras file (no config.json in the archive).") from None
             if info.file_size > MAX_KERAS_CONFIG_BYTES:
-                raise ValueError(f"{path}: its config.json declares {info.file_size} bytes, more than a model's "
-                                 f"configuration takes; refused.")
+                raise ValueError(
+                    f"{path}: its config.json declares {info.file_size} bytes, more than a model's "
+                    f"configuration takes; refused."
+                )
             text = archive.read(info)
     except ValueError:
         raise
@@ -372,12 +383,16 @@ def load_model_file(path):
         raise
     except Exception as e:  # noqa: BLE001 - Keras raises TypeError, ValueError, KeyError, OSError (h5py), ...
         if "safe_mode" in str(e):
-            raise ValueError(f"{path}: refused: it holds Python code (a lambda) that Keras' safe mode does not load; "
-                             "nothing in the file was run.") from None
+            raise ValueError(
+                f"{path}: refused: it holds Python code (a lambda) that Keras' safe mode does not load; "
+                "nothing in the file was run."
+            ) from None
         unknown = _unresolvable_class(config)
         if unknown:
-            raise ValueError(f"{path}: refused: its config names {unknown}, which is neither a Keras class nor one "
-                             "registered with Keras (loaded in safe mode; nothing in the file was run).") from None
+            raise ValueError(
+                f"{path}: refused: its config names {unknown}, which is neither a Keras class nor one "
+                "registered with Keras (loaded in safe mode; nothing in the file was run)."
+            ) from None
         raise ValueError(f"{path}: cannot load it as a Keras model: {_keras_error(e)}") from None
     _stem_gelus_as_exact_gelu(model)
     return model
@@ -387,8 +402,11 @@ def _stem_gelus_as_exact_gelu(model):
     """A CMT saved before its stem's GELUs were `exact_gelu` has Activation("gelu") there: the same function, but
     on TensorFlow tf.nn.gelu, whose Erfc ONNX lacks. Those layers get `exact_gelu` (they hold no weights)."""
     for layer in getattr(model, "layers", ()):
-        if (isinstance(layer, keras.layers.Activation) and layer.name.startswith("stem_gelu")
-                and layer.activation is keras.activations.gelu):
+        if (
+            isinstance(layer, keras.layers.Activation)
+            and layer.name.startswith("stem_gelu")
+            and layer.activation is keras.activations.gelu
+        ):
             layer.activation = exact_gelu
         _stem_gelus_as_exact_gelu(layer)  # nested models (a keras-hub task's backbone)
 

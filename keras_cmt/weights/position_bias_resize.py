@@ -80,8 +80,9 @@ def resize_for_layer(bias, layer, source_query_size=None):
         old_q = tuple(int(s) for s in source_query_size)
         old_k = (old_q[0] // layer.sr_ratio, old_q[1] // layer.sr_ratio)
         if old_q[0] * old_q[1] != n_q or old_k[0] * old_k[1] != n_k:
-            raise ValueError(f"{layer.name}: a {old_q[0]}x{old_q[1]} query grid does not hold the stored "
-                             f"{n_q} x {n_k} bias.")
+            raise ValueError(
+                f"{layer.name}: a {old_q[0]}x{old_q[1]} query grid does not hold the stored {n_q} x {n_k} bias."
+            )
     else:
         old_q = infer_grid(n_q, layer.query_size)
         old_k = infer_grid(n_k, layer.key_size)

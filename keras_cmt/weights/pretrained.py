@@ -85,8 +85,7 @@ def default_cache_dir():
 def _resolve_prefer(prefer):
     prefer = prefer or os.environ.get(PREFER_ENV) or "auto"
     if prefer not in ("auto", "ema", "model"):
-        raise PretrainedWeightsError(
-            f"prefer (or ${PREFER_ENV}) must be 'auto', 'ema' or 'model'; got {prefer!r}.")
+        raise PretrainedWeightsError(f"prefer (or ${PREFER_ENV}) must be 'auto', 'ema' or 'model'; got {prefer!r}.")
     return prefer
 
 
@@ -174,13 +173,22 @@ def _download(url, folder, hand_placed):
 
 def _check_variant(state_dict, variant, source):
     found = checkpoint_mapping.describe_state_dict(state_dict)
-    expected = {"embed_dims": list(variant.embed_dims), "depths": list(variant.depths),
-                "stem_channels": variant.stem_channels}
+    expected = {
+        "embed_dims": list(variant.embed_dims),
+        "depths": list(variant.depths),
+        "stem_channels": variant.stem_channels,
+    }
     if all(found[k] == v for k, v in expected.items()):
         return
-    actual = next((v.name for v in variants.VARIANTS.values()
-                   if [list(v.embed_dims), list(v.depths), v.stem_channels]
-                   == [found["embed_dims"], found["depths"], found["stem_channels"]]), None)
+    actual = next(
+        (
+            v.name
+            for v in variants.VARIANTS.values()
+            if [list(v.embed_dims), list(v.depths), v.stem_channels]
+            == [found["embed_dims"], found["depths"], found["stem_channels"]]
+        ),
+        None,
+    )
     what = actual or "an unknown CMT"
     hint = _KNOWN_MIXUPS.get((variant.name, actual), "")
     raise PretrainedWeightsError(
@@ -194,16 +202,21 @@ def _reference_model(variant, state_dict, builder):
     """A model of `variant` shaped exactly like the checkpoint (its input size, head width and classes), built by
     `builder` (`keras_cmt.CMT`), to write the cache from."""
     queries = state_dict["relative_pos_a"].shape[1]
-    side = int(round(queries ** 0.5))
+    side = int(round(queries**0.5))
     if side * side != queries:
         raise PretrainedWeightsError(f"relative_pos_a of {queries} query positions is not a square grid.")
     found = checkpoint_mapping.describe_state_dict(state_dict)
     size = 4 * side
     return builder(
-        depths=variant.depths, embed_dims=variant.embed_dims, num_heads=variant.num_heads,
-        mlp_ratios=variant.mlp_ratios, stem_channels=variant.stem_channels,
-        head_channels=int(state_dict["_fc.weight"].shape[0]), head_dropout=variant.head_dropout,
-        include_top=found["classes"] is not None, classes=found["classes"] or 1000,
+        depths=variant.depths,
+        embed_dims=variant.embed_dims,
+        num_heads=variant.num_heads,
+        mlp_ratios=variant.mlp_ratios,
+        stem_channels=variant.stem_channels,
+        head_channels=int(state_dict["_fc.weight"].shape[0]),
+        head_dropout=variant.head_dropout,
+        include_top=found["classes"] is not None,
+        classes=found["classes"] or 1000,
         input_shape=(size, size, 3) if keras.config.image_data_format() == "channels_last" else (3, size, size),
         name=variant.name,
     )
@@ -244,9 +257,13 @@ def _convert(checkpoint_path, source, variant, prefer, weights_path, record_path
     reference = model if filled else _reference_model(variant, state, builder)
     loading.assign_state_dict(reference, state, source=source)
     atomic_files.write_atomically(weights_path, reference.save_weights)
-    record = dict(record, weights=taken, epoch=_plain(checkpoint.get("epoch")),
-                  weights_sha256=sha256_of(weights_path),
-                  converted_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+    record = dict(
+        record,
+        weights=taken,
+        epoch=_plain(checkpoint.get("epoch")),
+        weights_sha256=sha256_of(weights_path),
+        converted_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    )
     atomic_files.write_json(record_path, record)
     return filled
 
@@ -295,10 +312,14 @@ def _ensure_cache(variant, builder, prefer, sha256, cache_dir, base_url, model=N
                 f"{source} has sha256 {fetched_sha256}, not the pinned {pinned}; nothing was cached"
                 + (" (replace or delete that file)." if not downloaded else ".")
             )
-        record = {"variant": variant.name, "url": url, "source": source, "source_sha256": fetched_sha256,
-                  "prefer": prefer}
-        filled = _convert(checkpoint_path, source, variant, prefer, weights_path, record_path, record, builder,
-                          model)
+        record = {
+            "variant": variant.name,
+            "url": url,
+            "source": source,
+            "source_sha256": fetched_sha256,
+            "prefer": prefer,
+        }
+        filled = _convert(checkpoint_path, source, variant, prefer, weights_path, record_path, record, builder, model)
     finally:
         if downloaded and os.path.exists(checkpoint_path):
             os.remove(checkpoint_path)

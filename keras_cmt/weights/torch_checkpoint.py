@@ -195,8 +195,10 @@ class _RestrictedUnpickler(pickle._Unpickler):
         # OrderedDict's own attributes (torch's state dicts carry `_metadata`), on nothing the reader relies on.
         state, inst = self.stack[-1], self.stack[-2]
         if isinstance(inst, collections.OrderedDict):
-            if not (isinstance(state, dict) and all(isinstance(k, str) and not hasattr(collections.OrderedDict, k)
-                                                    for k in state)):
+            if not (
+                isinstance(state, dict)
+                and all(isinstance(k, str) and not hasattr(collections.OrderedDict, k) for k in state)
+            ):
                 raise CheckpointError("the pickle sets an unexpected state on an OrderedDict.")
         elif not isinstance(inst, InertObject):
             raise CheckpointError(f"the pickle sets state on {_describe(inst)}.")
@@ -209,7 +211,8 @@ class _RestrictedUnpickler(pickle._Unpickler):
             shape = f"a tuple of {len(pid)}" if type(pid) is tuple else _describe(pid)
             raise CheckpointError(
                 f"unsupported persistent id in checkpoint ({shape}; a checkpoint's are "
-                "('storage', torch.<Type>Storage, key, location, element count)).")
+                "('storage', torch.<Type>Storage, key, location, element count))."
+            )
         _, storage_type, key, location, numel = pid
         if not isinstance(storage_type, _StorageType):
             raise CheckpointError(f"unsupported storage type {_describe(storage_type)} in checkpoint.")
@@ -223,7 +226,8 @@ class _RestrictedUnpickler(pickle._Unpickler):
             if (type_name, known_numel) != (storage_type.name, numel):
                 raise CheckpointError(
                     f"storage {key} is declared twice, as {known_numel} {type_name} and as {numel} "
-                    f"{storage_type.name} elements.")
+                    f"{storage_type.name} elements."
+                )
             return token
         dtype = _numpy_dtype(_STORAGE_DTYPES[storage_type.name]).newbyteorder(self._byteorder)
         info = self._entries.get(f"{self._prefix}data/{key}")
@@ -233,11 +237,13 @@ class _RestrictedUnpickler(pickle._Unpickler):
         if info.file_size < expected:
             raise CheckpointError(
                 f"storage {key} is cut short: it declares {numel} {storage_type.name} elements, {expected} bytes, "
-                f"and holds {info.file_size}; a tensor on it runs past its storage (truncated file?)")
+                f"and holds {info.file_size}; a tensor on it runs past its storage (truncated file?)"
+            )
         if info.file_size > expected:
             raise CheckpointError(
                 f"storage {key}'s zip entry declares {info.file_size} bytes, more than its {numel} "
-                f"{storage_type.name} elements take ({expected}); refused before reading it.")
+                f"{storage_type.name} elements take ({expected}); refused before reading it."
+            )
         raw = self._archive.read(info)  # zipfile reads at most the declared size
         if len(raw) != expected:
             raise CheckpointError(f"storage {key} holds {len(raw)} bytes, not {expected} (truncated file?)")
@@ -246,8 +252,9 @@ class _RestrictedUnpickler(pickle._Unpickler):
         self._arrays[id(token)] = np.frombuffer(raw, dtype=dtype)
         return token
 
-    def _rebuild_tensor_v2(self, storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None,
-                           metadata=None):
+    def _rebuild_tensor_v2(
+        self, storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None
+    ):
         """A tensor record: checked against its storage, then copied out of exactly the span it addresses."""
         array = self._arrays.get(id(storage)) if type(storage) is _Storage else None
         if array is None:
@@ -261,7 +268,8 @@ class _RestrictedUnpickler(pickle._Unpickler):
         numel = array.size
         if offset > numel:
             raise CheckpointError(
-                f"a tensor record's storage offset {offset} lies outside storage {key} ({numel} elements).")
+                f"a tensor record's storage offset {offset} lies outside storage {key} ({numel} elements)."
+            )
         itemsize = array.dtype.itemsize
         budget = self._max_bytes - self._tensor_bytes
         count = math.prod(size)
@@ -269,7 +277,8 @@ class _RestrictedUnpickler(pickle._Unpickler):
         if math.prod(max(s, 1) for s in size) * itemsize > budget:
             raise CheckpointError(
                 f"a tensor of size {size} needs more memory than a CMT checkpoint may take "
-                f"({_size_text(self._max_bytes)} in all); refused.")
+                f"({_size_text(self._max_bytes)} in all); refused."
+            )
         self._tensor_bytes += count * itemsize
         if count == 0:
             return np.empty(size, dtype=array.dtype.newbyteorder("="))
@@ -277,9 +286,10 @@ class _RestrictedUnpickler(pickle._Unpickler):
         if highest >= numel:
             raise CheckpointError(
                 f"a tensor of size {size}, stride {stride} at storage offset {offset} addresses element {highest} "
-                f"of storage {key}, which has {numel}: it runs past its storage.")
+                f"of storage {key}, which has {numel}: it runs past its storage."
+            )
         # All indices lie in [offset, highest], inside `span`; dimensions of size 1 step nowhere.
-        span = array[offset:highest + 1]
+        span = array[offset : highest + 1]
         strides = tuple(0 if s == 1 else st * itemsize for s, st in zip(size, stride))
         view = np.lib.stride_tricks.as_strided(span, shape=size, strides=strides, writeable=False)
         return view.astype(array.dtype.newbyteorder("="), order="C", copy=True)
@@ -302,12 +312,14 @@ def _read_archive(archive, max_bytes):
     if pickle_info.file_size > MAX_PICKLE_BYTES:
         raise CheckpointError(
             f"its data.pkl declares {pickle_info.file_size} bytes, more than a checkpoint's pickle takes "
-            f"(at most {_size_text(MAX_PICKLE_BYTES)}); refused before reading it.")
+            f"(at most {_size_text(MAX_PICKLE_BYTES)}); refused before reading it."
+        )
     declared = sum(info.file_size for name, info in entries.items() if name.startswith(prefix + "data/"))
     if declared > max_bytes:
         raise CheckpointError(
             f"its storages declare {declared} bytes in all, more than a CMT checkpoint takes "
-            f"(at most {_size_text(max_bytes)}); refused before reading them.")
+            f"(at most {_size_text(max_bytes)}); refused before reading them."
+        )
     byteorder = "<"
     order_info = entries.get(prefix + "byteorder")
     if order_info is not None:
@@ -356,11 +368,14 @@ def read_torch_checkpoint(path, max_bytes=None):
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {_one_line(e)}") from None
     except (zipfile.BadZipFile, EOFError, pickle.UnpicklingError, OSError) as e:
-        raise CheckpointError(f"{path}: unreadable PyTorch checkpoint ({type(e).__name__}: {_one_line(e, 200)}); "
-                              "the file may be truncated.") from None
+        raise CheckpointError(
+            f"{path}: unreadable PyTorch checkpoint ({type(e).__name__}: {_one_line(e, 200)}); "
+            "the file may be truncated."
+        ) from None
     except Exception as e:  # noqa: BLE001 - whatever a malformed pickle or zip raises, the file fails to load
-        raise CheckpointError(f"{path}: malformed PyTorch checkpoint ({type(e).__name__}: {_one_line(e, 200)}).") \
-            from None
+        raise CheckpointError(
+            f"{path}: malformed PyTorch checkpoint ({type(e).__name__}: {_one_line(e, 200)})."
+        ) from None
 
 
 def select_state_dict(checkpoint, prefer="auto", source="checkpoint"):
