@@ -57,13 +57,13 @@ EXPORT_JAX = ["jax2onnx>=0.17,<0.18"]
 EXPORT_TORCH = ["litert-torch>=0.10,<0.11"]
 # keras-hub's test harness (keras_hub.src.tests.test_case, shipped in its wheel) imports grain, which keras-hub does
 # not depend on.
-TEST = ["pytest>=8", "grain>=0.2.18,<0.3"] + BACKENDS + HUB
+TEST = ["pytest>=8", "grain>=0.2.18,<0.3", "ruff>=0.15,<0.16"] + BACKENDS + HUB  # ruff: .ci/run's format and lint
 
 setup(
     name="keras-cmt",
     version="0.1.0",
     description="CMT (CVPR 2022) as a Keras 3 application on every backend: official weights, tf.distribute "
-                "training, TFLite.",
+    "training, TFLite.",
     long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
