@@ -211,7 +211,7 @@ def export(
     atol: float = 1e-4,
     check: int = 2,
     **litert_options,
-) -> str:
+) -> float:
     """Writes `model` (a keras.Model) in `fmt` to `output` after checking the file in its runtime; returns the
     largest error seen. Nothing is left at `output` (or beside it) unless the check passed."""
     check_format(fmt)
