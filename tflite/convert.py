@@ -422,10 +422,8 @@ def main(argv=None) -> int:
                 data_dir=args.data_dir,
                 int8_ops=args.int8_ops,
             )
-    except (ValueError, FileNotFoundError, ConversionError, OSError, ImportError) as e:
-        print(f"error: {_first_line(e)}", file=sys.stderr)
-        return 2
-    except RuntimeError as e:  # keras_cmt.tflite.export.ExportError: the ONNX file failed its check
+    # RuntimeError: ConversionError, and keras_cmt.tflite.export.ExportError (the ONNX file failed its check).
+    except (ValueError, FileNotFoundError, OSError, ImportError, RuntimeError) as e:
         print(f"error: {_first_line(e)}", file=sys.stderr)
         return 2
     print(f"wrote {os.path.abspath(output)} ({os.path.getsize(output) / 1e6:.2f} MB)")
