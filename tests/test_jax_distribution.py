@@ -1,6 +1,7 @@
-"""`--distribution` (Keras' distribution API, JAX): CMT-Ti at 32 px for a few steps on two virtual CPU devices in one
-process and as two processes on 127.0.0.1, against a one-device run on the same global batch; and the flag
-combinations that cannot work, each refused in one line. The runs use XLA's fast settings: they time nothing."""
+"""`--distribution` (Keras' distribution API, JAX): a CMT of the full structure with few channels
+(`helpers.TINY_MODEL`) at 32 px for a few steps on two virtual CPU devices in one process and as two processes on
+127.0.0.1, against a one-device run on the same global batch; and the flag combinations that cannot work, each
+refused in one line. The runs use XLA's fast settings: they time nothing."""
 
 import json
 import math
@@ -25,6 +26,7 @@ from keras_cmt.training.keras_distribution import DistributionError, check_flags
 # --deterministic: the same batches in every run, so that runs differing only in how they are distributed compare.
 CONFIG = [
     "--model=cmt_ti",
+    "--model_overrides=" + helpers.TINY_MODEL,
     "--dataset=digits",
     "--image_size=32",
     "--batch_size=8",
