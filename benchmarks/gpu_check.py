@@ -72,6 +72,7 @@ from benchmarks.training_backends import (
     run_measuring_child,
     step_timer,
 )
+from benchmarks import variant_table
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(REPO, "tests", "fixtures")
@@ -112,7 +113,7 @@ def parse_args(argv):
         default=["jax", "jax-data_parallel", "torch-channels_first"],
         choices=list(TRAIN_CONFIGS),
     )
-    parser.add_argument("--train_variant", default="cmt_s", choices=["cmt_ti", "cmt_xs", "cmt_s", "cmt_b"])
+    parser.add_argument("--train_variant", default="cmt_s", choices=list(variant_table()))
     parser.add_argument("--train_size", type=int, default=224)
     parser.add_argument("--train_batch", type=int, default=128)
     parser.add_argument("--train_steps", type=int, default=20, help="timed steps")

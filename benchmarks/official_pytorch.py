@@ -22,9 +22,12 @@ import types
 
 import numpy as np
 
+from benchmarks import variant_table
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MICRO_JSON = os.path.join(REPO, "tests", "fixtures", "cmt_micro_seed0.json")
-VARIANTS = ("cmt_ti", "cmt_xs", "cmt_s", "cmt_b")
+# The official code has a factory function for each released variant, under the same name.
+VARIANTS = tuple(name for name, v in variant_table().items() if v.released)
 
 
 def _timm_shims():

@@ -50,6 +50,7 @@ from benchmarks.training_backends import (
     run_measuring_child,
     set_framework_threads,
 )
+from benchmarks import variant_table
 
 RESULT_MARKER = "SIDE_BY_SIDE_RESULT "
 FORMS = {
@@ -63,7 +64,7 @@ FORMS = {
     "torch_built_channels_first": dict(backend="torch", data_format="channels_first", fused=False),
     "torch_fused": dict(backend="torch", data_format="channels_last", fused=True),
 }
-DEFAULT_SIZES = {"cmt_ti": 160, "cmt_xs": 192, "cmt_s": 224, "cmt_b": 256}
+DEFAULT_SIZES = {name: v.default_size for name, v in variant_table().items()}
 
 
 def parse_args(argv):

@@ -65,6 +65,7 @@ import statistics
 import subprocess
 import sys
 import time
+from benchmarks import variant_table
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULT_MARKER = "TRAINING_BACKENDS_RESULT "
@@ -102,7 +103,7 @@ def parse_args(argv):
         epilog="\n\n".join(__doc__.split("\n\n")[1:]),
     )
     parser.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS, choices=list(CONFIGS))
-    parser.add_argument("--variant", default="cmt_ti", choices=["cmt_ti", "cmt_xs", "cmt_s", "cmt_b"])
+    parser.add_argument("--variant", default="cmt_ti", choices=list(variant_table()))
     parser.add_argument("--image_size", type=int, default=160)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=12, help="timed steps per process")

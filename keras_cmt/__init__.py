@@ -5,7 +5,8 @@
 from keras_cmt import quiet as _quiet
 
 with _quiet.command_startup():
-    from keras_cmt.cmt import CMT, CMTXS, CMTBase, CMTSmall, CMTTiny, build_model
+    from keras_cmt.cmt import BUILDERS as _BUILDERS
+    from keras_cmt.cmt import CMT, build_model
     from keras_cmt.flops import count_macs
     from keras_cmt.inference import fuse_for_inference
     from keras_cmt.image_transforms import eval_transform, load_image
@@ -24,15 +25,14 @@ from keras_cmt import hub_registration as _hub_registration
 
 _hub_registration.install()
 
+# The variant builders, one per row of `VARIANTS`: CMTTiny, CMTXS, CMTSmall, CMTBase.
+globals().update(_BUILDERS)
+
 __version__ = "0.1.0"
 
 __all__ = [
     "CMT",
-    "CMTBase",
     "CMTPyramid",
-    "CMTSmall",
-    "CMTTiny",
-    "CMTXS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "VARIANTS",
@@ -48,4 +48,5 @@ __all__ = [
     "preprocess_input",
     "pyramid_model",
     "pyramid_outputs",
+    *_BUILDERS,
 ]

@@ -129,7 +129,8 @@ def CMT(
     )
     _validate_weights_argument(weights)
     if weights == "imagenet" and weights_variant is None:
-        raise ValueError("weights='imagenet' needs a released variant: use CMTTiny, CMTXS, CMTSmall or CMTBase.")
+        released = ", ".join(v.builder_name for v in variants.RELEASED.values())
+        raise ValueError(f"weights='imagenet' needs a variant with released weights: one of {released}.")
     if weights == "imagenet" and include_top and classes != 1000:
         raise ValueError(
             f"weights='imagenet' with include_top=True needs classes=1000 (got classes={classes}); "
@@ -271,9 +272,7 @@ def cmt_features(
     return x, stages
 
 
-def _variant_builder(variant_name):
-    variant = variants.VARIANTS[variant_name]
-
+def _variant_builder(variant):
     def builder(
         include_top=True,
         weights=None,
@@ -286,12 +285,7 @@ def _variant_builder(variant_name):
         name=None,
     ):
         return CMT(
-            depths=variant.depths,
-            embed_dims=variant.embed_dims,
-            num_heads=variant.num_heads,
-            mlp_ratios=variant.mlp_ratios,
-            stem_channels=variant.stem_channels,
-            head_dropout=variant.head_dropout,
+            **variant.builder_kwargs(),
             include_top=include_top,
             weights=weights,
             input_tensor=input_tensor,
@@ -301,8 +295,7 @@ def _variant_builder(variant_name):
             classifier_activation=classifier_activation,
             drop_path_rate=drop_path_rate,
             name=name or variant.name,
-            default_size=variant.default_size,
-            weights_variant=variant.name,
+            weights_variant=variant.name if variant.released else None,
         )
 
     builder.__name__ = builder.__qualname__ = variant.builder_name
@@ -310,15 +303,13 @@ def _variant_builder(variant_name):
     return builder
 
 
-CMTTiny = _variant_builder("cmt_ti")
-CMTXS = _variant_builder("cmt_xs")
-CMTSmall = _variant_builder("cmt_s")
-CMTBase = _variant_builder("cmt_b")
-
-_BUILDERS = {"cmt_ti": CMTTiny, "cmt_xs": CMTXS, "cmt_s": CMTSmall, "cmt_b": CMTBase}
+# One builder per row of the variant table (CMTTiny, CMTXS, CMTSmall, CMTBase), by its builder name.
+BUILDERS = {v.builder_name: _variant_builder(v) for v in variants.VARIANTS.values()}
+globals().update(BUILDERS)
+__all__ = ["CMT", "build_model", *BUILDERS]
 
 
 def build_model(variant, **kwargs):
-    """Builds a released variant by name ("cmt_ti", "cmt_xs", "cmt_s", "cmt_b", or an alias such as "CMTSmall"),
-    forwarding the keyword arguments of the variant builders."""
-    return _BUILDERS[variants.get_variant(variant).name](**kwargs)
+    """Builds a variant by name ("cmt_ti", or an alias such as "CMTSmall"; `keras_cmt.VARIANTS`), forwarding the
+    keyword arguments of the variant builders."""
+    return BUILDERS[variants.get_variant(variant).builder_name](**kwargs)

@@ -13,6 +13,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "fixtures", "pretrain
 
 import pretrained_helpers as helpers  # noqa: E402
 
+from keras_cmt import variants  # noqa: E402
 from keras_cmt.flops import count_macs  # noqa: E402
 
 
@@ -97,7 +98,7 @@ def test_needs_a_static_single_input():
     assert count_macs(dynamic, input_shape=(4, 10, 3)) == 4 * 10 * 2 * 3
 
 
-@pytest.mark.parametrize("name", ["cmt_ti", "cmt_xs", "cmt_s", "cmt_b"])
+@pytest.mark.parametrize("name", list(variants.VARIANTS))
 def test_variant_table_macs_are_counted_from_the_built_models(name):
     """The table `keras-cmt info` prints on any backend is what the TensorFlow graph of each variant executes."""
     from keras_cmt import build_model, variants

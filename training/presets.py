@@ -1,11 +1,14 @@
 """Training recipes: the official CMT ImageNet recipe per variant, and a small-data preset for `digits`.
 
-The ImageNet numbers come from the official cmt_pytorch README and train.py (8 GPUs per run). They live here, apart
+The ImageNet numbers come from the official cmt_pytorch README and train.py (8 GPUs per run) and sit in each
+variant's row of `keras_cmt.VARIANTS`; the `Recipe` type, its defaults and the small-data preset live here, apart
 from the command line, so that `--config` files, the README table and the tests read one source.
 """
 
 import dataclasses
 from typing import Optional
+
+from keras_cmt import variants
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,57 +53,8 @@ class Recipe:
         return dataclasses.asdict(self)
 
 
-# Official recipe (cmt_pytorch README / train.py). EMA 0 = off (Ti is trained without model EMA).
-IMAGENET_PRESETS = {
-    "cmt_ti": Recipe(
-        image_size=160,
-        batch_size=2048,
-        epochs=800,
-        base_lr=8e-4,
-        min_lr=1e-5,
-        warmup_lr=1e-7,
-        warmup_epochs=20,
-        weight_decay=0.05,
-        drop_path=0.1,
-        ema=0.0,
-    ),
-    "cmt_xs": Recipe(
-        image_size=192,
-        batch_size=2048,
-        epochs=400,
-        base_lr=7e-4,
-        min_lr=2e-5,
-        warmup_lr=1e-6,
-        warmup_epochs=20,
-        weight_decay=0.04,
-        drop_path=0.08,
-        ema=0.9998,
-    ),
-    "cmt_s": Recipe(
-        image_size=224,
-        batch_size=1024,
-        epochs=300,
-        base_lr=5e-4,
-        min_lr=1e-5,
-        warmup_lr=1e-7,
-        warmup_epochs=20,
-        weight_decay=0.05,
-        drop_path=0.1,
-        ema=0.99996,
-    ),
-    "cmt_b": Recipe(
-        image_size=256,
-        batch_size=512,
-        epochs=300,
-        base_lr=5e-4,
-        min_lr=2e-5,
-        warmup_lr=1e-6,
-        warmup_epochs=20,
-        weight_decay=0.05,
-        drop_path=0.25,
-        ema=0.99996,
-    ),
-}
+# The official recipe of each variant (cmt_pytorch README / train.py), from its row of `keras_cmt.VARIANTS`.
+IMAGENET_PRESETS = {name: Recipe(image_size=v.default_size, **v.recipe) for name, v in variants.VARIANTS.items()}
 
 # Small-data preset for `digits` (1,437 training images of 8x8 pixels, upscaled), the README's main job: 20 warm-up
 # epochs, Mixup/CutMix, RandAugment and 8% crops do not fit a 10-epoch run on 1,437 images, and flipping changes

@@ -140,15 +140,7 @@ def build_model(model_name, image_size, num_classes, drop_path, overrides_json=N
     if not overrides_json:
         return keras_cmt.build_model(model_name, **kwargs)
     variant = keras_cmt.VARIANTS[model_name]
-    config = dict(
-        depths=variant.depths,
-        embed_dims=variant.embed_dims,
-        num_heads=variant.num_heads,
-        mlp_ratios=variant.mlp_ratios,
-        stem_channels=variant.stem_channels,
-        head_dropout=variant.head_dropout,
-        name=variant.name,
-    )
+    config = {**variant.builder_kwargs(), "name": variant.name}
     config.update(json.loads(overrides_json))
     return keras_cmt.CMT(**config, **kwargs)
 

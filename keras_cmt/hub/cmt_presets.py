@@ -17,20 +17,18 @@ from keras_cmt import variants
 from keras_cmt.weights import pretrained
 
 PRESETS = {
-    f"{name}_imagenet": {
+    v.preset_name: {
         "metadata": {
             "description": (
-                f"{variants.VARIANTS[variant].builder_name} ({variant}) image classifier, the official "
-                f"ImageNet-1k weights (top-1 {variants.VARIANTS[variant].top1}%), converted; "
-                f"{variants.VARIANTS[variant].default_size}x{variants.VARIANTS[variant].default_size} "
-                "input."
+                f"{v.builder_name} ({v.name}) image classifier, the official ImageNet-1k weights (top-1 {v.top1}%), "
+                f"converted; {v.default_size}x{v.default_size} input."
             ),
-            "params": variants.VARIANTS[variant].params,
+            "params": v.params,
             "path": "cmt",
         },
-        "variant": variant,
+        "variant": v.name,
     }
-    for name, variant in (("cmt_tiny", "cmt_ti"), ("cmt_xs", "cmt_xs"), ("cmt_small", "cmt_s"), ("cmt_base", "cmt_b"))
+    for v in variants.RELEASED.values()
 }
 
 BACKBONE_CLASS = "keras_cmt>CMTBackbone"

@@ -54,13 +54,9 @@ class PretrainedWeightsError(ValueError):
     """The ImageNet weights could not be fetched, read or matched to the variant."""
 
 
-def _variant(variant):
-    return variant if isinstance(variant, variants.Variant) else variants.get_variant(variant)
-
-
 def weights_url(variant, base_url=None):
     """The URL of a variant's release checkpoint (`KERAS_CMT_WEIGHTS_URL` or the official release + file name)."""
-    variant = _variant(variant)
+    variant = variants.get_variant(variant)
     base = base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
     return f"{base.rstrip('/')}/{variant.weights_file}"
 
@@ -102,7 +98,7 @@ def _resolve_sha256(variant, sha256):
 def cache_paths(variant, prefer="auto", cache_dir=None):
     """Returns (weights_h5, record_json, hand_placed_pth) for a variant: where the converted weights, their record
     and a checkpoint fetched by hand live."""
-    variant = _variant(variant)
+    variant = variants.get_variant(variant)
     folder = cache_dir or default_cache_dir()
     suffix = "" if prefer == "auto" else f"_{prefer}"
     weights = os.path.join(folder, f"{variant.name}_imagenet{suffix}.weights.h5")
@@ -208,13 +204,8 @@ def _reference_model(variant, state_dict, builder):
     found = checkpoint_mapping.describe_state_dict(state_dict)
     size = 4 * side
     return builder(
-        depths=variant.depths,
-        embed_dims=variant.embed_dims,
-        num_heads=variant.num_heads,
-        mlp_ratios=variant.mlp_ratios,
-        stem_channels=variant.stem_channels,
+        **variant.builder_kwargs(),
         head_channels=int(state_dict["_fc.weight"].shape[0]),
-        head_dropout=variant.head_dropout,
         include_top=found["classes"] is not None,
         classes=found["classes"] or 1000,
         input_shape=(size, size, 3) if keras.config.image_data_format() == "channels_last" else (3, size, size),
@@ -291,7 +282,7 @@ def imagenet_weights_path(variant, builder, prefer=None, sha256=None, cache_dir=
 
 def _ensure_cache(variant, builder, prefer, sha256, cache_dir, base_url, model=None):
     """Returns (weights path, whether `model` was filled while converting)."""
-    variant = _variant(variant)
+    variant = variants.get_variant(variant)
     prefer = _resolve_prefer(prefer)
     pinned = _resolve_sha256(variant, sha256)
     weights_path, record_path, hand_placed = cache_paths(variant, prefer, cache_dir)
