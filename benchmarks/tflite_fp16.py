@@ -31,6 +31,8 @@ import time
 
 import numpy as np
 
+from benchmarks import variant_table
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(os.path.dirname(REPO), "shared", "fixtures")
 
@@ -41,7 +43,7 @@ def parse_args(argv):
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="\n\n".join(__doc__.split("\n\n")[1:]),
     )
-    parser.add_argument("--variant", default="cmt_ti", choices=["cmt_ti", "cmt_xs", "cmt_s", "cmt_b"])
+    parser.add_argument("--variant", default="cmt_ti", choices=list(variant_table()))
     parser.add_argument(
         "--weights",
         default=None,
@@ -90,7 +92,7 @@ def main(argv=None):
     keras_logits = model.predict(x, verbose=0)
     reference = keras_logits if reference is None else reference
     files = {
-        mode: convert.convert(model, quantize=mode, input_range="normalized", logits=True, with_metadata=False)
+        mode: convert.convert(model, quantize=mode, input_range="normalized", with_metadata=False)
         for mode in ("none", "float16")
     }
     runners = {

@@ -22,6 +22,7 @@ import sys
 import numpy as np
 
 from keras_cmt import quiet
+from keras_cmt.model_loading import MODEL_HELP
 
 PROG = "keras-cmt"
 
@@ -42,7 +43,7 @@ def _parser():
     predict.add_argument(
         "--model",
         default="cmt_small",
-        help="variant (cmt_ti, cmt_xs, cmt_small, cmt_base, ...) or a saved .keras model (default: cmt_small)",
+        help=f"{MODEL_HELP} (default: cmt_small)",
     )
     predict.add_argument(
         "--weights",
@@ -84,9 +85,7 @@ def _parser():
         "`import keras_cmt`.",
     )
     export.add_argument("out_dir", metavar="DIR", help="the preset directory to create")
-    export.add_argument(
-        "--model", required=True, help="variant (cmt_ti, cmt_xs, cmt_s, cmt_b, ...) or a saved keras_cmt .keras model"
-    )
+    export.add_argument("--model", required=True, help=MODEL_HELP)
     export.add_argument(
         "--weights",
         default=None,
@@ -108,9 +107,7 @@ def _parser():
         description="Keras' model.export on the serving form (normalisations folded, ImageNet normalisation "
         "inside), the file checked in its runtime within 1e-4 of Keras before it is written.",
     )
-    files.add_argument(
-        "--model", required=True, help="variant (cmt_ti, cmt_xs, cmt_s, cmt_b, ...) or a saved keras_cmt .keras model"
-    )
+    files.add_argument("--model", required=True, help=MODEL_HELP)
     files.add_argument(
         "--format",
         required=True,
@@ -162,29 +159,11 @@ def _positive_int(text):
 
 
 def _load_model(args, logits=False):
-    import keras_cmt
-    from keras_cmt.weights.loading import load_model_file
+    from keras_cmt import model_loading
 
-    if args.model.endswith(".keras"):
-        if not os.path.isfile(args.model):
-            raise ValueError(f"--model {args.model}: no such file.")
-        if args.size is not None:
-            raise ValueError("--size applies to variants; a .keras model keeps the input size it was saved with.")
-        model = load_model_file(args.model)  # Keras' safe mode; a bad file is one line naming it
-        if args.weights not in (None, "none"):
-            if args.weights == "imagenet":
-                raise ValueError("--weights imagenet needs a variant --model; a .keras model has its own weights.")
-            keras_cmt.load_weights(model, args.weights)
-        return model
-    variant = keras_cmt.get_variant(args.model)
-    size = args.size or variant.default_size
-    weights = args.weights or "imagenet"
-    return keras_cmt.build_model(
-        variant.name,
-        weights=None if weights == "none" else weights,
-        input_shape=(size, size, 3),
-        classifier_activation=None if logits else "softmax",
-    )
+    saved = model_loading.is_saved_model(args.model)
+    weights = args.weights if args.weights is not None or saved else "imagenet"
+    return model_loading.load_model(args.model, weights=weights, size=args.size, logits=logits)
 
 
 def _labels(args, classes):
@@ -260,7 +239,7 @@ def info(args, out=None):
         size = f"{variant.default_size}^2"
         print(
             f"{name:<8} {variant.builder_name:<9} {model.count_params():>12,} {gmacs:>7.3f} {size:>7} "
-            f"{variant.top1:>6.1f}  {variant.weights_file}",
+            + (f"{variant.top1:>6.1f}  {variant.weights_file}" if variant.released else f"{'-':>6}  (none released)"),
             file=out,
             flush=True,
         )
@@ -305,12 +284,10 @@ def export_file(args, out=None):
     export.check_format(args.format)  # a format this backend cannot write is refused before the model is built
     if args.quantize != "none" and args.format != "litert":
         raise ValueError(f"--quantize {args.quantize} applies to --format litert only")
-    suffix = export.FORMATS[args.format][1]
-    base = os.path.splitext(os.path.basename(args.model))[0] + (f"_{args.size}" if args.size else "")
-    output = args.output or base + (suffix or "_saved_model")
+    from keras_cmt.model_loading import output_stem
+
+    output = args.output or output_stem(args.model, args.size) + (export.FORMATS[args.format][1] or "_saved_model")
     export.check_output(args.format, output)
-    if args.logits and args.model.endswith(".keras"):
-        raise ValueError("--logits applies to variants; a .keras model keeps the output it was saved with.")
     model = _load_model(args, logits=args.logits)
     options = {"quantize": args.quantize} if args.quantize != "none" else {}
     error = export.export(model, output, args.format, input_range=args.input_range, fuse=not args.no_fuse, **options)

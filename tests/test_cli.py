@@ -96,8 +96,9 @@ def test_predict_with_a_saved_model_and_checkpoint_weights(official_micro, saved
         (["predict", "{missing}"], r"missing\.png: no such image file\."),
         (["predict", IMAGES[0], "--model", "cmt_huge"], r"Unknown CMT variant 'cmt_huge'"),
         (["predict", IMAGES[0], "--model", "cmt_ti", "--weights", "{missing}"], r"missing\.png.*no such file"),
-        (["predict", IMAGES[0], "--model", "{missing}.keras"], r"--model .*missing\.png\.keras: no such file\."),
-        (["predict", IMAGES[0], "--model", "{saved}", "--weights", "imagenet"], r"--weights imagenet needs a variant"),
+        (["predict", IMAGES[0], "--model", "{missing}.keras"], r"model .*missing\.png\.keras: no such file\."),
+        (["predict", IMAGES[0], "--model", "{saved}", "--weights", "imagenet"], r"weights 'imagenet' need a variant"),
+        (["predict", IMAGES[0], "--model", "{saved}", "--size", "96"], r"an input size applies to variants"),
         (["predict", IMAGES[0], "--model", "{saved}", "--labels", "{labels}"], r"2 names for a model with 10 classes"),
     ],
 )

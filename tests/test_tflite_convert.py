@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import keras_cmt
+from keras_cmt import model_loading
 from conftest import build_micro
 from keras_cmt.tflite import compatibility, convert
 from keras_cmt.tflite.runner import LiteRTModel
@@ -183,8 +184,8 @@ def test_keras_file_converts_like_the_model(micro_logits_model, tmp_path, pixels
 
 
 def test_output_kind_follows_the_classifier_activation():
-    assert convert._output_is_probability(build_micro())
-    assert not convert._output_is_probability(build_micro(classifier_activation=None))
+    assert model_loading.ends_in_softmax(build_micro())
+    assert not model_loading.ends_in_softmax(build_micro(classifier_activation=None))
 
 
 def test_fused_and_unfused_conversions_agree(micro_logits_model, micro_io):

@@ -38,8 +38,10 @@ def test_int8_without_representative_data(capsys, tmp_path):
 
 
 def test_other_bad_options(capsys, tmp_path):
-    assert "unknown model 'cmt_huge'" in _cli_error(capsys, ["--model", "cmt_huge"])
-    assert "model file not found" in _cli_error(capsys, ["--model", str(tmp_path / "missing.keras")])
+    # The same messages as every keras_cmt command's (keras_cmt.model_loading).
+    assert "Unknown CMT variant 'cmt_huge'" in _cli_error(capsys, ["--model", "cmt_huge"])
+    missing = tmp_path / "missing.keras"
+    assert f"model {missing}: no such file." in _cli_error(capsys, ["--model", str(missing)])
     assert "needs full-integer" in _cli_error(
         capsys, ["--model", "cmt_ti", "--quantize", "int8", "--representative_data", "digits", "--io_type", "int8"]
     )

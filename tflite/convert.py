@@ -23,7 +23,7 @@ import sys
 
 import numpy as np
 
-from keras_cmt import atomic_files, quiet
+from keras_cmt import atomic_files, model_loading, quiet
 from keras_cmt.tflite import metadata as metadata_lib
 from keras_cmt.tflite import quantization
 
@@ -58,40 +58,6 @@ def write_atomically(path: str, data: bytes) -> str:
     return atomic_files.write_bytes(check_output_path(path), data)
 
 
-def load_model(model, *, weights=None, image_size=None, classes=None, logits=False):
-    """A Keras CMT from a variant name ('cmt_ti', ...), a `.keras` file or an existing keras.Model."""
-    import keras
-
-    import keras_cmt
-
-    if isinstance(model, keras.Model):
-        return model
-    model = os.fspath(model)
-    if model.endswith(".keras"):
-        if not os.path.isfile(model):
-            raise FileNotFoundError(f"model file not found: {model}")
-        if weights is not None or image_size is not None:
-            raise ValueError("--weights and --image_size do not apply to a .keras file (it holds both)")
-        from keras_cmt.weights.loading import load_model_file
-
-        return load_model_file(model)  # Keras' safe mode; a bad file is one ValueError line naming it
-    if model not in keras_cmt.VARIANTS:
-        raise ValueError(f"unknown model {model!r}: expected one of {', '.join(keras_cmt.VARIANTS)} or a .keras file")
-    kwargs = dict(weights=weights, classifier_activation=None if logits else "softmax")
-    if image_size is not None:
-        kwargs["input_shape"] = (int(image_size), int(image_size), 3)
-    if classes is not None:
-        kwargs["classes"] = int(classes)
-    return keras_cmt.build_model(model, **kwargs)
-
-
-def _output_is_probability(model) -> bool:
-    """Whether the model ends in a softmax: keras_cmt puts the classifier's activation in a float32 layer named
-    "predictions" after the Dense "head"; other models are judged by their last layer."""
-    layer = model.layers[-1]
-    return getattr(getattr(layer, "activation", None), "__name__", "") == "softmax"
-
-
 def serving_function(model, input_range: str = "0-255"):
     """A batch-1 tf.function: RGB image in `input_range` -> the model's output, normalisation inside."""
     import tensorflow as tf
@@ -102,7 +68,7 @@ def serving_function(model, input_range: str = "0-255"):
     if None in (height, width) or channels != 3:
         raise ValueError(f"the model needs a static (H, W, 3) input shape, got {model.input_shape[1:]}")
     metadata_lib.normalization_for_metadata(input_range, (0.0,), (1.0,))  # validates input_range
-    output_name = "probability" if _output_is_probability(model) else "logits"
+    output_name = "probability" if model_loading.ends_in_softmax(model) else "logits"
 
     @tf.function(input_signature=[tf.TensorSpec([1, height, width, 3], tf.float32, name="image")])
     def serve(image):
@@ -218,7 +184,7 @@ def add_metadata(
         input_range, keras_cmt.IMAGENET_MEAN, keras_cmt.IMAGENET_STD
     )
     height, width = model.input_shape[1:3]
-    probability = _output_is_probability(model)
+    probability = model_loading.ends_in_softmax(model)
     if not description:
         description = (
             f"CMT image classifier ({model.name}), {height}x{width} RGB input, {num_classes} classes; "
@@ -288,15 +254,16 @@ def convert(
         check_output_path(output)
     if isinstance(labels, (str, os.PathLike)):
         labels = read_labels(os.fspath(labels))
-    keras_model = load_model(model, weights=weights, image_size=image_size, classes=classes, logits=logits)
+    keras_model = model_loading.load_model(model, weights=weights, size=image_size, classes=classes, logits=logits)
     if fuse:
         from keras_cmt import inference
 
         if inference.is_training_form(keras_model):
-            # The key-side attention form saves 4-7% of the multiply-adds in float files (CMT-S fp32, 2 threads,
-            # interleaved: 0.97x). In `dynamic` files the projections it removes are int8-weight GEMMs, 3.6x
-            # faster than the float per-head products it adds: weighed so, only single-head stages take it (CMT-S
-            # 0.98x; all stages: 1.10x). The calibrated int8 mode keeps the query-side form.
+            # The key-side attention form removes multiply-adds, which is what float files spend their time on. In
+            # `dynamic` files the projections it removes are int8-weight GEMMs, faster than the float per-head
+            # products it adds, so their multiply-adds are weighed by the rates' ratio and fewer stages take it.
+            # The calibrated int8 mode keeps the query-side form. Measured: benchmarks/RESULTS.md ("Key-side
+            # attention in the fused model" and the row after it).
             # Per-head products as grouped 1x1 convolutions: XNNPACK's fp16 path (a float16 file on a phone with
             # fp16 arithmetic) cannot run a batch matmul with a constant operand.
             keras_model = inference.fuse_for_inference(
@@ -340,15 +307,13 @@ def convert(
 
 
 def default_output_path(model, quantize: str, image_size=None, fmt: str = "tflite") -> str:
-    base = os.path.splitext(os.path.basename(os.fspath(model)))[0]
-    size = f"_{image_size}" if image_size else ""
     suffix = "" if quantize == "none" else f"_{quantize}"
-    return f"{base}{size}{suffix}.{fmt}"
+    return f"{model_loading.output_stem(model, image_size)}{suffix}.{fmt}"
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m keras_cmt.tflite.convert", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True, help="cmt_ti | cmt_xs | cmt_s | cmt_b, or a .keras file")
+    p.add_argument("--model", required=True, help=model_loading.MODEL_HELP)
     p.add_argument("--weights", default=None, help="imagenet, a .weights.h5 / .pth path, or none")
     p.add_argument("--image_size", type=int, default=None, help="square input size (multiple of 32)")
     p.add_argument("--classes", type=int, default=None, help="number of classes (variant names only)")

@@ -11,13 +11,13 @@ already-normalised input), any batch size, checked with onnxruntime against the 
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
 
 import numpy as np
 
+from keras_cmt import model_loading
 from keras_cmt.tflite import convert as convert_lib
 from keras_cmt.tflite import export as export_lib
 
@@ -58,7 +58,7 @@ def export(
 ) -> bytes:
     """A variant name, `.keras` file or keras.Model to a checked ONNX file at `output` (written atomically);
     returns its bytes."""
-    keras_model = convert_lib.load_model(model, weights=weights, image_size=image_size, classes=classes, logits=logits)
+    keras_model = model_loading.load_model(model, weights=weights, size=image_size, classes=classes, logits=logits)
     if output is None:
         return to_onnx_bytes(keras_model, input_range=input_range, fuse=fuse)
     export_lib.export(keras_model, output, "onnx", input_range=input_range, fuse=fuse)
@@ -67,39 +67,8 @@ def export(
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m keras_cmt.tflite.export_onnx", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True, help="cmt_ti | cmt_xs | cmt_s | cmt_b, or a .keras file")
-    p.add_argument("--weights", default=None)
-    p.add_argument("--image_size", type=int, default=None)
-    p.add_argument("--classes", type=int, default=None)
-    p.add_argument("--input_range", default="0-255", help="0-255 | 0-1 | normalized")
-    p.add_argument("--logits", action="store_true")
-    p.add_argument("--output", default=None)
-    args = p.parse_args(argv)
-    weights = None if args.weights in (None, "none", "None") else args.weights
-    output = args.output or convert_lib.default_output_path(args.model, "none", args.image_size, "onnx")
-    try:
-        export(
-            args.model,
-            output,
-            weights=weights,
-            image_size=args.image_size,
-            classes=args.classes,
-            input_range=args.input_range,
-            logits=args.logits,
-        )
-    except (
-        ValueError,
-        FileNotFoundError,
-        convert_lib.ConversionError,
-        export_lib.ExportError,
-        OSError,
-        ImportError,
-    ) as e:
-        print(f"error: {convert_lib._first_line(e)}", file=sys.stderr)
-        return 2
-    print(f"wrote {os.path.abspath(output)} ({os.path.getsize(output) / 1e6:.2f} MB)")
-    return 0
+    """`python -m keras_cmt.tflite.convert --format onnx` with the same flags."""
+    return convert_lib.main([*(sys.argv[1:] if argv is None else argv), "--format", "onnx"])
 
 
 if __name__ == "__main__":

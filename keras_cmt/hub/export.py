@@ -9,7 +9,7 @@ import tempfile
 import keras
 import numpy as np
 
-from keras_cmt import cmt, variants
+from keras_cmt import model_loading, variants
 from keras_cmt.hub.cmt_backbone import CMTBackbone
 from keras_cmt.hub.cmt_image_classifier import CMTImageClassifier
 from keras_cmt.hub.cmt_image_classifier_preprocessor import CMTImageClassifierPreprocessor
@@ -103,36 +103,6 @@ def _check_same_outputs(model, exported, source):
         raise RuntimeError(f"{source}: the keras-hub model's outputs differ from the plain model's; not exported.")
 
 
-def load_plain_model(model, weights=None, size=None):
-    """A plain CMT model from a variant name (with `weights`: "imagenet", a file or None) or a `.keras` file
-    (optionally with `weights` loaded onto it); returns (model, source text)."""
-    from keras_cmt.weights.loading import load_model_file, load_weights
-
-    if isinstance(model, keras.Model):
-        return model, model.name
-    model = os.fspath(model)
-    if model.endswith(".keras"):
-        if not os.path.isfile(model):
-            raise ValueError(f"{model}: no such .keras file.")
-        if size is not None:
-            raise ValueError(f"{model}: a .keras model keeps its input size; size applies to variants.")
-        if weights == "imagenet":
-            raise ValueError(f"{model}: weights='imagenet' needs a variant; a .keras model has its own weights.")
-        loaded = load_model_file(model)  # Keras' safe mode; a bad file is one ValueError line naming it
-        if weights is not None:
-            load_weights(loaded, weights)
-        return loaded, model
-    variant = variants.get_variant(model)
-    size = size or variant.default_size
-    built = cmt.build_model(
-        variant.name,
-        weights=weights,
-        input_shape=(size, size, 3) if keras.config.image_data_format() == "channels_last" else (3, size, size),
-        classifier_activation=None,
-    )
-    return built, f"{variant.name} ({weights or 'random'} weights)"
-
-
 def _swap_into_place(tmp, out_dir, overwrite):
     """Renames the finished `tmp` to `out_dir`. An empty or missing `out_dir` is replaced by one rename (which
     fails rather than replace a folder that filled up meanwhile); with `overwrite`, an existing preset is moved
@@ -177,7 +147,8 @@ def export_preset(model, out_dir, weights=None, size=None, overwrite=False):
                 raise ValueError(f"{out_dir}: exists and is not empty (overwrite replaces a preset directory).")
             if not os.path.isfile(os.path.join(out_dir, "config.json")):
                 raise ValueError(f"{out_dir}: not a keras-hub preset directory; refusing to replace it.")
-    plain, source = load_plain_model(model, weights=weights, size=size)
+    plain = model_loading.load_model(model, weights, size, logits=not model_loading.is_saved_model(model))
+    source = model_loading.describe(model, weights)
     exported, converter = task_from_model(plain, source)
     _check_same_outputs(plain, exported, source)
 
