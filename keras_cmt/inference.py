@@ -13,91 +13,9 @@ import keras
 import numpy as np
 from keras import tree
 
-from keras_cmt.fused_layers import (
-    HEAD_PROJECTIONS,
-    ChannelShift,
-    FusedCMTBlock,
-    HeadsLastBias,
-    absorbs_projections,
-    key_side_weights,
-)
+from keras_cmt.fused_layers import HEAD_PROJECTIONS, ChannelShift, absorbs_projections
 from keras_cmt.layers import CMTBlock, PatchEmbedding, RelativePositionBias, exact_gelu
-
-
-def _np(variable):
-    return np.asarray(keras.ops.convert_to_numpy(variable), dtype=np.float64)
-
-
-def _bn_affine(layer):
-    """BatchNorm in inference as y = a * x + c."""
-    a = _np(layer.gamma) / np.sqrt(_np(layer.moving_variance) + layer.epsilon)
-    return a, _np(layer.beta) - _np(layer.moving_mean) * a
-
-
-def _conv_weights(conv):
-    kernel = _np(conv.kernel)
-    return kernel, _np(conv.bias) if conv.use_bias else np.zeros(kernel.shape[-1])
-
-
-def _with_identity_tap(kernel):
-    """Adds the residual `x + dwconv(x)` to a 3x3 depthwise kernel as +1 on its centre tap."""
-    kernel = kernel.copy()
-    kernel[1, 1, :, 0] += 1.0
-    return kernel
-
-
-def _shift_and_scale(a, c):
-    """For a BatchNorm y = a * x + c feeding a zero-padded convolution W: conv(pad0(y)) = conv_{W*a}(pad0(x + c/a)).
-
-    A channel with a == 0 (gamma exactly 0) gets a tiny scale instead: its output c is then reproduced to float
-    precision, the input term being negligible."""
-    tiny = 1e-8
-    a = np.where(np.abs(a) < tiny, np.where(a < 0, -tiny, tiny), a)
-    return c / a, a
-
-
-def _fused_block_weights(block, key_side):
-    attn, mlp = block.attn, block.mlp
-    w = {"lpu_kernel": _with_identity_tap(_np(block.lpu.proj.kernel)), "lpu_bias": _np(block.lpu.bias)}
-
-    def linear(conv):  # a 1x1 convolution as a (C_in, C_out) matrix and its bias
-        kernel, bias = _conv_weights(conv)
-        return kernel[0, 0], bias
-
-    g1, b1 = _np(block.norm1.gamma), _np(block.norm1.beta)
-    wq, bq = linear(attn.q)
-    wq, bq = g1[:, None] * wq * attn.scale, (b1 @ wq + bq) * attn.scale
-    wp, w["proj_bias"] = linear(attn.proj)
-    if key_side:  # stored in the per-head layout, so serving does not re-derive it per call
-        w["query_heads"], w["key_bias_kernel"], w["out_heads"] = (
-            np.asarray(t) for t in key_side_weights(wq, bq, wp, attn.num_heads)
-        )
-    else:
-        w["q_kernel"], w["q_bias"], w["proj_kernel"] = wq, bq, wp
-    wk, bk = linear(attn.k)
-    wv, bv = linear(attn.v)
-    if attn.sr_ratio > 1:  # LayerNorm's affine goes into the reduction, the reduction's BatchNorm after it
-        k_sr, b_sr = _conv_weights(attn.sr)
-        a_s, c_s = _bn_affine(attn.sr_norm)
-        w["sr_kernel"] = k_sr * (g1 * a_s)[None, None, :, None]
-        w["sr_bias"] = a_s * (b_sr + b1 * k_sr.sum(axis=(0, 1))[:, 0]) + c_s
-        w["k_kernel"], w["k_bias"], w["v_kernel"], w["v_bias"] = wk, bk, wv, bv
-    else:
-        w["k_kernel"], w["k_bias"] = g1[:, None] * wk, b1 @ wk + bk
-        w["v_kernel"], w["v_bias"] = g1[:, None] * wv, b1 @ wv + bv
-
-    g2, b2 = _np(block.norm2.gamma), _np(block.norm2.beta)
-    w1, c1 = linear(mlp.conv1)
-    w["fc1_kernel"], w["fc1_bias"] = g2[:, None] * w1, b2 @ w1 + c1
-    w["dw_shift"], a1 = _shift_and_scale(*_bn_affine(mlp.norm1))
-    w["dw_kernel"] = _with_identity_tap(_np(mlp.dwconv.proj.kernel)) * a1[None, None, :, None]
-    w["dw_bias"] = _np(mlp.dwconv.bias)
-    a2, s2 = _bn_affine(mlp.norm2)
-    a3, s3 = _bn_affine(mlp.norm3)
-    w2, c2 = linear(mlp.conv2)
-    w["fc2_kernel"] = (a2[:, None] * w2) * a3[None, :]
-    w["fc2_bias"] = (s2 @ w2 + c2) * a3 + s3
-    return w
+from keras_cmt.layers.folding import array, batch_norm_affine, conv_weights, shift_and_scale
 
 
 def is_training_form(model):
@@ -146,7 +64,7 @@ class _Folding:
         for layer in self.layers:
             if not isinstance(layer, keras.layers.BatchNormalization):
                 continue
-            a, c = _bn_affine(layer)
+            a, c = batch_norm_affine(layer)
             producer, consumer = self.producer[layer.name], self._only_consumer(layer)
             if (
                 isinstance(producer, keras.layers.Conv2D)
@@ -158,7 +76,7 @@ class _Folding:
             elif isinstance(consumer, (keras.layers.Conv2D, PatchEmbedding)):
                 conv = consumer.proj if isinstance(consumer, PatchEmbedding) else consumer
                 if _pads(conv):  # zero padding sees the shifted input, not the BatchNorm's output: keep the shift
-                    shift, a = _shift_and_scale(a, c)
+                    shift, a = shift_and_scale(a, c)
                     self.folded_before[consumer.name] = (a, None)
                     replacement = ChannelShift(name=layer.name)
                     self.assignments.append((replacement, {"shift": shift}))
@@ -185,44 +103,35 @@ class _Folding:
         """The `clone_function` of `keras.models.clone_model`."""
         if layer.name in self.replacements:
             return self.replacements[layer.name]
-        if isinstance(layer, CMTBlock):
+        if isinstance(layer, CMTBlock):  # each part folds itself
             key_side = _stage_uses_key_side(
                 layer.input[0].shape, layer.num_heads, layer.sr_ratio, self.key_side_projections, self.projection_cost
             )
-            fused = FusedCMTBlock(
-                layer.dim,
-                layer.num_heads,
-                layer.mlp.hidden_dim,
-                layer.sr_ratio,
-                layer.ln_epsilon,
-                key_side_projections=key_side,
-                head_projections=self.head_projections,
-                name=layer.name,
-            )
-            self.assignments.append((fused, _fused_block_weights(layer, key_side)))
-            return fused
+            serving, weights = layer.serving_form(key_side, self.head_projections)
+            self.assignments.append((serving, weights))
+            return serving
         if isinstance(layer, RelativePositionBias):
-            heads, n_q, n_k = layer.bias.shape
-            if _stage_uses_key_side(
+            heads = layer.bias.shape[0]
+            key_side = _stage_uses_key_side(
                 layer.input.shape, heads, layer.sr_ratio, self.key_side_projections, self.projection_cost
-            ):
-                replacement = HeadsLastBias(heads, n_q, n_k, name=layer.name)
-                bias = _np(layer.bias).transpose(1, 0, 2).reshape(n_q, heads * n_k)
-                self.assignments.append((replacement, {"bias": bias}))
-                return replacement
+            )
+            replacement = layer.serving_form(key_side)
+            if replacement is not None:
+                self.assignments.append(replacement)
+                return replacement[0]
         if isinstance(layer, keras.layers.Activation) and layer.activation is keras.activations.gelu:
             # A model saved before the stem's GELUs were `exact_gelu`: Activation("gelu") is the same function,
             # but on TensorFlow it is tf.nn.gelu, whose Erfc ONNX lacks.
             return keras.layers.Activation(exact_gelu, name=layer.name, dtype=layer.dtype_policy)
         clone = layer.__class__.from_config(layer.get_config())
         if isinstance(layer, keras.layers.Conv2D):
-            kernel, bias = self._fold_conv(layer.name, *_conv_weights(layer))
+            kernel, bias = self._fold_conv(layer.name, *conv_weights(layer))
             clone.use_bias = True
             self.assignments.append((clone, {"kernel": kernel, "bias": bias}))
         elif isinstance(layer, PatchEmbedding):
-            kernel, bias = self._fold_conv(layer.name, *_conv_weights(layer.proj))
+            kernel, bias = self._fold_conv(layer.name, *conv_weights(layer.proj))
             self.assignments.append((clone.proj, {"kernel": kernel, "bias": bias}))
-            self.assignments.append((clone.norm, {"gamma": _np(layer.norm.gamma), "beta": _np(layer.norm.beta)}))
+            self.assignments.append((clone.norm, {"gamma": array(layer.norm.gamma), "beta": array(layer.norm.beta)}))
         elif layer.weights:
             self.assignments.append((clone, {v.name: v for v in layer.weights}))
         return clone

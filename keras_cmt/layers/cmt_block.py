@@ -2,6 +2,7 @@
 
 import keras
 
+from keras_cmt.layers import folding
 from keras_cmt.layers.data_format import standardize_data_format
 from keras_cmt.layers.drop_path import DropPath
 from keras_cmt.layers.inverted_residual_ffn import InvertedResidualFFN
@@ -64,6 +65,28 @@ class CMTBlock(keras.layers.Layer):
         x = self.lpu(inputs)
         x = x + self.drop_path(self.attn(self.norm1(x), relative_position_bias, training=training), training=training)
         return x + self.drop_path(self.mlp(self.norm2(x), training=training), training=training)
+
+    def serving_form(self, key_side=False, head_projections="matmul"):
+        """The block for inference, every normalisation folded (`keras_cmt.fused_layers.FusedCMTBlock`), and the
+        weights to give it once built: each part's own fold (`folded`), the LayerNorms' affines going into the
+        part after them."""
+        from keras_cmt.fused_layers import FusedCMTBlock
+
+        serving = FusedCMTBlock(
+            self.dim,
+            self.num_heads,
+            self.mlp.hidden_dim,
+            self.sr_ratio,
+            self.ln_epsilon,
+            key_side_projections=key_side,
+            head_projections=head_projections,
+            name=self.name,
+        )
+        lpu_kernel, lpu_bias = self.lpu.folded()
+        weights = {"lpu_kernel": lpu_kernel, "lpu_bias": lpu_bias}
+        weights.update(self.attn.folded(folding.array(self.norm1.gamma), folding.array(self.norm1.beta), key_side))
+        weights.update(self.mlp.folded(folding.array(self.norm2.gamma), folding.array(self.norm2.beta)))
+        return serving, weights
 
     def compute_output_shape(self, inputs_shape, relative_position_bias_shape=None):
         return inputs_shape

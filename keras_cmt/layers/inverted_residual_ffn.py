@@ -8,7 +8,7 @@ computation, `LocalPerceptionUnit`) -> GELU -> BN, then 1x1 project -> BN (the o
 
 import keras
 
-from keras_cmt.layers import initializers
+from keras_cmt.layers import folding, initializers
 from keras_cmt.layers.data_format import channel_axis, standardize_data_format
 from keras_cmt.layers.gelu import exact_gelu
 from keras_cmt.layers.local_perception_unit import LocalPerceptionUnit
@@ -62,6 +62,23 @@ class InvertedResidualFFN(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return input_shape
+
+    def folded(self, input_scale, input_shift):
+        """The serving form's weights, with the affine y = input_scale * x + input_shift ahead of the layer (the
+        block's LayerNorm) folded in: fc1 (the expansion), the depthwise convolution (its shortcut on the centre
+        tap, the BatchNorm before it as a kernel scale and a shift of its input `dw_shift`, exact at the zero
+        padding), and fc2 (the projection, both BatchNorms around it folded in)."""
+        w1, c1 = folding.linear(self.conv1)
+        w = {"fc1_kernel": input_scale[:, None] * w1, "fc1_bias": input_shift @ w1 + c1}
+        w["dw_shift"], a1 = folding.shift_and_scale(*folding.batch_norm_affine(self.norm1))
+        dw_kernel, w["dw_bias"] = self.dwconv.folded()
+        w["dw_kernel"] = dw_kernel * a1[None, None, :, None]
+        a2, s2 = folding.batch_norm_affine(self.norm2)
+        a3, s3 = folding.batch_norm_affine(self.norm3)
+        w2, c2 = folding.linear(self.conv2)
+        w["fc2_kernel"] = (a2[:, None] * w2) * a3[None, :]
+        w["fc2_bias"] = (s2 @ w2 + c2) * a3 + s3
+        return w
 
     def get_config(self):
         return {

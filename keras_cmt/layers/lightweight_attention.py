@@ -11,9 +11,10 @@ data format and its variables are the same in both.
 """
 
 import keras
+import numpy as np
 from keras import ops
 
-from keras_cmt.layers import initializers
+from keras_cmt.layers import folding, initializers
 from keras_cmt.layers.data_format import channel_axis, spatial_size, standardize_data_format
 
 
@@ -107,6 +108,37 @@ class LightweightAttention(keras.layers.Layer):
         else:  # in float32, which keeps mixed-precision training stable (a no-op in float32)
             attn = ops.cast(ops.softmax(ops.cast(logits, "float32"), axis=-1), v.dtype)
         return self.proj(self._merge_heads(ops.matmul(attn, v), height, width))
+
+    def folded(self, input_scale, input_shift, key_side=False):
+        """The serving form's weights, with the affine y = input_scale * x + input_shift ahead of the layer (the
+        block's LayerNorm) folded into the query projection (with the 1/sqrt(d) scale) and into the key/value
+        side: the reduction convolution and its BatchNorm where there is one, else the key and value projections.
+        With `key_side`, the query and output projections in the per-head layout of the key-side form
+        (`keras_cmt.fused_layers.key_side_weights`)."""
+        wq, bq = folding.linear(self.q)
+        wq, bq = input_scale[:, None] * wq * self.scale, (input_shift @ wq + bq) * self.scale
+        wp, bp = folding.linear(self.proj)
+        w = {"proj_bias": bp}
+        if key_side:
+            from keras_cmt.fused_layers import key_side_weights
+
+            w["query_heads"], w["key_bias_kernel"], w["out_heads"] = (
+                np.asarray(t) for t in key_side_weights(wq, bq, wp, self.num_heads)
+            )
+        else:
+            w["q_kernel"], w["q_bias"], w["proj_kernel"] = wq, bq, wp
+        wk, bk = folding.linear(self.k)
+        wv, bv = folding.linear(self.v)
+        if self.sr_ratio > 1:  # the affine goes into the reduction, the reduction's BatchNorm after it
+            k_sr, b_sr = folding.conv_weights(self.sr)
+            a_s, c_s = folding.batch_norm_affine(self.sr_norm)
+            w["sr_kernel"] = k_sr * (input_scale * a_s)[None, None, :, None]
+            w["sr_bias"] = a_s * (b_sr + input_shift * k_sr.sum(axis=(0, 1))[:, 0]) + c_s
+            w["k_kernel"], w["k_bias"], w["v_kernel"], w["v_bias"] = wk, bk, wv, bv
+        else:
+            w["k_kernel"], w["k_bias"] = input_scale[:, None] * wk, input_shift @ wk + bk
+            w["v_kernel"], w["v_bias"] = input_scale[:, None] * wv, input_shift @ wv + bv
+        return w
 
     def compute_output_shape(self, inputs_shape, relative_position_bias_shape=None):
         return inputs_shape

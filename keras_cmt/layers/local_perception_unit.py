@@ -9,7 +9,7 @@ graph optimization of the function (with an error on the console) whenever `x + 
 import keras
 from keras import ops
 
-from keras_cmt.layers import initializers
+from keras_cmt.layers import folding, initializers
 from keras_cmt.layers.data_format import standardize_data_format
 
 
@@ -41,6 +41,10 @@ class LocalPerceptionUnit(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return input_shape
+
+    def folded(self):
+        """The serving form: one depthwise convolution, the shortcut as +1 on its centre tap; (kernel, bias)."""
+        return folding.with_identity_tap(folding.array(self.proj.kernel)), folding.array(self.bias)
 
     def get_config(self):
         return {**super().get_config(), "dim": self.dim, "data_format": self.data_format}

@@ -95,6 +95,17 @@ class RelativePositionBias(keras.layers.Layer):
             return (1, self.num_heads, None, None)
         return (1, self.num_heads, grid[0] * grid[1], (grid[0] // self.sr_ratio) * (grid[1] // self.sr_ratio))
 
+    def serving_form(self, key_side=False):
+        """For the key-side attention form, the bias with the heads side by side along the key axis
+        (`keras_cmt.fused_layers.HeadsLastBias`) and its weights; None where the stage keeps this layer."""
+        if not key_side:
+            return None
+        from keras_cmt.fused_layers import HeadsLastBias
+
+        heads, n_q, n_k = self.bias.shape
+        bias = np.asarray(ops.convert_to_numpy(self.bias), np.float64).transpose(1, 0, 2).reshape(n_q, heads * n_k)
+        return HeadsLastBias(heads, n_q, n_k, name=self.name), {"bias": bias}
+
     def save_own_variables(self, store):
         store["0"] = self.bias
         store["query_size"] = np.asarray(self.query_size, dtype="int64")
