@@ -24,9 +24,10 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TRAINING_FILES = ("test_training_*.py", "test_demo.py")
-NOT_TRAINING = ("test_training_units.py",)  # quick unit tests: with the others, to even the two slots
-# Two slots: TensorFlow's other tests then PyTorch's, and TensorFlow's training tests then JAX's (the files are
-# split so that the two come out about even: 760 + 130 s and 430 + 590 s on a 2-core CI machine).
+# Run with the others, to even the two slots: the training unit tests and the run-folder storage tests.
+NOT_TRAINING = ("test_training_units.py", "test_training_storage.py")
+# Two slots: TensorFlow's other tests then PyTorch's, and TensorFlow's training tests then JAX's; the files are
+# split so that the two finish close together on a 2-core CI machine (each run lists its slowest tests).
 RUNS = (  # (name, backend, marks, which files)
     ("tensorflow", "tensorflow", "not channels_first", "others"),
     ("tensorflow-training", "tensorflow", "not channels_first", "training"),
