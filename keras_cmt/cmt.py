@@ -272,6 +272,51 @@ def cmt_features(
     return x, stages
 
 
+def _layer(model, name, source):
+    try:
+        return model.get_layer(name)
+    except ValueError:
+        raise ValueError(f"{source}: not a keras_cmt CMT model (it has no layer {name!r}).") from None
+
+
+def stage_blocks(model, stage):
+    """The CMT blocks of `stage` (0-3), in order."""
+    prefix = f"blocks_{variants.STAGE_LETTERS[stage]}_"
+    return [layer for layer in model.layers if layer.name.startswith(prefix)]
+
+
+def is_training_cmt(model):
+    """Whether `model` was built by `CMT` (or a variant builder, or `cmt_features`) and is not yet fused for
+    serving: the layers `architecture` reads and `keras_cmt.fuse_for_inference` folds."""
+    names = {layer.name for layer in model.layers}
+    return {"stem_conv1", "stem_norm1", "head_conv"} <= names and any(
+        isinstance(layer, CMTBlock) for layer in stage_blocks(model, 0)
+    )
+
+
+def architecture(model, source="model"):
+    """The `CMT` arguments that rebuild `model`'s layers, read from them (the inverse of `CMT`): depths,
+    embed_dims, num_heads, mlp_ratios, stem_channels, sr_ratios, head_channels, qkv_bias, drop_path_rate and
+    data_format. The layer names this reads are the ones `cmt_features` gives; other modules ask here."""
+    letters = variants.STAGE_LETTERS
+    blocks = [stage_blocks(model, stage) for stage in range(4)]
+    if not all(blocks):
+        raise ValueError(f"{source}: not a keras_cmt CMT model (a stage without blocks).")
+    biases = [_layer(model, f"relative_pos_{letter}", source) for letter in letters]
+    return dict(
+        depths=[len(b) for b in blocks],
+        embed_dims=[_layer(model, f"patch_embed_{letter}", source).embed_dim for letter in letters],
+        num_heads=[b.num_heads for b in biases],
+        mlp_ratios=[b[0].mlp_ratio for b in blocks],
+        stem_channels=_layer(model, "stem_conv1", source).filters,
+        sr_ratios=[b.sr_ratio for b in biases],
+        head_channels=_layer(model, "head_conv", source).filters,
+        qkv_bias=blocks[0][0].qkv_bias,
+        drop_path_rate=blocks[3][-1].drop_path_rate,
+        data_format=blocks[0][0].data_format,
+    )
+
+
 def _variant_builder(variant):
     def builder(
         include_top=True,

@@ -13,6 +13,7 @@ import keras
 import numpy as np
 from keras import tree
 
+from keras_cmt import cmt
 from keras_cmt.fused_layers import HEAD_PROJECTIONS, ChannelShift, absorbs_projections
 from keras_cmt.layers import CMTBlock, PatchEmbedding, RelativePositionBias, exact_gelu
 from keras_cmt.layers.folding import array, batch_norm_affine, conv_weights, shift_and_scale
@@ -21,8 +22,7 @@ from keras_cmt.layers.folding import array, batch_norm_affine, conv_weights, shi
 def is_training_form(model):
     """Whether `model` is a CMT built by `keras_cmt.CMT` with its normalisations still separate: what
     `fuse_for_inference` takes (an already fused model, or any other model, is not)."""
-    names = {layer.name for layer in model.layers}
-    return {"stem_conv1", "stem_norm1", "blocks_a_0"} <= names and isinstance(model.get_layer("blocks_a_0"), CMTBlock)
+    return cmt.is_training_cmt(model)
 
 
 def _stage_uses_key_side(feature_shape, heads, sr_ratio, key_side_projections, projection_cost):
@@ -166,7 +166,7 @@ def fuse_for_inference(model, name=None, key_side_projections=True, projection_c
         raise ValueError(
             f"fuse_for_inference needs a model built by keras_cmt.CMT (not yet fused); {model.name!r} is not one."
         )
-    if model.get_layer("blocks_a_0").data_format != "channels_last":
+    if cmt.architecture(model)["data_format"] != "channels_last":
         raise ValueError(
             "fuse_for_inference builds the channels_last serving form (TensorFlow, TFLite, ONNX); build the model "
             "with keras.config.set_image_data_format('channels_last') and load the same weights into it."

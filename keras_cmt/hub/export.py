@@ -9,7 +9,7 @@ import tempfile
 import keras
 import numpy as np
 
-from keras_cmt import model_loading, variants
+from keras_cmt import cmt, model_loading
 from keras_cmt.hub.cmt_backbone import CMTBackbone
 from keras_cmt.hub.cmt_image_classifier import CMTImageClassifier
 from keras_cmt.hub.cmt_image_classifier_preprocessor import CMTImageClassifierPreprocessor
@@ -29,30 +29,14 @@ def _spatial(image_shape, data_format):
 
 
 def config_from_model(model, source="model"):
-    """The `CMTBackbone` arguments that rebuild a plain CMT model's layers (read from its layers), at the model's
-    input size."""
-    first = _layer(model, "blocks_a_0", source)
-    depths = [
-        sum(1 for layer in model.layers if layer.name.startswith(f"blocks_{letter}_"))
-        for letter in variants.STAGE_LETTERS
-    ]
-    biases = [_layer(model, f"relative_pos_{letter}", source) for letter in variants.STAGE_LETTERS]
-    last_block = model.get_layer(f"blocks_d_{depths[3] - 1}")
-    data_format = first.data_format
-    image_shape = tuple(model.input_shape[1:])
+    """The `CMTBackbone` arguments that rebuild a plain CMT model's layers (`keras_cmt.cmt.architecture`), at the
+    model's input size."""
+    config = cmt.architecture(model, source)
+    bias = model.get_layer("relative_pos_a")
     return dict(
-        depths=depths,
-        embed_dims=[_layer(model, f"patch_embed_{letter}", source).embed_dim for letter in variants.STAGE_LETTERS],
-        num_heads=[b.num_heads for b in biases],
-        mlp_ratios=[model.get_layer(f"blocks_{letter}_0").mlp_ratio for letter in variants.STAGE_LETTERS],
-        stem_channels=_layer(model, "stem_conv1", source).filters,
-        sr_ratios=[b.sr_ratio for b in biases],
-        head_channels=_layer(model, "head_conv", source).filters,
-        qkv_bias=first.qkv_bias,
-        drop_path_rate=last_block.drop_path_rate,
-        position_bias_size=[4 * s for s in biases[0].query_size],
-        image_shape=image_shape,
-        data_format=data_format,
+        config,
+        position_bias_size=[4 * s for s in bias.query_size],
+        image_shape=tuple(model.input_shape[1:]),
     )
 
 
