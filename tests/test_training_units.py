@@ -305,7 +305,8 @@ def test_atomic_backup_restores_weights_optimizer_and_epoch(tmp_path):
 
     x, y = np.ones((8, 3), "float32"), np.zeros((8, 2), "float32")
     model = make()
-    backup = callbacks.AtomicBackupAndRestore(str(tmp_path / "backup"), delete_checkpoint=False)
+    backup = callbacks.AtomicBackup(str(tmp_path / "backup"), delete_checkpoint=False)
+    assert backup.initial_epoch(default=7) == 7  # nothing backed up yet
 
     class Stop(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
@@ -328,13 +329,10 @@ def test_atomic_backup_restores_weights_optimizer_and_epoch(tmp_path):
                 )
 
     last = tmp_path / "checkpoints" / "last.weights.h5"
+    again = callbacks.AtomicBackup(str(tmp_path / "backup"), last_copy=str(last))
+    assert again.initial_epoch() == 2
     restored.fit(
-        x,
-        y,
-        epochs=3,
-        batch_size=4,
-        verbose=0,
-        callbacks=[callbacks.AtomicBackupAndRestore(str(tmp_path / "backup"), last_copy=str(last)), Record()],
+        x, y, epochs=3, batch_size=4, verbose=0, initial_epoch=again.initial_epoch(), callbacks=[again, Record()]
     )
     epoch, iterations, weights = seen[0]
     assert epoch == 2 and iterations == 4
@@ -347,6 +345,26 @@ def test_atomic_backup_restores_weights_optimizer_and_epoch(tmp_path):
     final.load_weights(str(last))
     for a, b in zip(final.get_weights(), restored.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+def test_best_weights_are_written_only_for_a_better_epoch(tmp_path):
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(optimizer="adam", loss="mse")
+    path = tmp_path / "best.weights.h5"
+    best = callbacks.BestWeights(str(path), monitor="val_accuracy", initial_value_threshold=0.5)
+    best.set_model(model)
+    best.on_epoch_end(0, {"val_accuracy": 0.4})  # not better than the epochs before the resume
+    assert not path.exists()
+    best.on_epoch_end(1, {"val_accuracy": 0.6})
+    written = path.stat().st_mtime_ns
+    model.layers[0].kernel.assign(np.ones((3, 2)))
+    best.on_epoch_end(2, {"val_accuracy": 0.6})  # equal is not better
+    assert path.stat().st_mtime_ns == written and os.listdir(tmp_path) == ["best.weights.h5"]
+    best.on_epoch_end(3, {"val_accuracy": 0.7})
+    reloaded = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    reloaded.load_weights(str(path))  # the weights alone: no optimizer state in the file
+    np.testing.assert_array_equal(reloaded.layers[0].kernel.numpy(), np.ones((3, 2)))
+    assert best.best == 0.7
 
 
 def test_atomic_save_leaves_only_the_target(tmp_path):

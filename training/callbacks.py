@@ -1,9 +1,10 @@
-"""Fault-tolerance and output callbacks, each a thin layer over Keras' own.
+"""Fault-tolerance and output callbacks: what Keras' own do, written so that a kill at any moment loses nothing.
 
 Keras' `BackupAndRestore` and `ModelCheckpoint` write their `.weights.h5` in place, so a SIGKILL during the write
 leaves a truncated file, and `BackupAndRestore` writes weights and epoch number as two files (a kill between them
-resumes from mismatched state). The subclasses here write to a temporary file and rename it, and the backup
-names its weights file inside its metadata so that the pair changes in one rename. Keras' `CSVLogger` appends to
+resumes from mismatched state). `AtomicBackup` and `BestWeights` do their jobs on the public callback hooks,
+writing to a temporary file and renaming it; the backup names its weights file inside its metadata so that the
+pair changes in one rename. Keras' `CSVLogger` appends to
 an open file, which object stores cannot do (and its `GFile` has no `closed`): `MetricsCSV` rewrites the small
 file whole after each epoch. All paths go through `storage`, so a run folder may be a `gs://` URL.
 """
@@ -66,64 +67,82 @@ def weights_h5_bytes(model):
     return buffer.getbuffer()
 
 
-class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
-    """`keras.callbacks.ModelCheckpoint` whose files appear whole or not at all, without the optimizer state (a
-    third of the bytes with AdamW; resuming is the backup's job)."""
+class BestWeights(keras.callbacks.Callback):
+    """The weights of the epoch with the best `monitor` so far, written whole or not at all, without the optimizer
+    state (resuming is the backup's job).
 
-    def _save_model(self, epoch, batch, logs):
-        filepath = self._get_file_path(epoch, batch, logs)
-        if self._should_save_model(epoch, batch, logs, filepath):
-            atomic_save(self.model, filepath, weights_only=self.save_weights_only, include_optimizer=False)
-            if self.verbose > 0:
-                logging.info("Epoch %d: saved %s", epoch + 1, filepath)
+    What `keras.callbacks.ModelCheckpoint(save_best_only=True, save_weights_only=True)` does for one file, on the
+    public callback hooks: Keras' writes the file in place, so a kill during the write leaves a truncated one.
+    `initial_value_threshold` is the best value of the epochs before a resume, which only a better epoch replaces.
+    """
+
+    def __init__(self, path, monitor="val_accuracy", mode="max", initial_value_threshold=None):
+        super().__init__()
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min'; got {mode!r}")
+        self.path, self.monitor, self.mode, self.best = path, monitor, mode, initial_value_threshold
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None:
+            logging.warning("%s is not in the epoch's logs: %s not updated", self.monitor, self.path)
+            return
+        value = float(value)
+        if self.best is None or (value > self.best if self.mode == "max" else value < self.best):
+            atomic_save(self.model, self.path, weights_only=True, include_optimizer=False)
+            self.best = value
 
 
-class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
-    """`keras.callbacks.BackupAndRestore` (weights, optimizer state, epoch) made safe against SIGKILL at any time.
+class AtomicBackup(keras.callbacks.Callback):
+    """The training state (weights, optimizer state, epoch) backed up after each epoch, safe against SIGKILL at any
+    time; restored at the start of `fit`, which resumes at `initial_epoch()`.
 
+    What `keras.callbacks.BackupAndRestore` does, on the public callback hooks: Keras' writes its weights file in
+    place and the epoch as a second file (a kill during or between the two resumes from a truncated or mismatched
+    state), and resumes by setting a private attribute of the model; here `fit`'s own `initial_epoch` does that.
     Each backup goes to `epoch-<n>.weights.h5`; then `training_metadata.json`, naming that file, is replaced
     atomically; then older weight files are deleted. A restart reads whichever metadata was last complete. With
     `last_copy`, that path becomes the same file (a hard link where possible): the last epoch's weights without a
     second save per epoch. With `keep_previous`, the epoch before stays too (named in the metadata), and
     `restore_epoch` picks which of the two a restart loads: processes of one run killed a moment apart hold
-    backups an epoch apart, and must all resume from the older.
+    backups an epoch apart, and must all resume from the older. With `delete_checkpoint`, the backup folder is
+    removed when `fit` ends.
     """
 
-    def __init__(
-        self,
-        backup_dir,
-        save_freq="epoch",
-        delete_checkpoint=True,
-        last_copy=None,
-        keep_previous=False,
-        restore_epoch=None,
-    ):
-        super().__init__(backup_dir, save_freq=save_freq, delete_checkpoint=delete_checkpoint, double_checkpoint=False)
+    def __init__(self, backup_dir, delete_checkpoint=True, last_copy=None, keep_previous=False, restore_epoch=None):
+        super().__init__()
+        self.backup_dir = backup_dir
+        self.delete_checkpoint = delete_checkpoint
         self.last_copy = last_copy
         self.keep_previous = keep_previous
         self.restore_epoch = restore_epoch
 
-    def _metadata(self):
-        return read_backup_metadata(self.backup_dir)
+    def _restore_point(self):
+        return read_backup_metadata(self.backup_dir, epoch=self.restore_epoch)
 
-    def _load_model(self):
-        if not self.model.built:
-            raise ValueError("BackupAndRestore needs a built model before fit().")
-        metadata = read_backup_metadata(self.backup_dir, epoch=self.restore_epoch)
+    def initial_epoch(self, default=0):
+        """The epoch `fit` resumes at: the backup's, or `default` when there is none."""
+        metadata = self._restore_point()
+        return metadata["epoch"] if metadata else default
+
+    def on_train_begin(self, logs=None):
+        metadata = self._restore_point()
         if metadata is None:
             return
+        if not self.model.built:
+            raise ValueError("AtomicBackup needs a built model before fit().")
         if self.model.optimizer is not None and not self.model.optimizer.built:
-            self.model.optimizer.build(self.model.trainable_variables)
+            self.model.optimizer.build(self.model.trainable_variables)  # its variables are in the backup too
         self.model.load_weights(storage.join(self.backup_dir, metadata["weights"]))
-        self.model._initial_epoch = metadata["epoch"]
         logging.info("Restored the backup of epoch %d from %s", metadata["epoch"], self.backup_dir)
 
-    def _save_model(self):
+    def on_epoch_end(self, epoch, logs=None):
         storage.makedirs(self.backup_dir)
-        name = f"epoch-{self._current_epoch:06d}-batch-{self._last_batch_seen:09d}.weights.h5"
-        previous = self._metadata() if self.keep_previous else None
+        epoch += 1  # the epoch a restart begins with
+        name = f"epoch-{epoch:06d}-batch-{0:09d}.weights.h5"
+        previous = read_backup_metadata(self.backup_dir) if self.keep_previous else None
         atomic_save(self.model, storage.join(self.backup_dir, name), weights_only=True)
-        record = {"epoch": self._current_epoch, "batch": self._last_batch_seen, "weights": name}
+        record = {"epoch": epoch, "batch": 0, "weights": name}
         if previous and previous["weights"] != name:
             record["previous"] = {key: previous[key] for key in ("epoch", "batch", "weights")}
         storage.write_json(storage.join(self.backup_dir, "training_metadata.json"), record)
@@ -133,6 +152,10 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         for old in storage.listdir(self.backup_dir):
             if old.endswith(".weights.h5") and old not in keep:
                 storage.remove(storage.join(self.backup_dir, old))
+
+    def on_train_end(self, logs=None):
+        if self.delete_checkpoint and storage.exists(self.backup_dir):
+            storage.remove(self.backup_dir)
 
 
 class CheckRunLock(keras.callbacks.Callback):

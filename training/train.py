@@ -403,6 +403,7 @@ def _train(recipe, source, strategy, start_mode, start_line, run_identity, lock,
             optimizer.build(model.trainable_variables)
 
     def callbacks_for(phase, backup_dir):
+        """The phase's callbacks, and the epoch its `fit` begins with (after the backup it restores, if any)."""
         metadata = cb.read_backup_metadata(backup_dir)
         phase_start = freeze_epochs if phase == "train" else 0
         own_epoch = metadata["epoch"] if metadata else phase_start
@@ -431,12 +432,10 @@ def _train(recipe, source, strategy, start_mode, start_line, run_identity, lock,
             result += [
                 cb.MetricsCSV(paths.metrics_csv),
                 cb.PlotCurves(paths.metrics_csv, paths.curves_png),
-                cb.AtomicModelCheckpoint(
+                cb.BestWeights(
                     storage.join(paths.checkpoints, "best.weights.h5"),
                     monitor="val_accuracy",
                     mode="max",
-                    save_best_only=True,
-                    save_weights_only=True,
                     initial_value_threshold=best,
                 ),
                 keras.callbacks.TensorBoard(paths.logs, write_graph=False, profile_batch=0),
@@ -444,15 +443,14 @@ def _train(recipe, source, strategy, start_mode, start_line, run_identity, lock,
         if lock is not None:
             result.append(cb.CheckRunLock(lock))
         # Last, so that a kill between the two leaves an extra CSV row (trimmed on resume), never a missing one.
-        result.append(
-            cb.AtomicBackupAndRestore(
-                backup_dir,
-                last_copy=storage.join(paths.checkpoints, "last.weights.h5") if is_chief else None,
-                keep_previous=multi_worker,
-                restore_epoch=resume_epoch,
-            )
+        backup = cb.AtomicBackup(
+            backup_dir,
+            last_copy=storage.join(paths.checkpoints, "last.weights.h5") if is_chief else None,
+            keep_previous=multi_worker,
+            restore_epoch=resume_epoch,
         )
-        return result
+        result.append(backup)
+        return result, backup.initial_epoch(default=phase_start)
 
     # shuffle=False: the tf.data pipeline shuffles (Keras would only warn that it ignores shuffle=True).
     fit_kwargs = dict(
@@ -472,25 +470,15 @@ def _train(recipe, source, strategy, start_mode, start_line, run_identity, lock,
             logging.info(
                 "Phase 1: head only for %d epochs (%d trainable weights)", freeze_epochs, len(model.trainable_weights)
             )
-            model.fit(
-                train_ds,
-                epochs=freeze_epochs,
-                initial_epoch=0,
-                callbacks=callbacks_for("frozen", paths.backup_dir("frozen")),
-                **fit_kwargs,
-            )
+            callbacks, initial_epoch = callbacks_for("frozen", paths.backup_dir("frozen"))
+            model.fit(train_ds, epochs=freeze_epochs, initial_epoch=initial_epoch, callbacks=callbacks, **fit_kwargs)
             cb.atomic_save(model, paths.phase1_done, weights_only=True)
         set_backbone_trainable(model, True)
     history = None
     if epochs > freeze_epochs:
         compile_for(epochs - freeze_epochs)
-        history = model.fit(
-            train_ds,
-            epochs=epochs,
-            initial_epoch=freeze_epochs,
-            callbacks=callbacks_for("train", paths.backup_dir("train")),
-            **fit_kwargs,
-        )
+        callbacks, initial_epoch = callbacks_for("train", paths.backup_dir("train"))
+        history = model.fit(train_ds, epochs=epochs, initial_epoch=initial_epoch, callbacks=callbacks, **fit_kwargs)
 
     # Every worker evaluates (collective ops); with EMA, fit has already swapped the averaged weights in.
     final = model.evaluate(val_ds, steps=val_steps, return_dict=True, verbose=0)
