@@ -92,11 +92,11 @@ def serving_model(model, input_range: str = "0-255", fuse: bool = True):
     import keras
 
     import keras_cmt
-    from keras_cmt import inference
+    from keras_cmt import cmt, inference
 
     if input_range not in INPUT_RANGES:
         raise ValueError(f"--input_range {input_range}: expected one of {', '.join(INPUT_RANGES)}")
-    if fuse and inference.is_training_form(model) and model.get_layer("blocks_a_0").data_format == "channels_last":
+    if fuse and inference.is_training_form(model) and cmt.architecture(model)["data_format"] == "channels_last":
         model = inference.fuse_for_inference(model)
     shape = tuple(model.input_shape[1:])
     channels_first = shape[0] == 3 and shape[-1] != 3

@@ -32,7 +32,9 @@ class ShortSideResizeCenterCrop(keras.layers.Resizing):
         super().__init__(height, width, **kwargs)
         self.crop_pct = float(crop_pct)
 
-    def _transform_images(self, images, transformation, interpolation):
+    def transform_images(self, images, transformation=None, training=True):
+        """The image preprocessing layers' public hook (Keras' own `Resizing` implements it too)."""
+        interpolation = self.interpolation
         ops = self.backend  # TensorFlow inside tf.data, the Keras backend otherwise
         images = ops.cast(images, "float32")
         shape = ops.shape(images)
