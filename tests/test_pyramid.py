@@ -15,7 +15,7 @@ import pretrained_helpers as helpers  # noqa: E402
 from conftest import numpy  # noqa: E402
 
 import keras_cmt  # noqa: E402
-from keras_cmt import checkpoint_mapping  # noqa: E402
+from keras_cmt.layers import checkpoint_layout  # noqa: E402
 from keras_cmt.weights import position_bias_resize, pretrained  # noqa: E402
 
 pytestmark = pytest.mark.all_backends
@@ -87,7 +87,7 @@ def test_cmt_pyramid_with_imagenet_weights_at_a_non_square_size(monkeypatch, tmp
     base_layers = {layer.name: layer for layer in pyramid.layers}
     assert "head" not in base_layers
     # The checkpoint's tensors are in the pyramid; the biases resized from 160x160 to 64x96.
-    dense = checkpoint_mapping._conv
+    dense = checkpoint_layout.conv
     checks = {
         "stem_conv1.weight": (pyramid.get_layer("stem_conv1").kernel, dense),
         "patch_embed_d.proj.weight": (pyramid.get_layer("patch_embed_d").proj.kernel, dense),

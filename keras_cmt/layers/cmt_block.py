@@ -2,7 +2,7 @@
 
 import keras
 
-from keras_cmt.layers import folding
+from keras_cmt.layers import checkpoint_layout, folding
 from keras_cmt.layers.data_format import standardize_data_format
 from keras_cmt.layers.drop_path import DropPath
 from keras_cmt.layers.inverted_residual_ffn import InvertedResidualFFN
@@ -65,6 +65,16 @@ class CMTBlock(keras.layers.Layer):
         x = self.lpu(inputs)
         x = x + self.drop_path(self.attn(self.norm1(x), relative_position_bias, training=training), training=training)
         return x + self.drop_path(self.mlp(self.norm2(x), training=training), training=training)
+
+    def checkpoint_entries(self, prefix):
+        """The official keys under `prefix` ("blocks_a.0"): the LPU as proj, norm1, attn, norm2, mlp."""
+        return [
+            *self.lpu.checkpoint_entries(f"{prefix}.proj"),
+            *checkpoint_layout.layer_norm_entries(self.norm1, f"{prefix}.norm1"),
+            *self.attn.checkpoint_entries(f"{prefix}.attn"),
+            *checkpoint_layout.layer_norm_entries(self.norm2, f"{prefix}.norm2"),
+            *self.mlp.checkpoint_entries(f"{prefix}.mlp"),
+        ]
 
     def serving_form(self, key_side=False, head_projections="matmul"):
         """The block for inference, every normalisation folded (`keras_cmt.fused_layers.FusedCMTBlock`), and the

@@ -8,7 +8,7 @@ computation, `LocalPerceptionUnit`) -> GELU -> BN, then 1x1 project -> BN (the o
 
 import keras
 
-from keras_cmt.layers import folding, initializers
+from keras_cmt.layers import checkpoint_layout, folding, initializers
 from keras_cmt.layers.data_format import channel_axis, standardize_data_format
 from keras_cmt.layers.gelu import exact_gelu
 from keras_cmt.layers.local_perception_unit import LocalPerceptionUnit
@@ -62,6 +62,19 @@ class InvertedResidualFFN(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return input_shape
+
+    def checkpoint_entries(self, prefix):
+        """The official keys under `prefix` ("blocks_a.0.mlp"): conv1.0/.2, proj (the residual depthwise
+        convolution) and proj_bn, conv2.0/.1."""
+        layout = checkpoint_layout
+        return [
+            *layout.conv_entries(self.conv1, f"{prefix}.conv1.0"),
+            *layout.batch_norm_entries(self.norm1, f"{prefix}.conv1.2"),
+            *self.dwconv.checkpoint_entries(f"{prefix}.proj"),
+            *layout.batch_norm_entries(self.norm2, f"{prefix}.proj_bn"),
+            *layout.conv_entries(self.conv2, f"{prefix}.conv2.0"),
+            *layout.batch_norm_entries(self.norm3, f"{prefix}.conv2.1"),
+        ]
 
     def folded(self, input_scale, input_shift):
         """The serving form's weights, with the affine y = input_scale * x + input_shift ahead of the layer (the

@@ -14,7 +14,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_cmt.layers import folding, initializers
+from keras_cmt.layers import checkpoint_layout, folding, initializers
 from keras_cmt.layers.data_format import channel_axis, spatial_size, standardize_data_format
 
 
@@ -108,6 +108,17 @@ class LightweightAttention(keras.layers.Layer):
         else:  # in float32, which keeps mixed-precision training stable (a no-op in float32)
             attn = ops.cast(ops.softmax(ops.cast(logits, "float32"), axis=-1), v.dtype)
         return self.proj(self._merge_heads(ops.matmul(attn, v), height, width))
+
+    def checkpoint_entries(self, prefix):
+        """The official keys under `prefix` ("blocks_a.0.attn"): q, k, v, proj (nn.Linear), the reduction sr.0 and
+        its BatchNorm sr.1."""
+        entries = []
+        for name in ("q", "k", "v", "proj"):
+            entries += checkpoint_layout.conv_entries(getattr(self, name), f"{prefix}.{name}")
+        if self.sr_ratio > 1:
+            entries += checkpoint_layout.conv_entries(self.sr, f"{prefix}.sr.0", checkpoint_layout.depthwise)
+            entries += checkpoint_layout.batch_norm_entries(self.sr_norm, f"{prefix}.sr.1")
+        return entries
 
     def folded(self, input_scale, input_shift, key_side=False):
         """The serving form's weights, with the affine y = input_scale * x + input_shift ahead of the layer (the

@@ -9,7 +9,7 @@ graph optimization of the function (with an error on the console) whenever `x + 
 import keras
 from keras import ops
 
-from keras_cmt.layers import folding, initializers
+from keras_cmt.layers import checkpoint_layout, folding, initializers
 from keras_cmt.layers.data_format import standardize_data_format
 
 
@@ -41,6 +41,13 @@ class LocalPerceptionUnit(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return input_shape
+
+    def checkpoint_entries(self, prefix):
+        """The official keys: the depthwise convolution's weight, and its bias (held by the unit)."""
+        return [
+            (f"{prefix}.weight", self.proj.kernel, checkpoint_layout.depthwise),
+            (f"{prefix}.bias", self.bias, checkpoint_layout.same),
+        ]
 
     def folded(self):
         """The serving form: one depthwise convolution, the shortcut as +1 on its centre tap; (kernel, bias)."""

@@ -2,7 +2,7 @@
 
 import keras
 
-from keras_cmt.layers import initializers
+from keras_cmt.layers import checkpoint_layout, initializers
 from keras_cmt.layers.data_format import standardize_data_format
 from keras_cmt.layers.layer_norm import channel_layer_norm
 
@@ -38,6 +38,13 @@ class PatchEmbedding(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return self.proj.compute_output_shape(input_shape)
+
+    def checkpoint_entries(self, prefix):
+        """The official keys under `prefix` ("patch_embed_a"): the convolution proj and the LayerNorm norm."""
+        return [
+            *checkpoint_layout.conv_entries(self.proj, f"{prefix}.proj"),
+            *checkpoint_layout.layer_norm_entries(self.norm, f"{prefix}.norm"),
+        ]
 
     def get_config(self):
         return {
