@@ -272,7 +272,8 @@ def cmt_features(
     return x, stages
 
 
-def _layer(model, name, source):
+def named_layer(model, name, source="model"):
+    """`model.get_layer(name)`, or a one-line error saying `source` is not a keras_cmt CMT."""
     try:
         return model.get_layer(name)
     except ValueError:
@@ -302,15 +303,15 @@ def architecture(model, source="model"):
     blocks = [stage_blocks(model, stage) for stage in range(4)]
     if not all(blocks):
         raise ValueError(f"{source}: not a keras_cmt CMT model (a stage without blocks).")
-    biases = [_layer(model, f"relative_pos_{letter}", source) for letter in letters]
+    biases = [named_layer(model, f"relative_pos_{letter}", source) for letter in letters]
     return dict(
         depths=[len(b) for b in blocks],
-        embed_dims=[_layer(model, f"patch_embed_{letter}", source).embed_dim for letter in letters],
+        embed_dims=[named_layer(model, f"patch_embed_{letter}", source).embed_dim for letter in letters],
         num_heads=[b.num_heads for b in biases],
         mlp_ratios=[b[0].mlp_ratio for b in blocks],
-        stem_channels=_layer(model, "stem_conv1", source).filters,
+        stem_channels=named_layer(model, "stem_conv1", source).filters,
         sr_ratios=[b.sr_ratio for b in biases],
-        head_channels=_layer(model, "head_conv", source).filters,
+        head_channels=named_layer(model, "head_conv", source).filters,
         qkv_bias=blocks[0][0].qkv_bias,
         drop_path_rate=blocks[3][-1].drop_path_rate,
         data_format=blocks[0][0].data_format,

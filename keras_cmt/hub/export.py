@@ -16,13 +16,6 @@ from keras_cmt.hub.cmt_image_classifier_preprocessor import CMTImageClassifierPr
 from keras_cmt.hub.cmt_image_converter import CMTImageConverter
 
 
-def _layer(model, name, source):
-    try:
-        return model.get_layer(name)
-    except ValueError:
-        raise ValueError(f"{source}: not a keras_cmt CMT model (it has no layer {name!r}).") from None
-
-
 def _spatial(image_shape, data_format):
     """(height, width) of an image shape without the batch axis."""
     return tuple(image_shape[:2]) if data_format == "channels_last" else tuple(image_shape[1:])
@@ -45,7 +38,7 @@ def backbone_from_model(model, source="model", **overrides):
     backbone = CMTBackbone(**{**config_from_model(model, source), **overrides})
     for layer in backbone.layers:
         if layer.weights:
-            layer.set_weights(_layer(model, layer.name, source).get_weights())
+            layer.set_weights(cmt.named_layer(model, layer.name, source).get_weights())
     return backbone
 
 
