@@ -139,7 +139,7 @@ class AtomicBackup(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         storage.makedirs(self.backup_dir)
         epoch += 1  # the epoch a restart begins with
-        name = f"epoch-{epoch:06d}-batch-{0:09d}.weights.h5"
+        name = f"epoch-{epoch:06d}-batch-000000000.weights.h5"  # the batch field of Keras' per-batch backups
         previous = read_backup_metadata(self.backup_dir) if self.keep_previous else None
         atomic_save(self.model, storage.join(self.backup_dir, name), weights_only=True)
         record = {"epoch": epoch, "batch": 0, "weights": name}

@@ -15,6 +15,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_cmt.layers import folding
 from keras_cmt.layers.data_format import spatial_axes, spatial_size, standardize_data_format
 from keras_cmt.weights import position_bias_resize
 
@@ -103,7 +104,7 @@ class RelativePositionBias(keras.layers.Layer):
         from keras_cmt.fused_layers import HeadsLastBias
 
         heads, n_q, n_k = self.bias.shape
-        bias = np.asarray(ops.convert_to_numpy(self.bias), np.float64).transpose(1, 0, 2).reshape(n_q, heads * n_k)
+        bias = folding.array(self.bias).transpose(1, 0, 2).reshape(n_q, heads * n_k)
         return HeadsLastBias(heads, n_q, n_k, name=self.name), {"bias": bias}
 
     def save_own_variables(self, store):
