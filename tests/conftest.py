@@ -83,6 +83,8 @@ def ti_fixture():
     """(path of the official CMT-Ti checkpoint, its inputs and logits) from ../shared/fixtures."""
     checkpoint = SHARED_FIXTURES / "cmt_ti_seed0.pth"
     if not checkpoint.exists():
+        if os.environ.get("CI"):  # CI provides ../shared: there, a missing fixture is a failure, not a skip
+            pytest.fail(f"{checkpoint} is not beside this checkout; CI must provide ../shared")
         pytest.skip(f"{checkpoint} is not beside this checkout (CI provides ../shared)")
     return str(checkpoint), dict(np.load(SHARED_FIXTURES / "cmt_ti_seed0_io.npz"))
 
