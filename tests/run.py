@@ -8,9 +8,9 @@ compiles with XLA's fast settings: the tests time nothing, and XLA's optimising 
 
 The runs go side by side, `--jobs` at a time (default 2: one pytest process keeps both cores of a CI machine busy
 only part of the time, and JAX's is mostly single-threaded compilation). TensorFlow's run, the longest, is split
-in two by test file (training and the main job; the rest), so the two slots finish close together. Each run's
-output is printed whole when it ends. A backend whose package is not installed is a failure, not a skip. Exit
-status 0 only if every backend passed.
+in two by test file (most training tests, the main job and the JAX distribution runs; the rest), so the two slots
+finish close together. Each run's output is printed whole when it ends. A backend whose package is not installed
+is a failure, not a skip. Exit status 0 only if every backend passed.
 """
 
 import argparse
@@ -23,9 +23,17 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-TRAINING_FILES = ("test_training_*.py", "test_demo.py")
-# Run with the others, to even the two slots: the training unit tests and the run-folder storage tests.
-NOT_TRAINING = ("test_training_units.py", "test_training_storage.py")
+# TensorFlow's "training" half: the training tests, the main job's, and the JAX training runs that the
+# distribution tests start as subprocesses.
+TRAINING_FILES = ("test_training_*.py", "test_demo.py", "test_jax_distribution.py")
+# These training tests run in the other half, to even the two slots: the unit tests, the run-folder storage tests,
+# the SIGKILL resume and the tfds fine-tuning (about 130 s together on a quiet 2-core machine).
+NOT_TRAINING = (
+    "test_training_units.py",
+    "test_training_storage.py",
+    "test_training_resume.py",
+    "test_training_tfds_finetune.py",
+)
 # Two slots: TensorFlow's other tests then PyTorch's, and TensorFlow's training tests then JAX's; the files are
 # split so that the two finish close together on a 2-core CI machine (each run lists its slowest tests).
 RUNS = (  # (name, backend, marks, which files)
