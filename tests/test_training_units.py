@@ -472,6 +472,35 @@ def test_pipelines_skip_a_decompression_bomb_before_decoding_it():
         augment.decode(tf.constant(_png_declaring(40000, 30000)))
 
 
+def test_pipelines_run_without_tf_datas_autotuning_thread():
+    """Deleting an iterator waits for its autotuning thread's sleep (up to a minute): Keras deletes the training
+    iterator when `fit` returns and the validation iterator at every evaluation, so neither pipeline may have one."""
+    source = data.digits_source()
+    recipe = presets.SMALL_DATA_PRESET.replace(image_size=32)
+    for deterministic in (False, True):
+        train = data.train_dataset(source, recipe, 8, seed=0, deterministic=deterministic)
+        assert train.options().autotune.enabled is False
+    val = data.val_dataset(source, 32, 1.0, 8)
+    assert val.options().autotune.enabled is False
+    x, _ = next(iter(train))  # and they still produce batches
+    assert x.shape == (8, 32, 32, 3)
+
+
+def test_the_wait_after_the_last_epoch_is_timed_and_a_long_one_is_a_stall():
+    x = np.random.default_rng(0).normal(size=(16, 4)).astype("float32")
+    y = keras.utils.to_categorical(np.arange(16) % 2, 2)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
+    model.compile("sgd", "categorical_crossentropy")
+    clock = callbacks.FitExitClock()
+    assert clock.since_train_end() == {}  # training has not ended
+    model.fit(x, y, epochs=1, batch_size=8, verbose=0, callbacks=[clock])
+    timing = clock.since_train_end()
+    assert set(timing) == {"wall_fit_exit_s", "cpu_fit_exit_s"} and all(v >= 0 for v in timing.values())
+    rows = [{"epoch": "after the last", "wall_fit_exit_s": 45.0, "cpu_fit_exit_s": 0.2}]
+    assert callbacks.stalls(rows) == [{"epoch": "after the last", "phase": "fit_exit", "wall_s": 45.0, "cpu_s": 0.2}]
+    assert callbacks.stalls([{"epoch": "after the last", "wall_fit_exit_s": 45.0, "cpu_fit_exit_s": 40.0}]) == []
+
+
 def test_metrics_csv_times_each_epoch_and_a_waiting_validation_shows_as_a_stall(tmp_path):
     import time
 

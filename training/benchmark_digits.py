@@ -62,12 +62,15 @@ def main_job(seed, model_dir):
     from keras_cmt.training import callbacks
 
     epochs = callbacks.epoch_timings(os.path.join(model_dir, "metrics.csv"))
+    with open(os.path.join(model_dir, "results.json")) as f:
+        fit_exit = json.load(f).get("fit_exit", {})
     return {
         "seed": seed,
         "wall_s": round(wall, 1),
         "val_top1": report["keras"]["val_accuracy"],
         "epoch_timings": epochs,
-        "stalls": callbacks.stalls(epochs),
+        "fit_exit": fit_exit,
+        "stalls": callbacks.stalls(epochs + [{"epoch": "after the last", **fit_exit}]),
         "val_top5": report["keras"]["val_top5"],
         "epochs": report["keras"]["epochs"],
         "stage_wall_time_s": report["stage_wall_time_s"],

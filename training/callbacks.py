@@ -241,15 +241,36 @@ def epoch_timings(metrics_csv):
 
 
 def stalls(epochs, min_wall_s=3.0, max_cpu_share=0.3):
-    """The phases in which the process mostly waited: at least `min_wall_s` of wall time with CPU time under
-    `max_cpu_share` of it (computing keeps it at 1-2x the wall time on 2 cores)."""
+    """The phases (each `wall_<phase>_s` of a row with its `cpu_<phase>_s`) in which the process mostly waited: at
+    least `min_wall_s` of wall time with CPU time under `max_cpu_share` of it (computing keeps it at 1-2x the wall
+    time on 2 cores)."""
     found = []
     for row in epochs:
-        for phase in ("train", "val"):
+        phases = [k[len("wall_") : -len("_s")] for k in row if k.startswith("wall_") and k.endswith("_s")]
+        for phase in phases:
             wall, cpu = row.get(f"wall_{phase}_s"), row.get(f"cpu_{phase}_s")
             if wall is not None and cpu is not None and wall >= min_wall_s and cpu < max_cpu_share * wall:
                 found.append({"epoch": row["epoch"], "phase": phase, "wall_s": wall, "cpu_s": cpu})
     return found
+
+
+class FitExitClock(keras.callbacks.Callback):
+    """Times what follows `fit`'s last callback until `fit` returns: there Keras deletes the training iterator,
+    which waited for tf.data's autotuning thread (up to a minute) until the pipelines ran without it."""
+
+    def __init__(self):
+        super().__init__()
+        self._mark = None
+
+    def on_train_end(self, logs=None):
+        self._mark = _clock()
+
+    def since_train_end(self):
+        """{"wall_fit_exit_s", "cpu_fit_exit_s"} from the end of training to now; empty if training did not end."""
+        if self._mark is None:
+            return {}
+        now = _clock()
+        return {f"{kind}_fit_exit_s": round(now[i] - self._mark[i], 2) for i, kind in enumerate(("wall", "cpu"))}
 
 
 class MetricsCSV(keras.callbacks.Callback):

@@ -617,14 +617,15 @@ def _per_replica_batch(global_batch, input_context):
     return input_context.get_per_replica_batch_size(global_batch) if input_context else global_batch
 
 
-def _options(deterministic=False, autotune=True):
+def _options(deterministic=False):
     options = tf.data.Options()
     # Validation must stay in order: a parallel map out of order would let padding overtake real images.
     options.deterministic = deterministic
-    # Without autotuning, AUTOTUNE parallelism is TensorFlow's default (a call per core, up to 16) and prefetch keeps
-    # its own buffer tuner. Deleting an iterator waits for its autotuning thread's current sleep, which grows to a
-    # minute (TensorFlow 2.21), and Keras deletes the validation iterator at every evaluation.
-    options.autotune.enabled = autotune
+    # No autotuning thread: deleting an iterator waits for that thread's current sleep, which grows to a minute
+    # (TensorFlow 2.21). Keras deletes the validation iterator at every evaluation and the training iterator when
+    # `fit` returns, so with it a run stalled for up to a minute after its last epoch. Without it, AUTOTUNE
+    # parallelism is TensorFlow's default (a call per core) and prefetch keeps its own buffer tuner.
+    options.autotune.enabled = False
     # Sharding is done by hand (per input pipeline), so tf.distribute must not shard again.
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     return options
@@ -725,11 +726,7 @@ def val_dataset(source, image_size, crop_pct, global_batch, input_context=None):
     def finish(x, y, w):
         return augment.normalize(x), tf.one_hot(y, num_classes, dtype=tf.float32), w
 
-    return (
-        ds.map(finish, num_parallel_calls=AUTOTUNE)
-        .prefetch(AUTOTUNE)
-        .with_options(_options(deterministic=True, autotune=False))
-    )
+    return ds.map(finish, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE).with_options(_options(deterministic=True))
 
 
 def steps_per_epoch(source, global_batch):

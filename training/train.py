@@ -475,11 +475,15 @@ def _train(recipe, source, strategy, start_mode, start_line, run_identity, lock,
             cb.atomic_save(model, paths.phase1_done, weights_only=True)
         set_backbone_trainable(model, True)
     history = None
+    fit_exit = cb.FitExitClock()
     if epochs > freeze_epochs:
         compile_for(epochs - freeze_epochs)
         callbacks, initial_epoch = callbacks_for("train", paths.backup_dir("train"))
-        history = model.fit(train_ds, epochs=epochs, initial_epoch=initial_epoch, callbacks=callbacks, **fit_kwargs)
+        history = model.fit(
+            train_ds, epochs=epochs, initial_epoch=initial_epoch, callbacks=callbacks + [fit_exit], **fit_kwargs
+        )
 
+    fit_exit_timing = fit_exit.since_train_end()
     # Every worker evaluates (collective ops); with EMA, fit has already swapped the averaged weights in.
     final = model.evaluate(val_ds, steps=val_steps, return_dict=True, verbose=0)
     fingerprint = weights_fingerprint(model.get_weights())
@@ -513,6 +517,7 @@ def _train(recipe, source, strategy, start_mode, start_line, run_identity, lock,
         "seed": FLAGS.seed,
         "split_seed": FLAGS.split_seed,
         "wall_time_s": round(time.time() - t_start, 1),
+        "fit_exit": fit_exit_timing,  # from the last epoch's end to `fit` returning: near zero unless it stalled
         "resumed": bool(history is not None and history.epoch and history.epoch[0] > freeze_epochs),
         "recipe": recipe.to_dict(),
         "skipped_files": source.skipped_files,
