@@ -233,6 +233,11 @@ def _clock():
     return time.perf_counter(), times.user + times.system
 
 
+def _span(name, begin, end):
+    """{"wall_<name>_s", "cpu_<name>_s"} between two `_clock()` readings."""
+    return {f"{kind}_{name}_s": round(end[i] - begin[i], 2) for i, kind in enumerate(("wall", "cpu"))}
+
+
 def epoch_timings(metrics_csv):
     """Per epoch of a metrics.csv written by MetricsCSV: the TIMING_KEYS it holds."""
     return [
@@ -255,8 +260,8 @@ def stalls(epochs, min_wall_s=3.0, max_cpu_share=0.3):
 
 
 class FitExitClock(keras.callbacks.Callback):
-    """Times what follows `fit`'s last callback until `fit` returns: there Keras deletes the training iterator,
-    which waited for tf.data's autotuning thread (up to a minute) until the pipelines ran without it."""
+    """Times what follows `fit`'s last callback until `fit` returns: there Keras deletes the training iterator, which
+    waits for tf.data's autotuning thread where a pipeline has one (`training.data._options`)."""
 
     def __init__(self):
         super().__init__()
@@ -269,8 +274,7 @@ class FitExitClock(keras.callbacks.Callback):
         """{"wall_fit_exit_s", "cpu_fit_exit_s"} from the end of training to now; empty if training did not end."""
         if self._mark is None:
             return {}
-        now = _clock()
-        return {f"{kind}_fit_exit_s": round(now[i] - self._mark[i], 2) for i, kind in enumerate(("wall", "cpu"))}
+        return _span("fit_exit", self._mark, _clock())
 
 
 class MetricsCSV(keras.callbacks.Callback):
@@ -299,11 +303,7 @@ class MetricsCSV(keras.callbacks.Callback):
             "train": (marks["epoch"], marks["steps_end"]),
             "val": (marks["steps_end"], marks.get("val_end", marks["steps_end"])),
         }
-        return {
-            f"{kind}_{name}_s": round(end[i] - begin[i], 2)
-            for name, (begin, end) in spans.items()
-            for i, kind in enumerate(("wall", "cpu"))
-        }
+        return {key: value for name, (begin, end) in spans.items() for key, value in _span(name, begin, end).items()}
 
     def on_epoch_end(self, epoch, logs=None):
         logs = {**(logs or {}), **self._timings()}
