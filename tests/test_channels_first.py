@@ -47,6 +47,9 @@ def test_weights_files_are_the_same_in_both_layouts(tmp_path, micro_checkpoint, 
 
 
 def test_training_in_nchw(channels_first_format):
+    # Drop path draws which samples lose a branch: unseeded, it dropped a last-stage branch for both samples of
+    # this batch in one CI run in a hundred or so, and that branch's weights then rightly had no gradient.
+    keras.utils.set_random_seed(0)
     model = build_micro(drop_path_rate=0.1)
     x = np.random.default_rng(0).normal(size=(2, 3, 64, 64)).astype("float32")
     grads = trainable_gradients(model, x)
