@@ -562,3 +562,17 @@ def test_metrics_csv_times_each_epoch_and_a_waiting_validation_shows_as_a_stall(
     assert timings[1]["wall_val_s"] >= 3.0 > timings[2]["wall_val_s"]
     found = [(s["epoch"], s["phase"]) for s in callbacks.stalls(timings, min_wall_s=2.5)]
     assert (1, "val") in found and (2, "val") not in found, timings
+
+
+def test_the_final_metrics_come_from_the_last_epochs_validation_only_when_fit_ran_it():
+    """Without EMA the run's final metrics are the last epoch's validation (the mirrored and storage tests check
+    they equal a fresh evaluation of the saved model); a resumed fit that ran no epoch, or one that stopped
+    early, evaluates again."""
+    history = keras.callbacks.History()
+    history.epoch = [7, 8, 9]
+    history.history = {"val_accuracy": [0.5, 0.6, 0.75], "val_top5": [1.0, 1.0, 1.0], "val_loss": [2.0, 1.5, 1.25]}
+    assert train._last_validation(history, 10) == {"accuracy": 0.75, "top5": 1.0, "loss": 1.25}
+    assert train._last_validation(history, 11) is None  # stopped before the last epoch (TerminateOnNaN)
+    assert train._last_validation(None, 10) is None  # every epoch was done before this resume
+    history.history.pop("val_top5")
+    assert train._last_validation(history, 10) is None

@@ -484,8 +484,10 @@ def _train(recipe, source, strategy, start_mode, start_line, run_identity, lock,
         )
 
     fit_exit_timing = fit_exit.since_train_end()
-    # Every worker evaluates (collective ops); with EMA, fit has already swapped the averaged weights in.
-    final = model.evaluate(val_ds, steps=val_steps, return_dict=True, verbose=0)
+    final = None if recipe.ema else _last_validation(history, epochs)
+    if final is None:
+        # Every worker evaluates (collective ops); with EMA, fit has already swapped the averaged weights in.
+        final = model.evaluate(val_ds, steps=val_steps, return_dict=True, verbose=0)
     fingerprint = weights_fingerprint(model.get_weights())
     trainable_fingerprint = weights_fingerprint(model.trainable_weights)
     logging.info("Final validation: %s", final)
@@ -533,6 +535,19 @@ def _train(recipe, source, strategy, start_mode, start_line, run_identity, lock,
         flush=True,
     )
     return results
+
+
+def _last_validation(history, epochs):
+    """The last epoch's validation metrics from `fit`'s history when that epoch was the run's last, else None.
+
+    Without EMA nothing changes the weights after that validation (the BatchNorm statistics are synchronised
+    before it), so evaluating again would only repeat it. The condition is the same on every worker."""
+    if history is None or not history.epoch or history.epoch[-1] != epochs - 1:
+        return None
+    logs = history.history
+    if not all(f"val_{name}" in logs for name in ("accuracy", "top5", "loss")):
+        return None
+    return {name: float(logs[f"val_{name}"][-1]) for name in ("accuracy", "top5", "loss")}
 
 
 def main(argv):
