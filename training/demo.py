@@ -17,6 +17,7 @@ warnings are hidden unless `--verbose`.
 """
 
 import argparse
+import gc
 import json
 import os
 import subprocess
@@ -230,6 +231,7 @@ def main(argv=None):
             "after its last completed epoch\n"
         )
         sys.exit(130)
+    gc.freeze()  # the report is written: exit without a last collection of TensorFlow's objects (as train.py)
 
 
 if __name__ == "__main__":
