@@ -4,10 +4,10 @@
 
 1. Runs the main job, `python -m keras_cmt.training.demo --seed S` (train CMT-Ti on digits, convert to TFLite fp32 /
    dynamic / int8, evaluate, report), once per seed in a fresh folder and a fresh process, and reads its
-   report.json. Wall time is the whole command's, interpreter start-up included. Targets: at most 5 minutes per
-   run, validation top-1 of the Keras model at least 99.0% with seed 0 and at least 98.5% with every seed. The
-   validation split is the same for every seed (only initialisation, shuffling and augmentation change) and no
-   setting is chosen per seed.
+   report.json. Wall time is the whole command's, interpreter start-up included. Targets: a median of at most
+   240 s and at most 5 minutes per run, validation top-1 of the Keras model at least 99.0% with seed 0 and at
+   least 98.5% with every seed. The validation split is the same for every seed (only initialisation, shuffling
+   and augmentation change) and no setting is chosen per seed.
 2. Times the compiled training step of CMT-Ti at 160x160, batch 32 (the same optimizer, loss and metrics as
    keras_cmt.training.train, synthetic in-memory data so that only the model is measured): the median over the
    steps after warm-up, as images/s.
@@ -39,7 +39,7 @@ flags.DEFINE_bool("verbose", False, "Also show the libraries' log lines and warn
 FLAGS = flags.FLAGS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TARGETS = {"max_wall_s": 300.0, "seed0_min_top1": 0.990, "every_seed_min_top1": 0.985}
+TARGETS = {"median_wall_s": 240.0, "max_wall_s": 300.0, "seed0_min_top1": 0.990, "every_seed_min_top1": 0.985}
 
 
 def main_job(seed, model_dir):
@@ -101,7 +101,8 @@ def main_job_over_seeds(seeds, work_dir):
         "targets": TARGETS,
     }
     summary["meets_targets"] = (
-        summary["max_wall_s"] <= TARGETS["max_wall_s"]
+        summary["median_wall_s"] <= TARGETS["median_wall_s"]
+        and summary["max_wall_s"] <= TARGETS["max_wall_s"]
         and summary["min_val_top1"] >= TARGETS["every_seed_min_top1"]
         and (0 not in by_seed or by_seed[0]["val_top1"] >= TARGETS["seed0_min_top1"])
     )
@@ -192,9 +193,10 @@ def main(argv):
             walls = " / ".join(f"{e.get('wall_train_s', 0) + e.get('wall_val_s', 0):.0f}" for e in r["epoch_timings"])
             print(f"| seed {r['seed']}: seconds per epoch (train + validation); stalls | {walls}; {len(r['stalls'])} |")
         print(
-            f"| main job over seeds {', '.join(str(r['seed']) for r in job['runs'])}: max wall time; min val top-1 "
-            f"| {job['max_wall_s']:.0f} s; {job['min_val_top1'] * 100:.2f}% (targets <= 300 s, >= 99.0% seed 0, "
-            f">= 98.5% each: {'met' if job['meets_targets'] else 'NOT met'}) |"
+            f"| main job over seeds {', '.join(str(r['seed']) for r in job['runs'])}: median and max wall time; min "
+            f"val top-1 | {job['median_wall_s']:.0f} s, {job['max_wall_s']:.0f} s; {job['min_val_top1'] * 100:.2f}% "
+            f"(targets median <= 240 s, each <= 300 s, >= 99.0% seed 0, >= 98.5% each: "
+            f"{'met' if job['meets_targets'] else 'NOT met'}) |"
         )
     if "throughput" in report:
         t = report["throughput"]
