@@ -8,6 +8,7 @@ with _quiet.command_startup():
     from keras_cmt.cmt import BUILDERS as _BUILDERS
     from keras_cmt.cmt import CMT, build_model
     from keras_cmt.flops import count_macs
+    from keras_cmt import optimizers
     from keras_cmt.inference import fuse_for_inference
     from keras_cmt.image_transforms import eval_transform, load_image
     from keras_cmt.preprocessing import (
@@ -45,6 +46,7 @@ __all__ = [
     "imagenet_labels",
     "load_image",
     "load_weights",
+    "optimizers",
     "preprocess_input",
     "pyramid_model",
     "pyramid_outputs",

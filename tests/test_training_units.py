@@ -14,6 +14,7 @@ import helpers  # noqa: E402
 sys.path.insert(0, helpers.REPO)
 
 import keras  # noqa: E402
+import keras_cmt  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from keras_cmt.training import augment, callbacks, data, presets, train  # noqa: E402
@@ -86,6 +87,7 @@ def test_optimizer_schedule_warms_up_then_cosine_decays_to_min_lr():
     recipe = presets.IMAGENET_PRESETS["cmt_s"].replace(warmup_epochs=2)
     model = _tiny_model()
     opt = train.build_optimizer(recipe, model, steps_per_epoch=10, epochs=10, batch_size=512)
+    assert isinstance(opt, keras_cmt.optimizers.AdamW)  # the schedule evaluated once per step
     schedule = opt._learning_rate
     peak = 5e-4
     assert float(schedule(0)) == pytest.approx(1e-7, rel=1e-3)

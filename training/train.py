@@ -37,8 +37,13 @@ def _fail(message, status=2):
 
 
 def build_optimizer(recipe, model, steps_per_epoch, epochs, batch_size):
-    """AdamW (no decay on norms, biases and position biases; optional EMA) with warm-up + cosine decay."""
+    """AdamW (no decay on norms, biases and position biases; optional EMA) with warm-up + cosine decay.
+
+    keras_cmt's AdamW is Keras' with the schedule evaluated once per step (keras_cmt/optimizers.py).
+    """
     import keras
+
+    import keras_cmt
 
     total = max(1, steps_per_epoch * epochs)
     warmup = min(int(round(recipe.warmup_epochs * steps_per_epoch)), total - 1)
@@ -54,7 +59,7 @@ def build_optimizer(recipe, model, steps_per_epoch, epochs, batch_size):
         )
     else:
         schedule = keras.optimizers.schedules.CosineDecay(initial_learning_rate=peak, decay_steps=total, alpha=alpha)
-    optimizer = keras.optimizers.AdamW(
+    optimizer = keras_cmt.optimizers.AdamW(
         learning_rate=schedule,
         weight_decay=recipe.weight_decay,
         beta_1=0.9,
