@@ -2,9 +2,9 @@
 
     python -m benchmarks.first_step_schedule [--rounds 2] [--output benchmarks/results/first_step_schedule_<date>.json]
 
-Keras 3.15's TensorFlow AdamW reads `optimizer.learning_rate` once per weight-decayed variable (152 of CMT-Ti's 510
-trainable variables), and each read evaluates the warm-up cosine schedule again: a `cond` with both branches, put
-into the traced train step 152 times. This times the first `model.fit` call of the main job's model and recipe
+Keras 3.15's TensorFlow AdamW reads `optimizer.learning_rate` once per weight-decayed variable (each run records
+how many), and each read evaluates the warm-up cosine schedule again: a `cond` with both branches, put into the
+traced train step once per decayed variable. This times the first `model.fit` call of the main job's model and recipe
 (CMT-Ti@64, batch 64, the small-data preset's schedule, two steps of one in-memory batch) with Keras' AdamW, with
 keras_cmt's (`keras_cmt.optimizers.AdamW`: the schedule once per step; what `training.train.build_optimizer` now
 returns) and with Keras' AdamW at a constant learning rate, each in its own process, alternated round by round.

@@ -1,10 +1,11 @@
 """Keras' AdamW, with a learning-rate schedule evaluated once per step instead of once per decayed variable.
 
 Keras 3.15's AdamW reads `learning_rate` for each weight-decayed variable, and with a `LearningRateSchedule` each
-read evaluates the schedule again: for CMT-Ti, 153 copies of the warm-up cosine in every traced train step, seconds
-of tracing and graph optimisation on the first step (benchmarks/first_step_schedule.py). This class takes the rate
-once when `apply` starts and serves it until `apply` returns. The step counter only moves at the end of `apply`, so
-every read sees the value Keras' own AdamW would compute: the same updates from a smaller graph.
+read evaluates the schedule again: one copy of the warm-up cosine per decayed variable in every traced train step,
+which the first step pays for in tracing and graph optimisation (benchmarks/first_step_schedule.py; figures in
+benchmarks/RESULTS.md). This class takes the rate once when `apply` starts and serves it until `apply` returns.
+The step counter only moves at the end of `apply`, so every read sees the value Keras' own AdamW would compute: the
+same updates from a smaller graph.
 
 It is registered as `keras_cmt>AdamW`, so a compiled model saved with it reloads wherever keras_cmt is imported (as
 it must be for CMT's layers anyway).
