@@ -38,9 +38,11 @@ def _dense_model(seed=0):
     return keras.Model(inputs, outputs)
 
 
-def _fit(optimizer_class, steps=6):
+def _fit(optimizer_class, steps=6, amsgrad=False):
     model = _dense_model()
-    optimizer = optimizer_class(learning_rate=CountingCosine(), weight_decay=0.05, beta_1=0.9, beta_2=0.999)
+    optimizer = optimizer_class(
+        learning_rate=CountingCosine(), weight_decay=0.05, beta_1=0.9, beta_2=0.999, amsgrad=amsgrad
+    )
     optimizer.exclude_from_weight_decay(var_list=[v for v in model.trainable_variables if len(v.shape) == 1])
     model.compile(optimizer=optimizer, loss="mse")
     rng = np.random.default_rng(1)
@@ -50,9 +52,10 @@ def _fit(optimizer_class, steps=6):
     return model, optimizer
 
 
-def test_fit_gives_the_weights_keras_adamw_gives():
-    ours, ours_optimizer = _fit(AdamW)
-    theirs, theirs_optimizer = _fit(keras.optimizers.AdamW)
+@pytest.mark.parametrize("amsgrad", [False, True])
+def test_fit_gives_the_weights_keras_adamw_gives(amsgrad):
+    ours, ours_optimizer = _fit(AdamW, amsgrad=amsgrad)
+    theirs, theirs_optimizer = _fit(keras.optimizers.AdamW, amsgrad=amsgrad)
     assert int(ours_optimizer.iterations) == int(theirs_optimizer.iterations) == 6
     for a, b in zip(ours.weights, theirs.weights):
         np.testing.assert_allclose(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), rtol=1e-6, atol=1e-7)
@@ -76,6 +79,23 @@ def test_the_schedule_runs_once_per_step_not_once_per_decayed_variable():
     # Between steps the rate is the schedule's at the current step, as with Keras' AdamW.
     expected = keras.ops.convert_to_numpy(schedule.inner(steps))
     np.testing.assert_allclose(keras.ops.convert_to_numpy(optimizer.learning_rate), expected, rtol=1e-6)
+
+
+def test_the_bias_correction_runs_once_per_step_not_once_per_variable(monkeypatch):
+    from keras_cmt import optimizers
+
+    powers = []
+    power = optimizers.ops.power
+    monkeypatch.setattr(optimizers.ops, "power", lambda *a: powers.append(a) or power(*a))
+    variables = [keras.Variable(np.full((3, 3), i + 1.0, "float32")) for i in range(6)]
+    optimizer = AdamW(learning_rate=1e-3, weight_decay=0.05)
+    optimizer.build(variables)
+    steps = 4
+    for _ in range(steps):
+        optimizer.apply([keras.ops.full((3, 3), 0.1) for _ in variables], variables)
+    # Two powers (of beta_1 and beta_2) a step, where Keras' Adam takes them for each of the 6 variables. PyTorch's
+    # multi-tensor AdamW computes its own, once a step, and calls none of these.
+    assert len(powers) == (0 if keras.config.backend() == "torch" else 2 * steps)
 
 
 def test_a_float_rate_stays_settable():
