@@ -2,10 +2,10 @@
 
     python -m keras_cmt.training.demo [--model_dir runs/demo] [--seed 0] [--epochs 10] [--overwrite] [--verbose]
 
-1. `python -m keras_cmt.training.train --model=cmt_ti --dataset=digits ...` (scikit-learn's 8x8 handwritten digits,
-   real images shipped with the package, upsampled to 64x64; a stratified 20% held out for validation, never
-   trained on). A finished run in `--model_dir` with the same settings is reused, an interrupted one resumes from
-   its last completed epoch; `--overwrite` trains again.
+1. `python -m keras_cmt.training.train --model=cmt_ti --dataset=digits ...`, run in this process (scikit-learn's 8x8
+   handwritten digits, real images shipped with the package, upsampled to 64x64; a stratified 20% held out for
+   validation, never trained on). A finished run in `--model_dir` with the same settings is reused, an interrupted
+   one resumes from its last completed epoch; `--overwrite` trains again.
 2. `keras_cmt.tflite.convert`: the trained `model.keras` to an fp32 file, a `dynamic` one (int8 convolution weights,
    the fastest on CPUs) and a full-int8-where-XNNPACK-can one (calibrated on training digits), each with Android
    metadata and the digit labels.
@@ -20,7 +20,6 @@ import argparse
 import gc
 import json
 import os
-import subprocess
 import sys
 import time
 
@@ -98,9 +97,7 @@ def _train(args):
         f"seed {args.seed}",
         flush=True,
     )
-    cmd = [
-        sys.executable,
-        "-m",
+    argv = [
         "keras_cmt.training.train",
         "--model=cmt_ti",
         "--dataset=digits",
@@ -111,13 +108,36 @@ def _train(args):
         f"--model_dir={args.model_dir}",
         "--progress=epoch",
     ]
-    cmd += ["--overwrite"] if args.overwrite else []
-    cmd += ["--verbose"] if args.verbose else []
-    status = subprocess.run(cmd).returncode
-    if status != 0:
-        raise DemoError(f"training failed (exit status {status}); its error is above")
-    with open(os.path.join(args.model_dir, "results.json")) as f:
-        return json.load(f)
+    argv += ["--overwrite"] if args.overwrite else []
+    argv += ["--verbose"] if args.verbose else []
+    results = _run_training(argv)
+    # The traced training step's objects stay alive with this process; frozen, the conversion's garbage
+    # collections no longer walk them.
+    gc.freeze()
+    return results
+
+
+def _run_training(argv):
+    """`python -m keras_cmt.training.train ARGV`, in this process: TensorFlow is imported once for the whole job.
+    Its results dict; DemoError when it failed (its one-line error already printed)."""
+    import logging as python_logging
+
+    from absl import flags, logging
+
+    from keras_cmt.training import flags as training_flags
+    from keras_cmt.training import train
+
+    absl_level = python_logging.getLogger("absl").level  # parsing absl's flags sets it from --verbosity
+    training_flags.define_flags()
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(argv)
+    logging.set_verbosity(logging.WARNING if quiet.is_quiet() else logging.INFO)  # as the training command's
+    try:
+        return train.run()
+    except SystemExit as e:
+        raise DemoError(f"training failed (exit status {e.code}); its error is above") from None
+    finally:
+        python_logging.getLogger("absl").setLevel(absl_level)  # the converter's absl warnings stay hidden
 
 
 def _convert(args, labels):
