@@ -356,19 +356,36 @@ def test_best_weights_are_written_only_for_a_better_epoch(tmp_path):
     best = callbacks.BestWeights(str(path), monitor="val_accuracy", initial_value_threshold=0.5)
     best.set_model(model)
     best.on_epoch_end(0, {"val_accuracy": 0.4})  # not better than the epochs before the resume
+    best.on_train_end()
     assert not path.exists()
     best.on_epoch_end(1, {"val_accuracy": 0.6})
-    written = path.stat().st_mtime_ns
+    # The weights of the epoch's end, even when they change before the file is on disk.
     model.layers[0].kernel.assign(np.ones((3, 2)))
+    best.on_train_end()
+    written = path.stat().st_mtime_ns
     best.on_epoch_end(2, {"val_accuracy": 0.6})  # equal is not better
+    best.on_train_end()
     reloaded = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     reloaded.load_weights(str(path))  # the weights alone: no optimizer state in the file
     assert not np.array_equal(reloaded.layers[0].kernel.numpy(), np.ones((3, 2)))
     assert path.stat().st_mtime_ns == written and os.listdir(tmp_path) == ["best.weights.h5"]
     best.on_epoch_end(3, {"val_accuracy": 0.7})
+    best.on_train_end()
     reloaded.load_weights(str(path))
     np.testing.assert_array_equal(reloaded.layers[0].kernel.numpy(), np.ones((3, 2)))
     assert best.best == 0.7
+
+
+def test_a_background_write_that_fails_fails_the_run_at_the_next_epoch_end(tmp_path):
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(optimizer="adam", loss="mse")
+    (tmp_path / "not_a_folder").write_text("")
+    best = callbacks.BestWeights(str(tmp_path / "not_a_folder" / "best.weights.h5"), monitor="val_accuracy")
+    best.set_model(model)
+    best.on_epoch_end(0, {"val_accuracy": 0.4})  # returns before the write fails ...
+    with pytest.raises(OSError, match="not_a_folder"):
+        best.on_epoch_end(1, {"val_accuracy": 0.6})  # ... which the training thread sees at the next one
+    assert os.listdir(tmp_path) == ["not_a_folder"]
 
 
 def test_atomic_save_leaves_only_the_target(tmp_path):

@@ -9,6 +9,7 @@ an open file, which object stores cannot do (and its `GFile` has no `closed`): `
 file whole after each epoch. All paths go through `storage`, so a run folder may be a `gs://` URL.
 """
 
+import concurrent.futures
 import csv
 import io
 import os
@@ -43,6 +44,53 @@ def atomic_save(model, path, weights_only=None, include_optimizer=True):
     _prime_keras_skipset_cache()
     save = model.save_weights if weights_only else model.save
     storage.write_atomically(path, lambda tmp: save(tmp, overwrite=True))
+
+
+def weights_file_job(model, path, include_optimizer=True):
+    """What `atomic_save(model, path)` does for a `.weights.h5`, split in two: the file's bytes are built now, and
+    the returned function writes them (atomically) whenever it is called, from any thread."""
+    if not include_optimizer:
+        model = without_optimizer(model)
+    data = weights_h5_bytes(model)
+    if data is None:  # this Keras lacks the internals: Keras writes the file now
+        atomic_save(model, path, weights_only=True)
+        return lambda: None
+    return lambda: storage.write_bytes(path, data)
+
+
+class BackgroundWriter:
+    """Runs a callback's file writes on one thread of their own, one after the other, so that the next epoch's
+    steps run while the disk syncs (each write is atomic: a kill leaves the files before or after it, never half).
+    `wait()` returns once everything submitted is written, raising the first failure (a full disk, say) in the
+    training thread; `check()`, called after each step, raises it as soon as it happened."""
+
+    def __init__(self):
+        self._executor = None
+        self._pending = None
+
+    def submit(self, job):
+        self.wait()
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="keras_cmt-writer")
+        self._pending = self._executor.submit(job)
+
+    def wait(self):
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def check(self):
+        if self._pending is not None and self._pending.done():
+            self.wait()
+
+    def close(self):
+        """`wait()`, then the thread ends."""
+        try:
+            self.wait()
+        finally:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+                self._executor = None
 
 
 def weights_h5_bytes(model):
@@ -94,6 +142,8 @@ class BestWeights(keras.callbacks.Callback):
     What `keras.callbacks.ModelCheckpoint(save_best_only=True, save_weights_only=True)` does for one file, on the
     public callback hooks: Keras' writes the file in place, so a kill during the write leaves a truncated one.
     `initial_value_threshold` is the best value of the epochs before a resume, which only a better epoch replaces.
+    The file's bytes are taken at the epoch's end and written while the next epoch trains; `fit` returns once they
+    are.
     """
 
     def __init__(self, path, monitor="val_accuracy", mode="max", initial_value_threshold=None):
@@ -101,6 +151,7 @@ class BestWeights(keras.callbacks.Callback):
         if mode not in ("max", "min"):
             raise ValueError(f"mode must be 'max' or 'min'; got {mode!r}")
         self.path, self.monitor, self.mode, self.best = path, monitor, mode, initial_value_threshold
+        self._writer = BackgroundWriter()
 
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get(self.monitor)
@@ -109,8 +160,14 @@ class BestWeights(keras.callbacks.Callback):
             return
         value = float(value)
         if self.best is None or (value > self.best if self.mode == "max" else value < self.best):
-            atomic_save(self.model, self.path, weights_only=True, include_optimizer=False)
+            self._writer.submit(weights_file_job(self.model, self.path, include_optimizer=False))
             self.best = value
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._writer.check()
+
+    def on_train_end(self, logs=None):
+        self._writer.close()
 
 
 class AtomicBackup(keras.callbacks.Callback):
@@ -126,7 +183,9 @@ class AtomicBackup(keras.callbacks.Callback):
     second save per epoch. With `keep_previous`, the epoch before stays too (named in the metadata), and
     `restore_epoch` picks which of the two a restart loads: processes of one run killed a moment apart hold
     backups an epoch apart, and must all resume from the older. With `delete_checkpoint`, the backup folder is
-    removed when `fit` ends.
+    removed when `fit` ends. The weights' bytes are taken at the epoch's end; the files are written, in that order,
+    while the next epoch trains (a kill before they are resumes from the epoch before, as a kill during a
+    synchronous write would), and `fit` returns once they are.
     """
 
     def __init__(self, backup_dir, delete_checkpoint=True, last_copy=None, keep_previous=False, restore_epoch=None):
@@ -136,6 +195,7 @@ class AtomicBackup(keras.callbacks.Callback):
         self.last_copy = last_copy
         self.keep_previous = keep_previous
         self.restore_epoch = restore_epoch
+        self._writer = BackgroundWriter()
 
     def _restore_point(self):
         return read_backup_metadata(self.backup_dir, epoch=self.restore_epoch)
@@ -157,23 +217,33 @@ class AtomicBackup(keras.callbacks.Callback):
         logging.info("Restored the backup of epoch %d from %s", metadata["epoch"], self.backup_dir)
 
     def on_epoch_end(self, epoch, logs=None):
+        self._writer.wait()  # the previous epoch's backup is complete: its metadata is the one to read
         storage.makedirs(self.backup_dir)
         epoch += 1  # the epoch a restart begins with
         name = f"epoch-{epoch:06d}-batch-000000000.weights.h5"  # the batch field of Keras' per-batch backups
         previous = read_backup_metadata(self.backup_dir) if self.keep_previous else None
-        atomic_save(self.model, storage.join(self.backup_dir, name), weights_only=True)
+        write_weights = weights_file_job(self.model, storage.join(self.backup_dir, name))
         record = {"epoch": epoch, "batch": 0, "weights": name}
         if previous and previous["weights"] != name:
             record["previous"] = {key: previous[key] for key in ("epoch", "batch", "weights")}
-        storage.write_json(storage.join(self.backup_dir, "training_metadata.json"), record)
-        if self.last_copy:
-            storage.publish_copy(storage.join(self.backup_dir, name), self.last_copy)
-        keep = {name, record.get("previous", {}).get("weights")}
-        for old in storage.listdir(self.backup_dir):
-            if old.endswith(".weights.h5") and old not in keep:
-                storage.remove(storage.join(self.backup_dir, old))
+
+        def write():
+            write_weights()
+            storage.write_json(storage.join(self.backup_dir, "training_metadata.json"), record)
+            if self.last_copy:
+                storage.publish_copy(storage.join(self.backup_dir, name), self.last_copy)
+            keep = {name, record.get("previous", {}).get("weights")}
+            for old in storage.listdir(self.backup_dir):
+                if old.endswith(".weights.h5") and old not in keep:
+                    storage.remove(storage.join(self.backup_dir, old))
+
+        self._writer.submit(write)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._writer.check()
 
     def on_train_end(self, logs=None):
+        self._writer.close()
         if self.delete_checkpoint and storage.exists(self.backup_dir):
             storage.remove(self.backup_dir)
 
