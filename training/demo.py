@@ -7,8 +7,8 @@
    validation, never trained on). A finished run in `--model_dir` with the same settings is reused, an interrupted
    one resumes from its last completed epoch; `--overwrite` trains again.
 2. `keras_cmt.tflite.convert`: the trained `model.keras` to an fp32 file, a `dynamic` one (int8 convolution weights,
-   the fastest on CPUs) and a full-int8-where-XNNPACK-can one (calibrated on training digits), each with Android
-   metadata and the digit labels.
+   the fastest on CPUs) and a full-int8-where-XNNPACK-can one (calibrated on training digits, by the converter's
+   command in a second process meanwhile), each with Android metadata and the digit labels.
 3. Validation accuracy of the files with LiteRT, agreement with fp32, XNNPACK delegation, and latency measured side
    by side (the three files in turn, in this process).
 
@@ -20,7 +20,9 @@ import argparse
 import gc
 import json
 import os
+import subprocess
 import sys
+import tempfile
 import time
 
 from keras_cmt import quiet
@@ -151,21 +153,48 @@ def _convert(args, labels):
     if all(os.path.isfile(p) and os.path.getmtime(p) >= os.path.getmtime(keras_path) for p in paths.values()):
         print(f"[2/3] reusing the TFLite files converted from {keras_path}", flush=True)
         return paths
-    model = keras.saving.load_model(keras_path, compile=False)
-    outputs = {}
-    for mode, name in MODES.items():
-        path = paths[mode]
-        print(f"[2/3] converting {keras_path} to {name}: {path}", flush=True)
-        convert.convert(
-            model,
-            path,
-            quantize=mode,
-            labels=labels,
-            representative_data="digits" if mode == "int8" else None,
-            num_calibration_images=CALIBRATION_IMAGES,
-        )
-        outputs[mode] = path
-    return outputs
+    # The int8 file's calibration runs TFLite's interpreter one image at a time on one core: the converter's own
+    # command writes it in a second process while this one writes the float files on the other.
+    print(f"[2/3] converting {keras_path} to {MODES['int8']} in a second process: {paths['int8']}", flush=True)
+    int8 = _Int8Conversion(args, keras_path, paths["int8"])
+    try:
+        model = keras.saving.load_model(keras_path, compile=False)
+        for mode in ("none", "dynamic"):
+            print(f"[2/3] converting {keras_path} to {MODES[mode]}: {paths[mode]}", flush=True)
+            convert.convert(model, paths[mode], quantize=mode, labels=labels)
+    finally:
+        status = int8.process.wait()  # never left running (it writes its file atomically)
+    if status != 0:
+        raise DemoError(f"converting {keras_path} to int8 failed: {int8.error_line(status)}")
+    return paths
+
+
+class _Int8Conversion:
+    """`python -m keras_cmt.tflite.convert --quantize int8 ...` (its labels, '0' to '9', are its default for ten
+    classes), started; its stderr goes to a file (a pipe nobody reads while this process converts could fill and
+    block it), or to the screen with --verbose."""
+
+    def __init__(self, args, keras_path, output):
+        command = [
+            sys.executable,
+            "-m",
+            "keras_cmt.tflite.convert",
+            f"--model={keras_path}",
+            "--quantize=int8",
+            "--representative_data=digits",
+            f"--num_calibration_images={CALIBRATION_IMAGES}",
+            f"--output={output}",
+        ]
+        self.stderr = None if args.verbose else tempfile.TemporaryFile(mode="w+")
+        command += ["--verbose"] if args.verbose else []
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=self.stderr)
+
+    def error_line(self, status):
+        if self.stderr is None:
+            return f"exit status {status}; its error is above"
+        self.stderr.seek(0)
+        lines = self.stderr.read().strip().splitlines()
+        return lines[-1] if lines else f"exit status {status}"
 
 
 def _measure(args, tflite_files):
