@@ -388,6 +388,60 @@ def test_a_background_write_that_fails_fails_the_run_at_the_next_epoch_end(tmp_p
     assert os.listdir(tmp_path) == ["not_a_folder"]
 
 
+def test_when_fit_raises_the_pending_writes_finish_first_and_its_error_goes_on(tmp_path):
+    import time
+
+    def slow_write(name):
+        def write():
+            time.sleep(0.3)
+            (tmp_path / name).write_text("written")
+
+        return write
+
+    with pytest.raises(KeyboardInterrupt):
+        with callbacks.epoch_end_writes_finished():
+            callbacks.EPOCH_END_WRITES.submit(slow_write("backup"))
+            raise KeyboardInterrupt  # Ctrl-C during the next epoch
+    assert (tmp_path / "backup").read_text() == "written"  # finished before the lock could be released
+
+    def failing_write():
+        raise OSError("disk gone")
+
+    with pytest.raises(RuntimeError, match="bad data"):  # the first error, not the write's
+        with callbacks.epoch_end_writes_finished():
+            callbacks.EPOCH_END_WRITES.submit(failing_write)
+            raise RuntimeError("bad data")
+    callbacks.EPOCH_END_WRITES.wait()  # nothing left pending
+
+
+def test_the_best_checkpoint_is_written_before_the_backup_of_its_epoch(tmp_path, monkeypatch):
+    order = []
+    write_bytes = callbacks.storage.write_bytes
+    monkeypatch.setattr(
+        callbacks.storage,
+        "write_bytes",
+        lambda path, data: order.append(os.path.basename(path)) or write_bytes(path, data),
+    )
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(optimizer="adam", loss="mse")
+    best = callbacks.BestWeights(str(tmp_path / "best.weights.h5"), monitor="val_accuracy")
+    backup = callbacks.AtomicBackup(str(tmp_path / "backup"), delete_checkpoint=False)
+    for callback in (best, backup):
+        callback.set_model(model)
+    for epoch in range(2):
+        best.on_epoch_end(epoch, {"val_accuracy": 0.5 + epoch})
+        backup.on_epoch_end(epoch, {"val_accuracy": 0.5 + epoch})
+    backup.on_train_end()
+    weights = [name for name in order if name.endswith(".h5")]
+    assert weights == [
+        "best.weights.h5",
+        "epoch-000001-batch-000000000.weights.h5",
+        "best.weights.h5",
+        "epoch-000002-batch-000000000.weights.h5",
+    ]
+    assert order.index("training_metadata.json") > order.index("epoch-000001-batch-000000000.weights.h5")
+
+
 def test_atomic_save_leaves_only_the_target(tmp_path):
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     callbacks.atomic_save(model, str(tmp_path / "m.weights.h5"))

@@ -10,6 +10,7 @@ file whole after each epoch. All paths go through `storage`, so a run folder may
 """
 
 import concurrent.futures
+import contextlib
 import csv
 import io
 import os
@@ -59,10 +60,11 @@ def weights_file_job(model, path, include_optimizer=True):
 
 
 class BackgroundWriter:
-    """Runs a callback's file writes on one thread of their own, one after the other, so that the next epoch's
-    steps run while the disk syncs (each write is atomic: a kill leaves the files before or after it, never half).
-    `wait()` returns once everything submitted is written, raising the first failure (a full disk, say) in the
-    training thread; `check()`, called after each step, raises it as soon as it happened."""
+    """Runs file writes on one thread of their own, one after the other, so that the next epoch's steps run while
+    the disk syncs (each write is atomic: a kill leaves the files before or after it, never half). `submit` waits
+    for the write before, so the files appear in the order they were submitted. `wait()` returns once everything
+    submitted is written, raising the first failure (a full disk, say) in the training thread; `check()`, called
+    after each step, raises it as soon as it happened."""
 
     def __init__(self):
         self._executor = None
@@ -91,6 +93,26 @@ class BackgroundWriter:
             if self._executor is not None:
                 self._executor.shutdown(wait=True)
                 self._executor = None
+
+
+# The epoch ends' writes of every callback, in one order: the best checkpoint of an epoch is on disk before the backup
+# that a restart resumes after (the order of the callbacks, as when they wrote synchronously).
+EPOCH_END_WRITES = BackgroundWriter()
+
+
+@contextlib.contextmanager
+def epoch_end_writes_finished():
+    """Around `fit`: when it raises (Ctrl-C, a lost lease, bad data), the epoch ends' writes still in progress are
+    finished before the exception goes on (and before the run folder's lock is released); a failed write is then
+    logged, not raised over the first error. (`fit` calls no `on_train_end` when it raises.)"""
+    try:
+        yield
+    except BaseException:
+        try:
+            EPOCH_END_WRITES.close()
+        except Exception as e:  # noqa: BLE001 - the exception already on its way says what went wrong first
+            logging.warning("A checkpoint write also failed: %s", storage.first_line(e))
+        raise
 
 
 def weights_h5_bytes(model):
@@ -151,7 +173,7 @@ class BestWeights(keras.callbacks.Callback):
         if mode not in ("max", "min"):
             raise ValueError(f"mode must be 'max' or 'min'; got {mode!r}")
         self.path, self.monitor, self.mode, self.best = path, monitor, mode, initial_value_threshold
-        self._writer = BackgroundWriter()
+        self._writer = EPOCH_END_WRITES
 
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get(self.monitor)
@@ -184,8 +206,9 @@ class AtomicBackup(keras.callbacks.Callback):
     `restore_epoch` picks which of the two a restart loads: processes of one run killed a moment apart hold
     backups an epoch apart, and must all resume from the older. With `delete_checkpoint`, the backup folder is
     removed when `fit` ends. The weights' bytes are taken at the epoch's end; the files are written, in that order,
-    while the next epoch trains (a kill before they are resumes from the epoch before, as a kill during a
-    synchronous write would), and `fit` returns once they are.
+    while the next epoch trains (`EPOCH_END_WRITES`; a kill before they are resumes from the epoch before, as a kill
+    during a synchronous write would), and `fit` returns once they are. With `keep_previous` the epoch end waits
+    for them.
     """
 
     def __init__(self, backup_dir, delete_checkpoint=True, last_copy=None, keep_previous=False, restore_epoch=None):
@@ -195,7 +218,7 @@ class AtomicBackup(keras.callbacks.Callback):
         self.last_copy = last_copy
         self.keep_previous = keep_previous
         self.restore_epoch = restore_epoch
-        self._writer = BackgroundWriter()
+        self._writer = EPOCH_END_WRITES
 
     def _restore_point(self):
         return read_backup_metadata(self.backup_dir, epoch=self.restore_epoch)
@@ -238,6 +261,9 @@ class AtomicBackup(keras.callbacks.Callback):
                     storage.remove(storage.join(self.backup_dir, old))
 
         self._writer.submit(write)
+        if self.keep_previous:
+            # Processes of one run keep the epoch before theirs for each other: none may be more than one behind.
+            self._writer.wait()
 
     def on_train_batch_end(self, batch, logs=None):
         self._writer.check()

@@ -132,7 +132,10 @@ def _run_training(argv):
     absl_level = python_logging.getLogger("absl").level  # parsing absl's flags sets it from --verbosity
     training_flags.define_flags()
     flags.FLAGS.unparse_flags()
-    flags.FLAGS(argv)
+    try:
+        flags.FLAGS(argv)
+    except flags.Error as e:  # a value the training command's validators refuse, e.g. --epochs 0
+        raise DemoError(str(e)) from None
     logging.set_verbosity(logging.WARNING if quiet.is_quiet() else logging.INFO)  # as the training command's
     try:
         return train.run()

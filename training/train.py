@@ -477,7 +477,10 @@ def _train(recipe, source, strategy, start_mode, start_line, run_identity, lock,
                 "Phase 1: head only for %d epochs (%d trainable weights)", freeze_epochs, len(model.trainable_weights)
             )
             callbacks, initial_epoch = callbacks_for("frozen", paths.backup_dir("frozen"))
-            model.fit(train_ds, epochs=freeze_epochs, initial_epoch=initial_epoch, callbacks=callbacks, **fit_kwargs)
+            with cb.epoch_end_writes_finished():
+                model.fit(
+                    train_ds, epochs=freeze_epochs, initial_epoch=initial_epoch, callbacks=callbacks, **fit_kwargs
+                )
             cb.atomic_save(model, paths.phase1_done, weights_only=True)
         set_backbone_trainable(model, True)
     history = None
@@ -485,9 +488,10 @@ def _train(recipe, source, strategy, start_mode, start_line, run_identity, lock,
     if epochs > freeze_epochs:
         compile_for(epochs - freeze_epochs)
         callbacks, initial_epoch = callbacks_for("train", paths.backup_dir("train"))
-        history = model.fit(
-            train_ds, epochs=epochs, initial_epoch=initial_epoch, callbacks=callbacks + [fit_exit], **fit_kwargs
-        )
+        with cb.epoch_end_writes_finished():
+            history = model.fit(
+                train_ds, epochs=epochs, initial_epoch=initial_epoch, callbacks=callbacks + [fit_exit], **fit_kwargs
+            )
 
     fit_exit_timing = fit_exit.since_train_end()
     final = None if recipe.ema else _last_validation(history, epochs)
