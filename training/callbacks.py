@@ -35,28 +35,29 @@ def atomic_save(model, path, weights_only=None, include_optimizer=True):
     """model.save / model.save_weights to a temporary file in the same folder, then rename over `path`."""
     if weights_only is None:
         weights_only = path.endswith(".weights.h5")
-    if not include_optimizer:
-        model = without_optimizer(model)
     if weights_only:
-        data = weights_h5_bytes(model)
-        if data is not None:
-            storage.write_bytes(path, data)
-            return
-    _prime_keras_skipset_cache()
-    save = model.save_weights if weights_only else model.save
-    storage.write_atomically(path, lambda tmp: save(tmp, overwrite=True))
+        weights_file_job(model, path, include_optimizer)()
+        return
+    _keras_save(without_optimizer(model) if not include_optimizer else model, path, weights_only=False)
 
 
 def weights_file_job(model, path, include_optimizer=True):
-    """What `atomic_save(model, path)` does for a `.weights.h5`, split in two: the file's bytes are built now, and
-    the returned function writes them (atomically) whenever it is called, from any thread."""
+    """`atomic_save(model, path)` for a `.weights.h5`, split in two: the file's bytes are built now, and the
+    returned function writes them (atomically) whenever it is called, from any thread."""
     if not include_optimizer:
         model = without_optimizer(model)
     data = weights_h5_bytes(model)
     if data is None:  # this Keras lacks the internals: Keras writes the file now
-        atomic_save(model, path, weights_only=True)
+        _keras_save(model, path, weights_only=True)
         return lambda: None
     return lambda: storage.write_bytes(path, data)
+
+
+def _keras_save(model, path, weights_only):
+    """Keras' own `save_weights` / `save` to a temporary file, renamed over `path`."""
+    _prime_keras_skipset_cache()
+    save = model.save_weights if weights_only else model.save
+    storage.write_atomically(path, lambda tmp: save(tmp, overwrite=True))
 
 
 class BackgroundWriter:
