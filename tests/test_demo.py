@@ -78,3 +78,28 @@ def test_demo_trains_converts_and_reports_on_a_quiet_screen(tmp_path):
         "(global_batch_size=64); use another --model_dir or --overwrite"
     )
     assert json.loads((model_dir / "report.json").read_text())["keras"] == saved["keras"]
+
+
+def _processes_naming(text):
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline:
+            found.append(cmdline)
+    return found
+
+
+def test_a_failed_training_ends_the_int8_process_started_ahead(tmp_path):
+    """The int8 conversion's process starts before training (its imports overlap it); a training that fails
+    ends the demo in one line with that process gone, and nothing converted."""
+    model_dir = tmp_path / "demo"
+    result = _demo("--model_dir", str(model_dir), "--epochs", "0")
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("keras_cmt.training.demo: error: ") and "epochs" in last, last
+    assert _processes_naming(f"--output={model_dir}") == []
+    assert not model_dir.exists() or not [p for p in model_dir.iterdir() if p.suffix == ".tflite"]

@@ -183,6 +183,24 @@ def test_keras_file_converts_like_the_model(micro_logits_model, tmp_path, pixels
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
 
 
+def test_wait_for_go_converts_only_when_told(micro_logits_model, tmp_path, monkeypatch):
+    """The demo starts the converter ahead of its model with --wait_for_go: "go" on stdin converts, stdin closing
+    first (the caller had nothing to convert, or died) ends it with nothing written."""
+    import io
+    import sys
+
+    path = tmp_path / "micro.keras"
+    out = tmp_path / "micro.tflite"
+    argv = ["--model", str(path), "--output", str(out), "--wait_for_go"]
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    assert convert.main(argv) == 0  # the model does not even exist yet
+    assert list(tmp_path.iterdir()) == []
+    micro_logits_model.save(path)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("go\n"))
+    assert convert.main(argv) == 0
+    assert LiteRTModel(str(out)).predict(np.zeros((1, 64, 64, 3), np.float32)).shape == (1, 10)
+
+
 def test_output_kind_follows_the_classifier_activation():
     assert model_loading.ends_in_softmax(build_micro())
     assert not model_loading.ends_in_softmax(build_micro(classifier_activation=None))

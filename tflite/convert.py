@@ -345,12 +345,45 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--format", default="tflite", choices=("tflite", "onnx"))
     p.add_argument("--output", default=None, help="output file (default: derived from --model)")
+    # For a caller that starts the converter ahead of the model it converts (the demo, while it trains): the
+    # process imports everything, then waits for a line "go" on stdin; stdin closing first means nothing to do.
+    p.add_argument("--wait_for_go", action="store_true", help=argparse.SUPPRESS)
     quiet.add_verbose_argument(p)
     return p
 
 
+# What convert() imports only when it needs it, imported ahead by --wait_for_go.
+_LAZY_IMPORTS = (
+    "tensorflow",
+    "keras_cmt.cmt",
+    "keras_cmt.inference",
+    "keras_cmt.weights.loading",
+    "keras_cmt.tflite.representative_data",
+    "keras_cmt.training.data",
+    "keras_cmt.tflite.runner",
+    "ai_edge_litert.schema_py_generated",
+)
+
+
+def _wait_for_go() -> bool:
+    """--wait_for_go: import ahead, then whether the caller said "go" (False when stdin closed first)."""
+    import importlib
+
+    for name in _LAZY_IMPORTS:
+        try:
+            importlib.import_module(name)
+        except ImportError:  # convert() reports a missing package in its own words, if it needs it
+            pass
+    try:
+        return sys.stdin.readline().strip() == "go"
+    except KeyboardInterrupt:  # Ctrl-C reaches the caller's whole process group; the caller reports it
+        return False
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.wait_for_go and not _wait_for_go():
+        return 0
     weights = None if args.weights in (None, "none", "None") else args.weights
     output = args.output or default_output_path(args.model, args.quantize, args.image_size, args.format)
     try:

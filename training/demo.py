@@ -145,13 +145,18 @@ def _run_training(argv):
         python_logging.getLogger("absl").setLevel(absl_level)  # the converter's absl warnings stay hidden
 
 
-def _convert(args, labels):
+def _tflite_paths(args):
+    return {mode: os.path.join(args.model_dir, f"cmt_ti_digits_{name}.tflite") for mode, name in MODES.items()}
+
+
+def _convert(args, labels, int8):
+    """The three files; `int8` the second process that converts to int8, started ahead (or None)."""
     import keras
 
     from keras_cmt.tflite import convert
 
     keras_path = os.path.join(args.model_dir, "model.keras")
-    paths = {mode: os.path.join(args.model_dir, f"cmt_ti_digits_{name}.tflite") for mode, name in MODES.items()}
+    paths = _tflite_paths(args)
     # A reused run whose files were converted from this very model.keras (written atomically, after it) keeps them.
     if all(os.path.isfile(p) and os.path.getmtime(p) >= os.path.getmtime(keras_path) for p in paths.values()):
         print(f"[2/3] reusing the TFLite files converted from {keras_path}", flush=True)
@@ -159,14 +164,18 @@ def _convert(args, labels):
     # The int8 file's calibration runs TFLite's interpreter one image at a time on one core: the converter's own
     # command writes it in a second process while this one writes the float files on the other.
     print(f"[2/3] converting {keras_path} to {MODES['int8']} in a second process: {paths['int8']}", flush=True)
-    int8 = _Int8Conversion(args, keras_path, paths["int8"])
+    started_here = int8 is None
+    int8 = int8 or _Int8Conversion(args)
     try:
+        int8.go()
         model = keras.saving.load_model(keras_path, compile=False)
         for mode in ("none", "dynamic"):
             print(f"[2/3] converting {keras_path} to {MODES[mode]}: {paths[mode]}", flush=True)
             convert.convert(model, paths[mode], quantize=mode, labels=labels)
+        status = int8.wait()
     finally:
-        status = int8.process.wait()  # never left running (it writes its file atomically)
+        if started_here:
+            int8.close()
     if status != 0:
         raise DemoError(f"converting {keras_path} to int8 failed: {int8.error_line(status)}")
     return paths
@@ -174,23 +183,49 @@ def _convert(args, labels):
 
 class _Int8Conversion:
     """`python -m keras_cmt.tflite.convert --quantize int8 ...` (its labels, '0' to '9', are its default for ten
-    classes), started; its stderr goes to a file (a pipe nobody reads while this process converts could fill and
-    block it), or to the screen with --verbose."""
+    classes) in a second process. Started before training, it imports TensorFlow and the converter (about 5 s on
+    one core, while this process imports and traces on the other) and waits with `--wait_for_go`: `go()` lets it
+    convert `model.keras`; `close()` without `go()` lets it exit having done nothing, as it does when this process
+    dies. Its stderr goes to a file (a pipe nobody reads while this process converts could fill and block it), or
+    to the screen with --verbose."""
 
-    def __init__(self, args, keras_path, output):
+    def __init__(self, args):
         command = [
             sys.executable,
             "-m",
             "keras_cmt.tflite.convert",
-            f"--model={keras_path}",
+            f"--model={os.path.join(args.model_dir, 'model.keras')}",
             "--quantize=int8",
             "--representative_data=digits",
             f"--num_calibration_images={CALIBRATION_IMAGES}",
-            f"--output={output}",
+            f"--output={_tflite_paths(args)['int8']}",
+            "--wait_for_go",
         ]
         self.stderr = None if args.verbose else tempfile.TemporaryFile(mode="w+")
         command += ["--verbose"] if args.verbose else []
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=self.stderr)
+        self.process = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self.stderr, text=True
+        )
+
+    def go(self):
+        try:
+            self.process.stdin.write("go\n")
+            self.process.stdin.close()
+        except BrokenPipeError:  # it has already exited: wait() gives its status and error_line() its error
+            pass
+
+    def wait(self):
+        return self.process.wait()
+
+    def close(self):
+        """Never left running: told nothing, it exits at once; told to go, it finishes (its file is written
+        atomically)."""
+        if not self.process.stdin.closed:
+            try:
+                self.process.stdin.close()
+            except BrokenPipeError:
+                pass
+        self.process.wait()
 
     def error_line(self, status):
         if self.stderr is None:
@@ -250,9 +285,15 @@ def run(args):
     from keras_cmt import atomic_files
 
     start = time.time()
-    trained = _train(args)
-    trained_s = time.time() - start
-    tflite_files = _convert(args, [str(i) for i in range(10)])
+    # Training ahead: the int8 conversion's process starts now, so that its imports overlap this one's.
+    int8 = _Int8Conversion(args) if _finished_run(args) is None else None
+    try:
+        trained = _train(args)
+        trained_s = time.time() - start
+        tflite_files = _convert(args, [str(i) for i in range(10)], int8)
+    finally:
+        if int8 is not None:
+            int8.close()
     converted_s = time.time() - start - trained_s
     rows = _measure(args, tflite_files)
     report = {
