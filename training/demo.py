@@ -8,7 +8,8 @@
    one resumes from its last completed epoch; `--overwrite` trains again.
 2. `keras_cmt.tflite.convert`: the trained `model.keras` to an fp32 file, a `dynamic` one (int8 convolution weights,
    the fastest on CPUs) and a full-int8-where-XNNPACK-can one (calibrated on training digits, by the converter's
-   command in a second process meanwhile), each with Android metadata and the digit labels.
+   command in a second process meanwhile: started with the job, it has imported TensorFlow while training began),
+   each with Android metadata and the digit labels.
 3. Validation accuracy of the files with LiteRT, agreement with fp32, XNNPACK delegation, and latency measured side
    by side (the three files in turn, in this process).
 
@@ -185,9 +186,9 @@ class _Int8Conversion:
     """`python -m keras_cmt.tflite.convert --quantize int8 ...` (its labels, '0' to '9', are its default for ten
     classes) in a second process. Started before training, it imports TensorFlow and the converter (about 5 s on
     one core, while this process imports and traces on the other) and waits with `--wait_for_go`: `go()` lets it
-    convert `model.keras`; `close()` without `go()` lets it exit having done nothing, as it does when this process
-    dies. Its stderr goes to a file (a pipe nobody reads while this process converts could fill and block it), or
-    to the screen with --verbose."""
+    convert `model.keras`; `close()` without `go()` stops it, having written nothing (it also exits by itself when
+    this process dies, as its stdin closes). Its stderr goes to a file (a pipe nobody reads while this process
+    converts could fill and block it), or to the screen with --verbose."""
 
     def __init__(self, args):
         command = [
@@ -206,8 +207,10 @@ class _Int8Conversion:
         self.process = subprocess.Popen(
             command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self.stderr, text=True
         )
+        self.told = False
 
     def go(self):
+        self.told = True
         try:
             self.process.stdin.write("go\n")
             self.process.stdin.close()
@@ -218,8 +221,10 @@ class _Int8Conversion:
         return self.process.wait()
 
     def close(self):
-        """Never left running: told nothing, it exits at once; told to go, it finishes (its file is written
-        atomically)."""
+        """Never left running: told nothing, it is stopped (it has written nothing; a failed training's error is
+        not held up by its imports); told to go, it finishes (its file is written atomically)."""
+        if not self.told:
+            self.process.terminate()
         if not self.process.stdin.closed:
             try:
                 self.process.stdin.close()
