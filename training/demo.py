@@ -151,7 +151,7 @@ def _tflite_paths(args):
 
 
 def _convert(args, labels, int8):
-    """The three files; `int8` the second process that converts to int8, started ahead (or None)."""
+    """The three files; `int8` the waiting `_Int8Conversion`, told to go unless the files are reused."""
     import keras
 
     from keras_cmt.tflite import convert
@@ -165,18 +165,12 @@ def _convert(args, labels, int8):
     # The int8 file's calibration runs TFLite's interpreter one image at a time on one core: the converter's own
     # command writes it in a second process while this one writes the float files on the other.
     print(f"[2/3] converting {keras_path} to {MODES['int8']} in a second process: {paths['int8']}", flush=True)
-    started_here = int8 is None
-    int8 = int8 or _Int8Conversion(args)
-    try:
-        int8.go()
-        model = keras.saving.load_model(keras_path, compile=False)
-        for mode in ("none", "dynamic"):
-            print(f"[2/3] converting {keras_path} to {MODES[mode]}: {paths[mode]}", flush=True)
-            convert.convert(model, paths[mode], quantize=mode, labels=labels)
-        status = int8.wait()
-    finally:
-        if started_here:
-            int8.close()
+    int8.go()
+    model = keras.saving.load_model(keras_path, compile=False)
+    for mode in ("none", "dynamic"):
+        print(f"[2/3] converting {keras_path} to {MODES[mode]}: {paths[mode]}", flush=True)
+        convert.convert(model, paths[mode], quantize=mode, labels=labels)
+    status = int8.wait()
     if status != 0:
         raise DemoError(f"converting {keras_path} to int8 failed: {int8.error_line(status)}")
     return paths
@@ -184,11 +178,12 @@ def _convert(args, labels, int8):
 
 class _Int8Conversion:
     """`python -m keras_cmt.tflite.convert --quantize int8 ...` (its labels, '0' to '9', are its default for ten
-    classes) in a second process. Started before training, it imports TensorFlow and the converter (about 5 s on
-    one core, while this process imports and traces on the other) and waits with `--wait_for_go`: `go()` lets it
-    convert `model.keras`; `close()` without `go()` stops it, having written nothing (it also exits by itself when
-    this process dies, as its stdin closes). Its stderr goes to a file (a pipe nobody reads while this process
-    converts could fill and block it), or to the screen with --verbose."""
+    classes) in a second process, as a context manager around the job. Started before training, it imports
+    TensorFlow and the converter (about 5 s on one core, while this process imports and traces on the other) and
+    waits with `--wait_for_go`: `go()` lets it convert `model.keras`; leaving the context without `go()` stops it,
+    having written nothing (it also exits by itself when this process dies, as its stdin closes). Its stderr goes
+    to a file (a pipe nobody reads while this process converts could fill and block it), or to the screen with
+    --verbose."""
 
     def __init__(self, args):
         command = [
@@ -220,16 +215,15 @@ class _Int8Conversion:
     def wait(self):
         return self.process.wait()
 
-    def close(self):
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
         """Never left running: told nothing, it is stopped (it has written nothing; a failed training's error is
         not held up by its imports); told to go, it finishes (its file is written atomically)."""
         if not self.told:
             self.process.terminate()
-        if not self.process.stdin.closed:
-            try:
-                self.process.stdin.close()
-            except BrokenPipeError:
-                pass
+            self.process.stdin.close()  # nothing was written to it
         self.process.wait()
 
     def error_line(self, status):
@@ -290,15 +284,11 @@ def run(args):
     from keras_cmt import atomic_files
 
     start = time.time()
-    # Training ahead: the int8 conversion's process starts now, so that its imports overlap this one's.
-    int8 = _Int8Conversion(args) if _finished_run(args) is None else None
-    try:
+    # The int8 conversion's process starts now, so that its imports overlap training's.
+    with _Int8Conversion(args) as int8:
         trained = _train(args)
         trained_s = time.time() - start
         tflite_files = _convert(args, [str(i) for i in range(10)], int8)
-    finally:
-        if int8 is not None:
-            int8.close()
     converted_s = time.time() - start - trained_s
     rows = _measure(args, tflite_files)
     report = {
