@@ -93,3 +93,78 @@ def test_an_op_onnx_lacks_is_refused_in_one_line(tmp_path):
         export_onnx.export(model, tmp_path / "gelu.onnx")
     assert "\n" not in str(refused.value) and "does not run in onnxruntime" in str(refused.value)
     assert list(tmp_path.iterdir()) == []
+
+
+def _optimized_ops(path, tmp_path):
+    """The op counts of the graph onnxruntime runs after its own fusions."""
+    import collections
+
+    import onnx
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return collections.Counter(node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node)
+
+
+def test_onnxruntime_fuses_every_gelu_of_our_onnx(micro_checkpoint, micro_io, tmp_path):
+    """tf2onnx's constant folding turns the GELU's x / sqrt(2) into x * (1 / sqrt(2)), which onnxruntime's Gelu
+    fusion does not match; our export restores the division, so no GELU is left as Erf and element-wise ops."""
+    model = build_micro(weights=str(micro_checkpoint), classifier_activation=None)
+    ours = tmp_path / "ours.onnx"
+    export_onnx.export(model, ours, input_range="normalized")
+    keras_own = tmp_path / "keras.onnx"
+    numpy(model(micro_io["input_nhwc"]))
+    model.export(str(keras_own), format="onnx", verbose=False)
+
+    erfs = _optimized_ops(keras_own, tmp_path)["Erf"]
+    assert erfs > 0  # Keras' own file: the GELUs are left unfused
+    fused = _optimized_ops(ours, tmp_path)
+    assert fused["Erf"] == 0 and fused["Gelu"] + fused["BiasGelu"] >= erfs
+    logits = export_onnx.onnx_predict(ours.read_bytes(), micro_io["input_nhwc"])
+    assert np.abs(logits - micro_io["logits"]).max() <= 1e-4
+
+
+def test_gelu_chains_are_rewritten_only_where_the_function_stays_the_same():
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from keras_cmt.tflite import onnx_gelu
+
+    def const(name, value, shape=()):
+        return numpy_helper.from_array(np.full(shape, value, np.float32), name)
+
+    def gelu(x, out, one="one"):  # 0.5 x (1 + erf(x * (1 / sqrt 2))), as tf2onnx writes it
+        return [
+            helper.make_node("Mul", [x, "inv"], [out + "_s"]),
+            helper.make_node("Erf", [out + "_s"], [out + "_e"]),
+            helper.make_node("Add", [one, out + "_e"], [out + "_a"]),
+            helper.make_node("Mul", ["half", x], [out + "_h"]),
+            helper.make_node("Mul", [out + "_h", out + "_a"], [out]),
+        ]
+
+    nodes = [
+        *gelu("x", "g1", one="one_4d"),  # rank-4 input, the 1 shaped (1, 1, 1, 1): rewritten
+        *gelu("x", "g2"),
+        helper.make_node("Add", ["g2_s", "g2"], ["g2b"]),  # its scaled x is read twice: kept
+        helper.make_node("Sum", ["g1", "g2b"], ["y"]),
+    ]
+    vi = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, 2, 2, 3])  # noqa: E731
+    constants = [
+        const("inv", 1 / np.sqrt(2)),
+        const("half", 0.5),
+        const("one", 1.0),
+        const("one_4d", 1.0, (1, 1, 1, 1)),
+    ]
+    model = helper.make_model(helper.make_graph(nodes, "g", [vi("x")], [vi("y")], constants))
+    before = model.SerializeToString()
+    assert onnx_gelu.fuse_ready_gelus(model) == 1
+    assert [n.op_type for n in model.graph.node][:2] == ["Div", "Erf"] and model.graph.node[5].op_type == "Mul"
+    assert "one_4d" not in {t.name for t in model.graph.initializer}  # no longer read, so not left behind
+    onnx.checker.check_model(model)
+    x = np.random.default_rng(0).normal(size=(1, 2, 2, 3)).astype(np.float32) * 3
+    run = lambda m: ort.InferenceSession(m, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]  # noqa: E731
+    np.testing.assert_allclose(run(model.SerializeToString()), run(before), atol=1e-6)
+    assert onnx_gelu.fuse_ready_gelus(model) == 0  # already in the fused form

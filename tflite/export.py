@@ -6,7 +6,8 @@
 
 Each format is Keras' own `model.export(path, format=...)`, run on a serving form of the model. What this adds is
 what Keras lacks: `keras_cmt.fuse_for_inference` (normalisations folded into the convolutions), the ImageNet
-normalisation inside the graph (the file takes RGB in [0, 255] by default, like the `.tflite` file), the check (the
+normalisation inside the graph (the file takes RGB in [0, 255] by default, like the `.tflite` file), in ONNX files
+the GELUs in the form onnxruntime fuses (`onnx_gelu`: tf2onnx writes them otherwise), the check (the
 file is loaded by its runtime and must give the Keras model's outputs within 1e-4), output that appears whole or
 not at all, and a one-line refusal naming what to use instead where a format cannot work on the current backend.
 `--format litert` on TensorFlow is `keras_cmt.tflite.convert` (metadata, labels and quantization for Android).
@@ -237,6 +238,10 @@ def export(
                 raise ExportError(
                     f"Keras' {FORMATS[fmt][0]} export failed on the {_backend()} backend: {_first_line(e)}"
                 ) from e
+            if fmt == "onnx":
+                from keras_cmt.tflite import onnx_gelu
+
+                onnx_gelu.fuse_ready_gelus_in_file(written)
         error = 0.0
         if check:
             quantized = litert_options.get("quantize", "none") != "none"
