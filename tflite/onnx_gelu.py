@@ -61,10 +61,11 @@ def fuse_ready_gelus(model) -> int:
     orphans = set()
 
     initializers = {t.name for t in graph.initializer}
+    graph_inputs = {i.name for i in graph.input}
     existing = {}  # a scalar initializer already holding the value is reused
     for name, (value, rank) in constants.items():
         for key, wanted in _CONSTANTS.items():
-            if rank == 0 and value == wanted and name in initializers:
+            if rank == 0 and value == wanted and name in initializers and name not in graph_inputs:
                 existing.setdefault(key, name)
 
     def scalar(key):
@@ -102,10 +103,10 @@ def fuse_ready_gelus(model) -> int:
             or not only_reader(scaling.output[0], "Erf")
         ):
             continue
-        wanted = (_INV_SQRT_TWO,) if scaling.op_type == "Mul" else (_CONSTANTS["sqrt_two"],)
-        found = constant_input(scaling, wanted) if scaling.op_type == "Mul" else None
-        if scaling.op_type == "Div":
-            found = (1, 0) if constants.get(scaling.input[1], (None,))[0] == wanted[0] else None
+        if scaling.op_type == "Mul":
+            found = constant_input(scaling, (_INV_SQRT_TWO,))
+        else:  # already a division: only its divisor's shape may need the scalar
+            found = (1, 0) if constants.get(scaling.input[1], (None,))[0] == _CONSTANTS["sqrt_two"] else None
         add = only_reader(erf.output[0], "Add")
         if found is None or add is None:
             continue
