@@ -56,12 +56,11 @@ def fuse_ready_gelus(model) -> int:
         for name in node.input:
             readers[name].append(node)
     kept = {o.name for o in graph.output}
-    taken = set(producer) | {t.name for t in graph.initializer} | {i.name for i in graph.input}
-    scalars = {}
-    orphans = set()
-
     initializers = {t.name for t in graph.initializer}
     graph_inputs = {i.name for i in graph.input}
+    taken = set(producer) | initializers | graph_inputs
+    scalars = {}
+    orphans = set()
     existing = {}  # a scalar initializer already holding the value is reused
     for name, (value, rank) in constants.items():
         for key, wanted in _CONSTANTS.items():
