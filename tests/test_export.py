@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import build_micro, numpy
+from conftest import MICRO_CONFIG, build_micro, numpy
 from keras_cmt import cli
 from keras_cmt.tflite import export
 
@@ -142,3 +142,29 @@ def test_files_written_beside_the_entry_point_are_published_with_it(tmp_path):
     export._publish(str(work / "sm"), str(old))
     assert (old / "saved_model.pb").read_bytes() == b"new"
     assert sorted(p.name for p in tmp_path.iterdir()) == [".export-1", "m.onnx", "m.onnx.data", "sm"]
+
+
+def test_our_onnx_runs_the_block_layer_norms_as_single_nodes(micro_logits_model, micro_io, tmp_path):
+    """`onnx_layer_norm` turns the blocks' moments-form LayerNorms into opset-17 `LayerNormalization` nodes without
+    adding a Transpose, in the files written on TensorFlow (tf2onnx, NCHW) and JAX (jax2onnx, NHWC). The PyTorch
+    file computes the variance as E[x^2] - E[x]^2, a form the pass does not match: it stays as it was."""
+    import collections
+
+    import onnx
+
+    ours = str(tmp_path / "ours.onnx")
+    export.export(micro_logits_model, ours, "onnx", input_range="normalized")
+    counts = collections.Counter(n.op_type for n in onnx.load(ours, load_external_data=False).graph.node)
+    blocks = 2 * sum(MICRO_CONFIG["depths"])  # norm1 and norm2 of each CMT block
+    if BACKEND == "torch":
+        assert counts["LayerNormalization"] == 0
+    else:
+        assert counts["LayerNormalization"] >= blocks
+    keras_own = str(tmp_path / "keras.onnx")
+    served = export.serving_model(micro_logits_model, "normalized", True)
+    served.export(keras_own, format="onnx", verbose=False, opset_version=export.ONNX_OPSETS.get(BACKEND))
+    plain = collections.Counter(n.op_type for n in onnx.load(keras_own, load_external_data=False).graph.node)
+    assert counts["Transpose"] <= plain["Transpose"]
+    assert counts["ReduceMean"] == plain["ReduceMean"] - 2 * counts["LayerNormalization"]
+    logits = export.run_exported("onnx", ours, micro_io["input_nhwc"])
+    assert np.abs(logits - micro_io["logits"]).max() <= 1e-4

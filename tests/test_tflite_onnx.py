@@ -168,3 +168,86 @@ def test_gelu_chains_are_rewritten_only_where_the_function_stays_the_same():
     run = lambda m: ort.InferenceSession(m, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]  # noqa: E731
     np.testing.assert_allclose(run(model.SerializeToString()), run(before), atol=1e-6)
     assert onnx_gelu.fuse_ready_gelus(model) == 0  # already in the fused form
+
+
+def _moments_layer_norm(x, out, axis, affine, division=False):
+    """Keras' moments-form LayerNorm as the converters write it: (x - mean) * inv, or x * g + (beta - mean * g)."""
+    from onnx import helper
+
+    nodes = [
+        helper.make_node("ReduceMean", [x], [out + "_m"], axes=[axis], keepdims=1),
+        helper.make_node("Sub", [x, out + "_m"], [out + "_d"]),
+        helper.make_node("Mul", [out + "_d", out + "_d"], [out + "_d2"]),
+        helper.make_node("ReduceMean", [out + "_d2"], [out + "_v"], axes=[axis], keepdims=1),
+        helper.make_node("Add", [out + "_v", out + "_eps"], [out + "_ve"]),
+        helper.make_node("Sqrt", [out + "_ve"], [out + "_s"]),
+        helper.make_node("Div", ["one", out + "_s"], [out + "_i"])
+        if division  # jax2onnx's 1 / sqrt
+        else helper.make_node("Reciprocal", [out + "_s"], [out + "_i"]),
+    ]
+    if not affine:
+        return nodes + [helper.make_node("Mul", [out + "_d", out + "_i"], [out])]
+    return nodes + [
+        helper.make_node("Mul", [out + "_i", out + "_gamma"], [out + "_g"]),
+        helper.make_node("Neg", [out + "_m"], [out + "_n"]),
+        helper.make_node("Mul", [out + "_n", out + "_g"], [out + "_ng"]),
+        helper.make_node("Add", [out + "_ng", out + "_beta"], [out + "_shift"]),
+        helper.make_node("Mul", [x, out + "_g"], [out + "_xg"]),
+        helper.make_node("Add", [out + "_xg", out + "_shift"], [out]),
+    ]
+
+
+def test_layer_norm_chains_become_one_node_only_where_that_is_the_same_function_and_no_transpose_more():
+    import collections
+
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from keras_cmt.tflite import onnx_layer_norm
+
+    rng = np.random.default_rng(0)
+
+    def const(name, shape, value=None):
+        data = rng.normal(size=shape) if value is None else np.full(shape, value)
+        return numpy_helper.from_array(data.astype(np.float32), name)
+
+    nodes = [
+        # NCHW, read through a Transpose to NHWC (as tf2onnx leaves the block LayerNorms): fused
+        *_moments_layer_norm("a", "ya", 1, affine=True),
+        helper.make_node("Transpose", ["ya"], ["ya_t"], perm=[0, 2, 3, 1]),
+        helper.make_node("Relu", ["ya_t"], ["out_a"]),
+        # the last axis, in jax2onnx's form: fused in place
+        *_moments_layer_norm("b", "yb", 2, affine=False, division=True),
+        helper.make_node("Relu", ["yb"], ["out_b"]),
+        # NCHW read in NCHW: it would take two Transposes more, so kept
+        *_moments_layer_norm("a", "yc", 1, affine=False),
+        helper.make_node("Relu", ["yc"], ["out_c"]),
+        # an intermediate read outside the chain: kept
+        *_moments_layer_norm("b", "yd", 2, affine=False),
+        helper.make_node("Add", ["yd", "yd_d"], ["out_d"]),
+    ]
+    constants = [const("one", (), 1.0), const("ya_gamma", (1, 4, 1, 1)), const("ya_beta", (1, 4, 1, 1))]
+    constants += [const(f"{y}_eps", (1, 1, 1) if y in ("yb", "yd") else (), 1e-5) for y in ("ya", "yb", "yc", "yd")]
+    vi = lambda name, shape: helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)  # noqa: E731
+    inputs = [vi("a", [None, 4, 3, 5]), vi("b", [None, 6, 8])]
+    outputs = [vi("out_a", [None, 3, 5, 4]), vi("out_b", [None, 6, 8]), vi("out_c", [None, 4, 3, 5])]
+    outputs.append(vi("out_d", [None, 6, 8]))
+    graph = helper.make_graph(nodes, "g", inputs, outputs, constants)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    before = model.SerializeToString()
+    older = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)])
+    assert onnx_layer_norm.fuse_layer_norms(older) == 0  # no LayerNormalization before opset 17
+
+    assert onnx_layer_norm.fuse_layer_norms(model) == 2
+    onnx.checker.check_model(model, full_check=True)
+    ops = collections.Counter(n.op_type for n in model.graph.node)
+    assert ops["LayerNormalization"] == 2 and ops["ReduceMean"] == 4 and ops["Transpose"] == 1
+    assert {"ya_gamma", "ya_beta", "ya_eps", "yb_eps"}.isdisjoint(t.name for t in model.graph.initializer)
+    feeds = {"a": rng.normal(size=(2, 4, 3, 5)).astype(np.float32) * 3 + 1, "b": rng.normal(size=(2, 6, 8))}
+    feeds["b"] = feeds["b"].astype(np.float32)
+    run = lambda m: ort.InferenceSession(m, providers=["CPUExecutionProvider"]).run(None, feeds)  # noqa: E731
+    for got, expected in zip(run(model.SerializeToString()), run(before)):
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert onnx_layer_norm.fuse_layer_norms(model) == 0

@@ -7,7 +7,8 @@
 Each format is Keras' own `model.export(path, format=...)`, run on a serving form of the model. What this adds is
 what Keras lacks: `keras_cmt.fuse_for_inference` (normalisations folded into the convolutions), the ImageNet
 normalisation inside the graph (the file takes RGB in [0, 255] by default, like the `.tflite` file), in ONNX files
-the GELUs in the form onnxruntime fuses (`onnx_gelu`: tf2onnx writes them otherwise), the check (the
+the GELUs in the form onnxruntime fuses (`onnx_gelu`: tf2onnx writes them otherwise) and the LayerNorms as
+single `LayerNormalization` nodes (`onnx_layer_norm`), the check (the
 file is loaded by its runtime and must give the Keras model's outputs within 1e-4), output that appears whole or
 not at all, and a one-line refusal naming what to use instead where a format cannot work on the current backend.
 `--format litert` on TensorFlow is `keras_cmt.tflite.convert` (metadata, labels and quantization for Android).
@@ -29,6 +30,9 @@ FORMATS = {
     "saved_model": ("tf_saved_model", ""),
     "torch": ("torch", ".pt2"),
 }
+# tf2onnx writes opset 15 unless told; 17 is the first with LayerNormalization (`onnx_layer_norm`) and the
+# official model's export. jax2onnx's and torch.onnx's defaults are kept (jax2onnx at 17 writes opset-18 nodes).
+ONNX_OPSETS = {"tensorflow": 17}
 # (backend, format) pairs that cannot work, each with the reason and what to use instead.
 REFUSED = {
     ("jax", "litert"): "Keras exports LiteRT from the TensorFlow or PyTorch backend only: run with "
@@ -233,15 +237,18 @@ def export(
             if litert_options:
                 raise ValueError(f"{', '.join(litert_options)}: only for --format litert on TensorFlow")
             try:
-                served.export(written, format=FORMATS[fmt][0], verbose=False)
+                opset = ONNX_OPSETS.get(_backend()) if fmt == "onnx" else None
+                options = {"opset_version": opset} if opset else {}
+                served.export(written, format=FORMATS[fmt][0], verbose=False, **options)
             except Exception as e:
                 raise ExportError(
                     f"Keras' {FORMATS[fmt][0]} export failed on the {_backend()} backend: {_first_line(e)}"
                 ) from e
             if fmt == "onnx":
-                from keras_cmt.tflite import onnx_gelu
+                from keras_cmt.tflite import onnx_gelu, onnx_layer_norm
 
                 onnx_gelu.fuse_ready_gelus_in_file(written)
+                onnx_layer_norm.fuse_layer_norms_in_file(written)
         error = 0.0
         if check:
             quantized = litert_options.get("quantize", "none") != "none"
