@@ -7,8 +7,8 @@ Both models get the same trained-like weights (the official model randomised by
 `randomize_official_like_trained`, its state dict loaded into ours) and so the same outputs, which the script
 checks before it times anything. The official model is exported with `torch.onnx.export` (opset 17); ours with
 `keras-cmt export --format onnx` / `--format openvino` (Keras' `model.export` on this process's backend, after
-`fuse_for_inference`; input already normalised, as the official one's). Each runtime session is timed in turn,
-round after round, so that a change in the machine's load falls on every row alike. Prints a table of medians and
+`fuse_for_inference`; input already normalised, as the official one's). The sessions are timed one run each in
+turn, run after run, so that a change in the machine's load falls on every row alike. Prints a table of medians and
 ratios to the official ONNX in onnxruntime, with each graph's node and Transpose counts; writes the JSON.
 """
 
@@ -141,13 +141,14 @@ def main(argv=None):
         for b in batches:
             x_nhwc = rng.normal(size=(b, args.size, args.size, 3)).astype(np.float32)
             x_nchw = np.ascontiguousarray(x_nhwc.transpose(0, 3, 1, 2))
-            for name, (run, layout) in runners.items():
-                x = x_nchw if layout == "NCHW" else x_nhwc
+            inputs = {name: x_nchw if layout == "NCHW" else x_nhwc for name, (_, layout) in runners.items()}
+            for name, (run, _) in runners.items():
                 for _ in range(args.warmup):
-                    run(x)
-                for _ in range(args.repeats):
+                    run(inputs[name])
+            for _ in range(args.repeats):  # one run of each file in turn, so that a change in load hits all alike
+                for name, (run, _) in runners.items():
                     start = time.perf_counter()
-                    run(x)
+                    run(inputs[name])
                     times[(name, b)].append((time.perf_counter() - start) * 1e3)
     counts = {name: graph_counts(path) for name, (path, _) in paths.items() if path.endswith(".onnx")}
     rows = []
