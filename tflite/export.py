@@ -245,10 +245,7 @@ def export(
                     f"Keras' {FORMATS[fmt][0]} export failed on the {_backend()} backend: {_first_line(e)}"
                 ) from e
             if fmt == "onnx":
-                from keras_cmt.tflite import onnx_gelu, onnx_layer_norm
-
-                onnx_gelu.fuse_ready_gelus_in_file(written)
-                onnx_layer_norm.fuse_layer_norms_in_file(written)
+                _fuse_onnx_file(written)
         error = 0.0
         if check:
             quantized = litert_options.get("quantize", "none") != "none"
@@ -265,6 +262,18 @@ def export(
         return error
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _fuse_onnx_file(path: str) -> None:
+    """The ONNX passes on Keras' file, loaded and saved once (weights in a `.data` file beside it stay there)."""
+    import onnx
+
+    from keras_cmt.tflite import onnx_gelu, onnx_layer_norm
+
+    model = onnx.load(path, load_external_data=False)
+    changed = onnx_gelu.fuse_ready_gelus(model) + onnx_layer_norm.fuse_layer_norms(model)
+    if changed:
+        onnx.save(model, path)
 
 
 def _backend() -> str:

@@ -144,14 +144,3 @@ def fuse_ready_gelus(model) -> int:
     for key, name in scalars.items():
         graph.initializer.append(numpy_helper.from_array(_CONSTANTS[key], name))
     return changed
-
-
-def fuse_ready_gelus_in_file(path: str) -> int:
-    """The same on an ONNX file, rewritten in place (weights kept in a `.data` file beside it stay there)."""
-    import onnx
-
-    model = onnx.load(path, load_external_data=False)
-    changed = fuse_ready_gelus(model)
-    if changed:
-        onnx.save(model, path)
-    return changed

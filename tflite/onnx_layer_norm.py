@@ -308,14 +308,3 @@ def fuse_layer_norms(model) -> int:
     for tensor in [t for t in graph.initializer if t.name not in read]:
         graph.initializer.remove(tensor)
     return changed
-
-
-def fuse_layer_norms_in_file(path: str) -> int:
-    """The same on an ONNX file, rewritten in place."""
-    import onnx
-
-    model = onnx.load(path, load_external_data=False)
-    changed = fuse_layer_norms(model)
-    if changed:
-        onnx.save(model, path)
-    return changed
